@@ -1,0 +1,38 @@
+"""GPU capacity: the global concurrency limits that cap GPU work, and the check that a
+request can ever be admitted (refused before anything is downloaded otherwise)."""
+
+from __future__ import annotations
+
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
+
+from gpuflow.errors import GpuCapacityError
+
+
+async def ensure_gpu_limits(limits: dict[str, int]) -> None:
+    """Create or update the global concurrency limits (prefect.yaml cannot declare them)."""
+    async with get_client() as client:
+        for name, slots in limits.items():
+            if slots < 1:
+                raise ValueError(f"GPU limit {name!r} must have at least 1 slot, not {slots}")
+            await client.upsert_global_concurrency_limit_by_name(name, slots)
+
+
+async def check_gpu_capacity(names: list[str], gpus: int) -> None:
+    """Raise ``GpuCapacityError`` when a limit is missing, inactive or smaller than ``gpus``."""
+    async with get_client() as client:
+        for name in names:
+            try:
+                limit = await client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                raise GpuCapacityError(
+                    f"no GPU limit named {name!r}: create it with `gpuflow bootstrap` "
+                    "(or `prefect gcl create`)"
+                ) from None
+            if not limit.active:
+                raise GpuCapacityError(f"GPU limit {name!r} is inactive: no GPU job can start")
+            if gpus > limit.limit:
+                raise GpuCapacityError(
+                    f"request needs gpus={gpus} but the limit {name!r} has only "
+                    f"{limit.limit} GPU slots"
+                )

@@ -1,0 +1,131 @@
+"""The ``gpuflow`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gpuflow.embedded import EmbeddedLayout, default_state_dir
+from gpuflow.errors import GpuflowError
+from gpuflow.local_server import LocalServer, ServerError, ensure_server, read_server, stop_server
+
+app = typer.Typer(
+    help="Run GPU batch jobs (image-to-video) as Prefect flows.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+server_app = typer.Typer(help="The local Prefect server of the embedded default.", no_args_is_help=True)
+app.add_typer(server_app, name="server")
+
+StateDir = Annotated[
+    Path,
+    typer.Option(
+        envvar="GPUFLOW_STATE_DIR",
+        help="Where the embedded default keeps its server, NAS and object store.",
+    ),
+]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def _start_server(state_dir: Path) -> LocalServer:
+    try:
+        server, started = ensure_server(state_dir)
+    except ServerError as exc:
+        raise _fail(str(exc)) from None
+    verb = "Started" if started else "Reusing"
+    typer.echo(f"{verb} the local Prefect server at {server.ui_url} (state in {state_dir})")
+    return server
+
+
+@server_app.command("start")
+def server_start(state_dir: StateDir = default_state_dir()) -> None:
+    """Start the local Prefect server (or report the one already running)."""
+    server = _start_server(state_dir)
+    typer.echo(f"export PREFECT_API_URL={server.api_url}")
+
+
+@server_app.command("stop")
+def server_stop(state_dir: StateDir = default_state_dir()) -> None:
+    """Stop the local Prefect server."""
+    typer.echo("Stopped the local Prefect server." if stop_server(state_dir) else "No local server was running.")
+
+
+@server_app.command("status")
+def server_status(state_dir: StateDir = default_state_dir()) -> None:
+    """Tell whether the local Prefect server is running."""
+    server = read_server(state_dir)
+    if server is None:
+        raise _fail(f"no local Prefect server is running for {state_dir}", code=3)
+    typer.echo(f"running: pid {server.pid}, UI {server.ui_url}, API {server.api_url}")
+
+
+@app.command()
+def demo(
+    prompt: Annotated[str, typer.Option(help="What should happen in the video.")] = (
+        "a slow push in over green hills at sunset"
+    ),
+    resolution: Annotated[str, typer.Option(help="WIDTHxHEIGHT, multiples of 16.")] = "320x192",
+    num_frames: Annotated[int, typer.Option(help="Frames to generate (4n+1).")] = 33,
+    fps: Annotated[int, typer.Option(help="Frames per second.")] = 16,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    gpu_slots: Annotated[int, typer.Option(help="Size of the GPU limit on this machine.")] = 1,
+    state_dir: StateDir = default_state_dir(),
+) -> None:
+    """Run the main job end to end on the embedded default (local server, NAS, store)."""
+    server = _start_server(state_dir)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deployments.bootstrap import bootstrap
+    from flows.generate_video import generate_video
+    from gpuflow.request import parse_request
+
+    layout = EmbeddedLayout(state_dir)
+    image_uri = layout.seed_samples()
+    try:
+        request = parse_request(
+            {
+                "prompt": prompt,
+                "image_uri": image_uri,
+                "resolution": resolution,
+                "num_frames": num_frames,
+                "fps": fps,
+                "seed": seed,
+            }
+        )
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            asyncio.run(bootstrap(layout.stack(), "default", gpu_slots))
+            uri = asyncio.run(generate_video(request=request, stack="default"))
+    except GpuflowError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"Output video: {uri}")
+    if uri.startswith("file://"):
+        from blocks.object_store import ObjectUri
+
+        typer.echo(f"  local path: {ObjectUri.parse(uri).key}")
+    typer.echo(f"Runs, logs and artifacts: {server.ui_url}/runs")
+
+
+@app.command()
+def run(
+    request_file: Annotated[Path, typer.Argument(help="JSON file with the request.", exists=True)],
+    stack: Annotated[str, typer.Option(help="Name of the saved gpuflow-stack block.")] = "default",
+) -> None:
+    """Run one request in this process against the Prefect API in PREFECT_API_URL."""
+    from flows.generate_video import generate_video
+    from gpuflow.request import parse_request
+
+    try:
+        request = parse_request(json.loads(request_file.read_text()))
+        uri = asyncio.run(generate_video(request=request, stack=stack))
+    except (GpuflowError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(uri)
+

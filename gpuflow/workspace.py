@@ -1,0 +1,59 @@
+"""Per-run workspaces on the NAS: ``workspaces/<flow-run-id>/inputs|outputs``."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from gpuflow.errors import WorkspacePathError
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def create(cls, nas_root: Path, run_id: str) -> Workspace:
+        if not _RUN_ID.match(run_id):
+            raise WorkspacePathError(run_id, str(nas_root / "workspaces"))
+        workspace = cls(nas_root / "workspaces" / run_id)
+        workspace.inputs.mkdir(parents=True, exist_ok=True)
+        workspace.outputs.mkdir(parents=True, exist_ok=True)
+        return workspace
+
+    @property
+    def inputs(self) -> Path:
+        return self.root / "inputs"
+
+    @property
+    def outputs(self) -> Path:
+        return self.root / "outputs"
+
+    def input_path(self, name: str) -> Path:
+        """Where an input called ``name`` goes; refuses names that would land elsewhere."""
+        return self._inside(self.inputs, name)
+
+    def output_path(self, name: str) -> Path:
+        return self._inside(self.outputs, name)
+
+    def _inside(self, base: Path, name: str) -> Path:
+        relative = PurePosixPath(name)
+        if (
+            not name
+            or relative.is_absolute()
+            or "\\" in name
+            or "\x00" in name
+            or any(part in ("", ".", "..") for part in name.split("/"))
+        ):
+            raise WorkspacePathError(name, str(self.root))
+        path = base / relative
+        if not path.resolve().is_relative_to(base.resolve()):
+            raise WorkspacePathError(name, str(self.root))
+        return path
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
