@@ -52,10 +52,12 @@ class ResolvedEnv:
 
 
 def _project_files(project_dir: Path) -> list[Path]:
-    files = []
+    files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(project_dir):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIPPED_DIRS)
-        files.extend(Path(dirpath) / name for name in sorted(filenames) if not name.endswith(".pyc"))
+        files.extend(
+            Path(dirpath) / name for name in sorted(filenames) if not name.endswith(".pyc")
+        )
     return files
 
 
@@ -96,7 +98,7 @@ def console_script(project_dir: Path) -> str:
             f"job project {project_dir} must declare exactly one [project.scripts] entry, "
             f"found {scripts or 'none'}"
         )
-    return scripts[0]
+    return str(scripts[0])
 
 
 class EnvironmentFabric(Block):

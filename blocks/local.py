@@ -19,11 +19,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import ClassVar
 
+from gpuflow_progress import ExitCode
 from pydantic import Field
 
 from blocks.compute import ComputeTarget, JobResult, JobSpec, LineHandler
 from gpuflow.errors import GpuCapacityError
-from gpuflow_progress import ExitCode
 
 _TERMINATE_GRACE_S = 5.0
 _TAIL_LINES = 20

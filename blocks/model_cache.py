@@ -103,7 +103,11 @@ class ModelCache(Block):
                 local = staging / relative
                 store.download(info.uri, local)
                 files.append(
-                    {"path": str(relative), "size": local.stat().st_size, "sha256": sha256_file(local)}
+                    {
+                        "path": str(relative),
+                        "size": local.stat().st_size,
+                        "sha256": sha256_file(local),
+                    }
                 )
             manifest = {
                 "source": source_uri,

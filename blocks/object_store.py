@@ -83,7 +83,8 @@ class ObjectStore(Block, ABC):
         parsed = ObjectUri.parse(uri)
         if parsed.scheme not in self.schemes:
             raise UriError(
-                uri, f"{type(self).__name__} serves {', '.join(self.schemes)} URIs, not {parsed.scheme}"
+                uri,
+                f"{type(self).__name__} serves {', '.join(self.schemes)} URIs, not {parsed.scheme}",
             )
         return parsed
 

@@ -25,7 +25,9 @@ class GpuflowStack(Block):
 
     _block_type_name = "gpuflow stack"
     _block_type_slug = "gpuflow-stack"
-    _description = "Object store, NAS, compute target, watermark and GPU limit of one gpuflow setup."
+    _description = (
+        "Object store, NAS, compute target, watermark and GPU limit of one gpuflow setup."
+    )
 
     nas_root: Path = Field(
         description="Shared storage, mounted at this same path in every pod, task and process."

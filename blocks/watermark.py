@@ -23,7 +23,7 @@ class PostprocessError(GpuflowError):
     retryable = True
 
 
-class Corner(str, enum.Enum):
+class Corner(enum.StrEnum):
     TOP_LEFT = "top-left"
     TOP_RIGHT = "top-right"
     BOTTOM_LEFT = "bottom-left"
@@ -78,7 +78,9 @@ class Watermark(Block):
         font = ImageFont.load_default(size=self.font_size_px)
         left, top, right, bottom = font.getbbox(self.text)
         pad = max(2, self.font_size_px // 6)
-        mark = Image.new("RGBA", (right - left + 2 * pad, bottom - top + 2 * pad), (0, 0, 0, 0))
+        mark = Image.new(
+            "RGBA", (int(right - left) + 2 * pad, int(bottom - top) + 2 * pad), (0, 0, 0, 0)
+        )
         draw = ImageDraw.Draw(mark)
         # A dark outline keeps the mark readable on light and dark frames alike.
         draw.text(
@@ -147,7 +149,9 @@ class Watermark(Block):
                 )
             partial.replace(destination)
         except subprocess.TimeoutExpired as exc:
-            raise PostprocessError(f"watermarking {source} took over {self.timeout_s:.0f}s") from exc
+            raise PostprocessError(
+                f"watermarking {source} took over {self.timeout_s:.0f}s"
+            ) from exc
         finally:
             partial.unlink(missing_ok=True)
         return destination

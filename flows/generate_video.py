@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
+from gpuflow_progress import Output, Progress, parse_line
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     acreate_link_artifact,
@@ -21,10 +23,9 @@ from prefect.artifacts import (
     aupdate_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import TaskRun
+from prefect.client.schemas.objects import State, TaskRun
 from prefect.concurrency.asyncio import concurrency
 from prefect.runtime import flow_run
-from prefect.states import State
 
 from blocks.compute import JobResult, JobSpec
 from blocks.environment import ResolvedEnv, console_script
@@ -35,20 +36,15 @@ from gpuflow.capacity import check_gpu_capacity
 from gpuflow.errors import GpuflowError, JobFailedError
 from gpuflow.request import VideoRequest
 from gpuflow.workspace import Workspace
-from gpuflow_progress import Output, Progress, parse_line
 
 _PROGRESS_INTERVAL_S = 0.5
 
 
 def _retry_if_retryable(task: object, task_run: TaskRun, state: State) -> bool:
     """Retry resource and infrastructure failures only (DESIGN.md's exit-code classes)."""
-    try:
-        state.result(raise_on_failure=True)
-    except GpuflowError as exc:
-        return exc.retryable
-    except Exception:
-        return False
-    return False
+    # Prefect hands the condition a Failed state whose data is the raised exception.
+    error = state.data
+    return isinstance(error, GpuflowError) and error.retryable
 
 
 @task(cache_policy=NO_CACHE)
@@ -60,7 +56,9 @@ def stage_inputs(stack: GpuflowStack, request: VideoRequest, workspace: Workspac
     return destination
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_if_retryable)
+@task(
+    cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_if_retryable
+)
 def download_model(stack: GpuflowStack, request: VideoRequest) -> CachedModel:
     """Fill the NAS model cache (once, whatever the number of runs asking)."""
     cached = stack.model_cache.ensure(
@@ -68,7 +66,9 @@ def download_model(stack: GpuflowStack, request: VideoRequest) -> CachedModel:
     )
     logger = get_run_logger()
     if cached.downloaded:
-        logger.info("Downloaded %s (%d bytes) to %s", request.model, cached.bytes_downloaded, cached.path)
+        logger.info(
+            "Downloaded %s (%d bytes) to %s", request.model, cached.bytes_downloaded, cached.path
+        )
     else:
         logger.info("Model %s is cached and verified at %s", request.model, cached.path)
     return cached
@@ -79,7 +79,10 @@ def resolve_environment(stack: GpuflowStack, request: VideoRequest) -> ResolvedE
     """The job's prebuilt uv environment (built now only if nobody built it before)."""
     resolved = stack.environments.resolve(stack.job_dir(request.job))
     get_run_logger().info(
-        "%s environment %s at %s", "Built" if resolved.built else "Reusing", resolved.key, resolved.root
+        "%s environment %s at %s",
+        "Built" if resolved.built else "Reusing",
+        resolved.key,
+        resolved.root,
     )
     return resolved
 
@@ -114,7 +117,9 @@ def i2v_job_spec(
     )
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=_retry_if_retryable)
+@task(
+    cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=_retry_if_retryable
+)
 async def run_gpu_job(stack: GpuflowStack, job: JobSpec, limits: list[str]) -> JobResult:
     """Hold ``job.gpus`` slots of the GPU limits while the job runs; stream its output."""
     logger = get_run_logger()
@@ -136,9 +141,7 @@ async def run_gpu_job(stack: GpuflowStack, job: JobSpec, limits: list[str]) -> J
         elif event is None:
             logger.info("%s", line)
 
-    async with concurrency(
-        limits, occupy=job.gpus, strict=True, lease_duration=stack.gpu_lease_s
-    ):
+    async with concurrency(limits, occupy=job.gpus, strict=True, lease_duration=stack.gpu_lease_s):
         logger.info("Holding %d slot(s) of %s", job.gpus, ", ".join(limits))
         result = await stack.compute.run(job, on_line)
     if result.exit_code != 0:
@@ -153,7 +156,9 @@ def postprocess(stack: GpuflowStack, raw: Path, workspace: Workspace) -> Path:
     return stack.watermark.apply(raw, workspace.output_path("video.mp4"))
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_if_retryable)
+@task(
+    cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_if_retryable
+)
 def upload(stack: GpuflowStack, video: Path, run_id: str) -> str:
     """Put the final video under the run's prefix in the object store."""
     uri = stack.output_uri(run_id, video.name)
@@ -197,7 +202,7 @@ async def generate_video(request: VideoRequest, stack: str = "default") -> str:
         request: What to generate (prompt, input image URI, resolution, frames, ...).
         stack: Name of the saved ``gpuflow-stack`` block that says where things run.
     """
-    pipeline = await GpuflowStack.aload(stack)
+    pipeline = cast(GpuflowStack, await GpuflowStack.aload(stack))
     limits = pipeline.gpu_limits(request.gpu_type)
     # Refuse what can never run before anything is downloaded or any GPU is held.
     await check_gpu_capacity(limits, request.gpus)

@@ -18,12 +18,15 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-server_app = typer.Typer(help="The local Prefect server of the embedded default.", no_args_is_help=True)
+server_app = typer.Typer(
+    help="The local Prefect server of the embedded default.", no_args_is_help=True
+)
 app.add_typer(server_app, name="server")
 
 StateDir = Annotated[
     Path,
     typer.Option(
+        default_factory=default_state_dir,
         envvar="GPUFLOW_STATE_DIR",
         help="Where the embedded default keeps its server, NAS and object store.",
     ),
@@ -46,20 +49,24 @@ def _start_server(state_dir: Path) -> LocalServer:
 
 
 @server_app.command("start")
-def server_start(state_dir: StateDir = default_state_dir()) -> None:
+def server_start(state_dir: StateDir) -> None:
     """Start the local Prefect server (or report the one already running)."""
     server = _start_server(state_dir)
     typer.echo(f"export PREFECT_API_URL={server.api_url}")
 
 
 @server_app.command("stop")
-def server_stop(state_dir: StateDir = default_state_dir()) -> None:
+def server_stop(state_dir: StateDir) -> None:
     """Stop the local Prefect server."""
-    typer.echo("Stopped the local Prefect server." if stop_server(state_dir) else "No local server was running.")
+    typer.echo(
+        "Stopped the local Prefect server."
+        if stop_server(state_dir)
+        else "No local server was running."
+    )
 
 
 @server_app.command("status")
-def server_status(state_dir: StateDir = default_state_dir()) -> None:
+def server_status(state_dir: StateDir) -> None:
     """Tell whether the local Prefect server is running."""
     server = read_server(state_dir)
     if server is None:
@@ -69,6 +76,7 @@ def server_status(state_dir: StateDir = default_state_dir()) -> None:
 
 @app.command()
 def demo(
+    state_dir: StateDir,
     prompt: Annotated[str, typer.Option(help="What should happen in the video.")] = (
         "a slow push in over green hills at sunset"
     ),
@@ -77,7 +85,6 @@ def demo(
     fps: Annotated[int, typer.Option(help="Frames per second.")] = 16,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     gpu_slots: Annotated[int, typer.Option(help="Size of the GPU limit on this machine.")] = 1,
-    state_dir: StateDir = default_state_dir(),
 ) -> None:
     """Run the main job end to end on the embedded default (local server, NAS, store)."""
     server = _start_server(state_dir)
@@ -128,4 +135,3 @@ def run(
     except (GpuflowError, ValueError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(uri)
-

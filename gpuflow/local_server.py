@@ -122,7 +122,9 @@ def ensure_server(state_dir: Path, port: int | None = None) -> tuple[LocalServer
             )
         if time.monotonic() > deadline:
             stop_process(process.pid)
-            raise ServerError(f"the Prefect server did not answer within {_START_TIMEOUT_S:.0f}s; see {log_path}")
+            raise ServerError(
+                f"the Prefect server did not answer within {_START_TIMEOUT_S:.0f}s; see {log_path}"
+            )
         time.sleep(0.5)
     record = state_dir / "server.json"
     record.write_text(json.dumps({"pid": server.pid, "port": server.port, "home": str(home)}))

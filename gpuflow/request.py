@@ -14,7 +14,7 @@ _RESOLUTION = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
-class Priority(str, enum.Enum):
+class Priority(enum.StrEnum):
     HIGH = "high"
     NORMAL = "normal"
     BATCH = "batch"

@@ -19,9 +19,9 @@ MODEL_ARCHITECTURE = "gpuflow-i2v-standin"
 def landscape_png(width: int = 640, height: int = 384) -> bytes:
     """A small, detailed scene (sky gradient, sun, hills, trees) that shows camera motion."""
     y = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None]
-    sky = np.stack(
-        [0.35 + 0.5 * y, 0.55 + 0.35 * y, 0.95 - 0.25 * y], axis=-1
-    ) * np.ones((1, width, 1), dtype=np.float32)
+    sky = np.stack([0.35 + 0.5 * y, 0.55 + 0.35 * y, 0.95 - 0.25 * y], axis=-1) * np.ones(
+        (1, width, 1), dtype=np.float32
+    )
     image = Image.fromarray((sky * 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(image)
     draw.ellipse((width * 0.68, height * 0.12, width * 0.8, height * 0.32), fill=(255, 214, 102))
@@ -30,7 +30,9 @@ def landscape_png(width: int = 640, height: int = 384) -> bytes:
         base = height * (0.55 + 0.12 * layer)
         xs = np.linspace(0, width, 24)
         ys = base + rng.normal(0, height * 0.04, size=xs.size)
-        draw.polygon([(0, height), *zip(xs.tolist(), ys.tolist(), strict=True), (width, height)], fill=colour)
+        draw.polygon(
+            [(0, height), *zip(xs.tolist(), ys.tolist(), strict=True), (width, height)], fill=colour
+        )
     for x in rng.uniform(0, width, size=18):
         ground = height * 0.82 + rng.uniform(-10, 10)
         draw.polygon([(x, ground - 40), (x - 12, ground), (x + 12, ground)], fill=(20, 60, 30))

@@ -66,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         return _fail(ExitCode.INPUT_ERROR, f"input image {args.image} does not exist")
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        return _fail(ExitCode.INPUT_ERROR, f"input image {args.image} is not a readable image: {exc}")
+        return _fail(
+            ExitCode.INPUT_ERROR, f"input image {args.image} is not a readable image: {exc}"
+        )
 
     try:
         import imageio_ffmpeg
@@ -74,7 +76,11 @@ def run(args: argparse.Namespace) -> int:
         return _fail(ExitCode.ENVIRONMENT_ERROR, f"imageio-ffmpeg is not installed: {exc}")
 
     path = camera_path(args.prompt, args.seed)
-    print(f"camera: zoom {path.zoom_start:.2f}->{path.zoom_end:.2f}, pan ({path.pan_x:+.2f}, {path.pan_y:+.2f})", flush=True)
+    print(
+        f"camera: zoom {path.zoom_start:.2f}->{path.zoom_end:.2f}, "
+        f"pan ({path.pan_x:+.2f}, {path.pan_y:+.2f})",
+        flush=True,
+    )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     partial = args.output.with_name(f".{args.output.name}.partial.mp4")
     started = time.monotonic()
@@ -108,7 +114,11 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     report_metric("frames_per_s", args.frames / elapsed if elapsed > 0 else 0.0, "frames/s")
     report_output("video", str(args.output))
-    print(f"wrote {args.frames} frames at {args.width}x{args.height}, {args.fps} fps to {args.output}", flush=True)
+    print(
+        f"wrote {args.frames} frames at {args.width}x{args.height}, "
+        f"{args.fps} fps to {args.output}",
+        flush=True,
+    )
     return int(ExitCode.SUCCESS)
 
 

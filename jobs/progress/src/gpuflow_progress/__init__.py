@@ -10,7 +10,7 @@ import enum
 import json
 import sys
 from dataclasses import dataclass
-from typing import IO, Optional, Union
+from typing import IO, Union
 
 MARKER = "::gpuflow::"
 PROTOCOL_VERSION = 1
@@ -68,7 +68,7 @@ def encode(event: Event) -> str:
     return f"{MARKER} {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}"
 
 
-def parse_line(line: str) -> Optional[Event]:
+def parse_line(line: str) -> Event | None:
     """The event a line carries, or None for a plain log line (malformed events included)."""
     stripped = line.strip()
     if not stripped.startswith(MARKER):
@@ -82,31 +82,37 @@ def parse_line(line: str) -> Optional[Event]:
     try:
         kind = payload["kind"]
         if kind == "progress":
-            return Progress(int(payload["done"]), int(payload["total"]), str(payload.get("message", "")))
+            return Progress(
+                int(payload["done"]), int(payload["total"]), str(payload.get("message", ""))
+            )
         if kind == "output":
             return Output(str(payload["name"]), str(payload["path"]))
         if kind == "metric":
-            return Metric(str(payload["name"]), float(payload["value"]), str(payload.get("unit", "")))
+            return Metric(
+                str(payload["name"]), float(payload["value"]), str(payload.get("unit", ""))
+            )
     except (KeyError, TypeError, ValueError):
         return None
     return None
 
 
-def _emit(event: Event, stream: Optional[IO[str]]) -> None:
+def _emit(event: Event, stream: IO[str] | None) -> None:
     out = stream if stream is not None else sys.stdout
     out.write(encode(event) + "\n")
     out.flush()
 
 
-def report_progress(done: int, total: int, message: str = "", stream: Optional[IO[str]] = None) -> None:
+def report_progress(
+    done: int, total: int, message: str = "", stream: IO[str] | None = None
+) -> None:
     _emit(Progress(done, total, message), stream)
 
 
-def report_output(name: str, path: str, stream: Optional[IO[str]] = None) -> None:
+def report_output(name: str, path: str, stream: IO[str] | None = None) -> None:
     _emit(Output(name, path), stream)
 
 
-def report_metric(name: str, value: float, unit: str = "", stream: Optional[IO[str]] = None) -> None:
+def report_metric(name: str, value: float, unit: str = "", stream: IO[str] | None = None) -> None:
     _emit(Metric(name, value, unit), stream)
 
 

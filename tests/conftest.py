@@ -1,0 +1,66 @@
+"""Shared fixtures: one real Prefect server (SQLite) per test session, an embedded layout."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from deployments.bootstrap import bootstrap
+from gpuflow.embedded import EmbeddedLayout
+from gpuflow.local_server import LocalServer, ensure_server, stop_server
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded default's state directory for the whole session (server, NAS, store)."""
+    return tmp_path_factory.mktemp("gpuflow-state")
+
+
+@pytest.fixture(scope="session")
+def prefect_server(state_dir: Path) -> Iterator[LocalServer]:
+    """A real Prefect server on SQLite, started once: it takes ~15 s and runs migrations."""
+    server, _ = ensure_server(state_dir)
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = server.api_url  # for subprocesses (the CLI tests)
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield server
+            # Deliver queued logs and events while the server still listens.
+            APILogWorker.drain_all(timeout=10)
+            EventsWorker.drain_all(timeout=10)
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+        stop_server(state_dir)
+
+
+@pytest.fixture(scope="session")
+def layout(state_dir: Path) -> EmbeddedLayout:
+    layout = EmbeddedLayout(state_dir)
+    layout.seed_samples()
+    return layout
+
+
+@pytest.fixture
+def gpu_limit_name() -> str:
+    """A GPU limit of its own per test, so tests cannot see each other's slots."""
+    return f"gpu-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def stack_name(prefect_server: LocalServer, layout: EmbeddedLayout, gpu_limit_name: str) -> str:
+    """A saved stack on the session server with a 2-slot GPU limit of its own."""
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    stack = layout.stack().model_copy(update={"gpu_limit": gpu_limit_name})
+    asyncio.run(bootstrap(stack, name, gpu_slots=2))
+    return name
