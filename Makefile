@@ -30,5 +30,6 @@ $(UV_TOOLS)/bin/uv:
 server-stop:
 	$(RUN) gpuflow server stop
 
-clean: server-stop
+clean:
+	-$(RUN) gpuflow server stop
 	rm -rf .gpuflow .venv .tools

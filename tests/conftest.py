@@ -13,8 +13,9 @@ from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from blocks.environment import ResolvedEnv
 from deployments.bootstrap import bootstrap
-from gpuflow.embedded import EmbeddedLayout
+from gpuflow.embedded import EmbeddedLayout, repository_jobs_root
 from gpuflow.local_server import LocalServer, ensure_server, stop_server
 
 
@@ -64,3 +65,9 @@ def stack_name(prefect_server: LocalServer, layout: EmbeddedLayout, gpu_limit_na
     stack = layout.stack().model_copy(update={"gpu_limit": gpu_limit_name})
     asyncio.run(bootstrap(stack, name, gpu_slots=2))
     return name
+
+
+@pytest.fixture(scope="session")
+def i2v_env(layout: EmbeddedLayout) -> ResolvedEnv:
+    """The reference job's environment, built with real uv once per session."""
+    return layout.stack().environments.resolve(repository_jobs_root() / "i2v")

@@ -1,0 +1,108 @@
+"""The reference job through its real console script in its real uv environment."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from gpuflow_progress import ExitCode, Output, Progress, parse_line
+
+from blocks.environment import ResolvedEnv
+from gpuflow import samples
+from tests.media import frame, probe
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "model"
+    samples.write_model(directory, "standin", "v1")
+    return directory
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    path = tmp_path / "in.png"
+    samples.write_image(path)
+    return path
+
+
+def _job(
+    env: ResolvedEnv, model_dir: Path, image: Path, output: Path, **overrides: str
+) -> subprocess.CompletedProcess[str]:
+    args = {
+        "--model-dir": str(model_dir), "--image": str(image), "--prompt": "pan left",
+        "--width": "128", "--height": "96", "--frames": "9", "--fps": "8", "--seed": "1",
+        "--output": str(output),
+    }  # fmt: skip
+    args.update(overrides)
+    argv = [str(env.script("i2v-job"))] + [part for pair in args.items() for part in pair]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_job_animates_the_image_and_reports_progress(
+    i2v_env: ResolvedEnv, model_dir: Path, image: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "out" / "raw.mp4"
+    completed = _job(i2v_env, model_dir, image, output)
+    assert completed.returncode == 0, completed.stderr
+    events = [parse_line(line) for line in completed.stdout.splitlines()]
+    progress = [event for event in events if isinstance(event, Progress)]
+    assert [p.done for p in progress] == list(range(1, 10)) and progress[-1].percent == 100.0
+    assert Output("video", str(output)) in events
+    facts = probe(output)
+    assert (facts.width, facts.height, facts.frames) == (128, 96, 9)
+    first, last = frame(output, 0, 128, 96), frame(output, 8, 128, 96)
+    assert abs(first.astype(int) - last.astype(int)).mean() > 5, "the camera did not move"
+    assert list(output.parent.iterdir()) == [output], "partial files left behind"
+
+
+def test_prompt_and_seed_shape_the_motion(
+    i2v_env: ResolvedEnv, model_dir: Path, image: Path, tmp_path: Path
+) -> None:
+    outputs = {}
+    for name, prompt, seed in [
+        ("a", "pan left", "1"),
+        ("b", "pan left", "1"),
+        ("c", "zoom out", "9"),
+    ]:
+        outputs[name] = tmp_path / f"{name}.mp4"
+        assert (
+            _job(
+                i2v_env, model_dir, image, outputs[name], **{"--prompt": prompt, "--seed": seed}
+            ).returncode
+            == 0
+        )
+    last = {name: frame(path, 8, 128, 96).astype(int) for name, path in outputs.items()}
+    assert (last["a"] == last["b"]).all()
+    assert abs(last["a"] - last["c"]).mean() > 5
+
+
+def test_an_unreadable_image_is_an_input_error(
+    i2v_env: ResolvedEnv, model_dir: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    completed = _job(i2v_env, model_dir, bad, tmp_path / "out.mp4")
+    assert completed.returncode == ExitCode.INPUT_ERROR
+    assert str(bad) in completed.stderr
+    missing = _job(i2v_env, model_dir, tmp_path / "missing.png", tmp_path / "out.mp4")
+    assert missing.returncode == ExitCode.INPUT_ERROR and "missing.png" in missing.stderr
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_a_missing_or_foreign_model_is_a_config_error(
+    i2v_env: ResolvedEnv, model_dir: Path, image: Path, tmp_path: Path
+) -> None:
+    completed = _job(i2v_env, tmp_path / "nowhere", image, tmp_path / "out.mp4")
+    assert completed.returncode == ExitCode.CONFIG_ERROR and "config.json" in completed.stderr
+    (model_dir / "config.json").write_text('{"architecture": "llama", "format_version": 1}')
+    completed = _job(i2v_env, model_dir, image, tmp_path / "out.mp4")
+    assert completed.returncode == ExitCode.CONFIG_ERROR and "'llama'" in completed.stderr
+
+
+def test_bad_arguments_are_a_config_error(
+    i2v_env: ResolvedEnv, model_dir: Path, image: Path, tmp_path: Path
+) -> None:
+    completed = _job(i2v_env, model_dir, image, tmp_path / "o.mp4", **{"--frames": "-3"})
+    assert completed.returncode == ExitCode.CONFIG_ERROR and "-3" in completed.stderr

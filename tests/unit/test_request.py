@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import pytest
+
+from gpuflow.errors import RequestError
+from gpuflow.request import VideoRequest, parse_request
+
+GOOD = {"prompt": "a cat", "image_uri": "file:///srv/cat.png"}
+
+
+def test_defaults_make_a_valid_small_request() -> None:
+    request = parse_request(GOOD)
+    assert (request.width, request.height, request.num_frames) == (320, 192, 17)
+    assert request.duration_s == pytest.approx(17 / 16)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("resolution", "300x200", "'300x200'"),
+        ("resolution", "1280*720", "'1280*720'"),
+        ("resolution", "2048x1024", "2048"),
+        ("num_frames", 20, "20"),
+        ("num_frames", 0, "0"),
+        ("fps", 0, "0"),
+        ("gpus", 0, "0"),
+        ("gpus", 65, "65"),
+        ("prompt", "", "''"),
+        ("seed", -1, "-1"),
+        ("gpu_type", "h100; rm -rf /", "rm -rf"),
+    ],
+)
+def test_a_bad_value_is_refused_naming_field_and_value(
+    field: str, value: object, named: str
+) -> None:
+    with pytest.raises(RequestError) as error:
+        parse_request(GOOD | {field: value})
+    assert field in str(error.value)
+    assert named in str(error.value)
+
+
+def test_unknown_fields_are_refused() -> None:
+    with pytest.raises(RequestError, match="frames"):
+        parse_request(GOOD | {"frames": 17})
+
+
+def test_frame_count_error_suggests_valid_neighbours() -> None:
+    with pytest.raises(RequestError, match=r"17 or 21"):
+        parse_request(GOOD | {"num_frames": 20})
+
+
+def test_a_request_object_passes_through() -> None:
+    request = VideoRequest.model_validate(GOOD)
+    assert parse_request(request) is request
