@@ -29,7 +29,6 @@ resource "alicloud_nas_file_system" "this" {
 resource "alicloud_nas_access_group" "this" {
   access_group_name = local.access_group_name
   access_group_type = "Vpc"
-  file_system_type  = "standard"
   description       = "NFS access for the ${var.name} cluster"
 }
 
@@ -37,7 +36,6 @@ resource "alicloud_nas_access_rule" "this" {
   for_each = local.cidrs
 
   access_group_name = alicloud_nas_access_group.this.access_group_name
-  file_system_type  = "standard"
   source_cidr_ip    = each.value
   rw_access_type    = "RDWR"
   user_access_type  = var.user_access_type
