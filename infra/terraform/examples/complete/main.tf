@@ -69,11 +69,12 @@ module "kubernetes" {
   enable_prefect_worker        = var.enable_prefect_worker
   prefect_worker_chart_version = var.prefect_worker_chart_version
   work_pool_name               = module.prefect.kubernetes_work_pool_name
-  prefect_api_config           = var.prefect_api_key == null ? "server" : "cloud"
-  prefect_api_url              = var.prefect_api_url
-  prefect_account_id           = var.prefect_account_id
-  prefect_workspace_id         = var.prefect_workspace_id
-  prefect_api_key              = var.prefect_api_key
+  # Decided on the account id, not on the (sensitive) key: count cannot use sensitive values.
+  prefect_api_config   = var.prefect_account_id == null ? "server" : "cloud"
+  prefect_api_url      = var.prefect_api_url
+  prefect_account_id   = var.prefect_account_id
+  prefect_workspace_id = var.prefect_workspace_id
+  prefect_api_key      = var.prefect_api_key
 
   labels = { "app.kubernetes.io/instance" = var.name }
 }
@@ -117,19 +118,22 @@ module "prefect" {
   gpu_count       = var.gpu_count
   gpu_type_counts = var.gpu_type_counts
 
-  variables = {
-    gpuflow_nas_mount_path              = var.nas_mount_path
-    gpuflow_nas_pvc_name                = module.kubernetes.pvc_name
-    gpuflow_k8s_namespace               = module.kubernetes.namespace
-    gpuflow_k8s_service_account         = module.kubernetes.service_account_name
-    gpuflow_ecs_cluster                 = module.ecs.cluster_arn
-    gpuflow_ecs_task_role_arn           = module.ecs.task_role_arn
-    gpuflow_ecs_execution_role_arn      = module.ecs.task_execution_role_arn
-    gpuflow_ecs_log_group               = module.ecs.log_group_name
-    gpuflow_ecs_gpu_capacity_provider   = coalesce(module.ecs.gpu_capacity_provider_name, "")
-    gpuflow_efs_file_system_id          = module.nas.file_system_id
-    gpuflow_efs_access_point_id         = module.nas.access_point_id
-    gpuflow_ecs_tasks_security_group_id = module.ecs.tasks_security_group_id
-    gpuflow_subnet_ids                  = join(",", var.private_subnet_ids)
-  }
+  variables = merge(
+    {
+      gpuflow_nas_mount_path              = var.nas_mount_path
+      gpuflow_nas_pvc_name                = module.kubernetes.pvc_name
+      gpuflow_k8s_namespace               = module.kubernetes.namespace
+      gpuflow_k8s_service_account         = module.kubernetes.service_account_name
+      gpuflow_ecs_cluster                 = module.ecs.cluster_arn
+      gpuflow_ecs_task_role_arn           = module.ecs.task_role_arn
+      gpuflow_ecs_execution_role_arn      = module.ecs.task_execution_role_arn
+      gpuflow_ecs_log_group               = module.ecs.log_group_name
+      gpuflow_efs_file_system_id          = module.nas.file_system_id
+      gpuflow_efs_access_point_id         = module.nas.access_point_id
+      gpuflow_ecs_tasks_security_group_id = module.ecs.tasks_security_group_id
+      gpuflow_subnet_ids                  = join(",", var.private_subnet_ids)
+    },
+    # Only with EC2 GPU capacity: a Prefect variable cannot be null.
+    var.enable_gpu_capacity ? { gpuflow_ecs_gpu_capacity_provider = module.ecs.gpu_capacity_provider_name } : {},
+  )
 }

@@ -51,12 +51,6 @@ data "aws_iam_policy_document" "execution" {
     resources = ["${aws_cloudwatch_log_group.tasks.arn}:*"]
   }
 
-  statement {
-    sid       = "UseGpuflowKey"
-    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
-    resources = [local.kms_key_arn]
-  }
-
   dynamic "statement" {
     for_each = length(var.secret_arns) > 0 ? [var.secret_arns] : []
 
