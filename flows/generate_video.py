@@ -185,12 +185,14 @@ class _Costs:
 
     def table(self) -> list[dict[str, object]]:
         rows: list[dict[str, object]] = [
-            {"step": name, "wall_s": seconds} for name, seconds in self.steps.items()
+            {"item": name, "value": seconds, "unit": "s"} for name, seconds in self.steps.items()
         ]
-        rows.append({"step": "total", "wall_s": round(sum(self.steps.values()), 3)})
-        rows.append({"step": "gpu_seconds", "wall_s": round(self.gpu_seconds, 3)})
-        rows.append({"step": "bytes_downloaded", "wall_s": self.bytes_in})
-        rows.append({"step": "bytes_uploaded", "wall_s": self.bytes_out})
+        rows += [
+            {"item": "total", "value": round(sum(self.steps.values()), 3), "unit": "s"},
+            {"item": "gpu", "value": round(self.gpu_seconds, 3), "unit": "GPU-s"},
+            {"item": "downloaded", "value": self.bytes_in, "unit": "bytes"},
+            {"item": "uploaded", "value": self.bytes_out, "unit": "bytes"},
+        ]
         return rows
 
 

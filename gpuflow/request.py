@@ -28,6 +28,9 @@ class ModelRef(BaseModel):
     name: Annotated[str, Field(pattern=_NAME, description="Model name, e.g. wan2.2-i2v-a14b.")]
     revision: Annotated[str, Field(pattern=_NAME, description="Model revision or version tag.")]
 
+    def __str__(self) -> str:
+        return f"{self.name}@{self.revision}"
+
 
 class VideoRequest(BaseModel):
     """One image-to-video request."""

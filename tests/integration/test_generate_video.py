@@ -105,14 +105,11 @@ def test_generates_a_watermarked_video_matching_the_request(
     assert set(by_type) >= {"progress", "markdown", "table"}
     assert float(by_type["progress"].data) == 100.0
     assert uri in str(by_type["markdown"].data)
-    steps = {row["step"] for row in json.loads(str(by_type["table"].data))}
-    assert steps >= {
-        "download_model",
-        "resolve_environment",
-        "run_gpu_job",
-        "postprocess",
-        "upload",
-    }
+    costs = {row["item"]: row for row in json.loads(str(by_type["table"].data))}
+    steps = {"download_model", "resolve_environment", "run_gpu_job", "postprocess", "upload"}
+    assert set(costs) >= steps
+    assert costs["gpu"]["unit"] == "GPU-s" and float(costs["gpu"]["value"]) > 0
+    assert int(costs["uploaded"]["value"]) == video.stat().st_size
 
 
 def _render_raw(layout: EmbeddedLayout, request: VideoRequest, output: Path) -> Path:
