@@ -347,6 +347,7 @@ class _Submission:
         pull_failing_since: dict[str, float] = {}
         while True:
             status = await self._next_status(status, settings.poll_interval_s)
+            self._raise_follower_failure()
             pods = await self._pods()
             self._follow_logs(pods)
             now = time.monotonic()
@@ -586,18 +587,32 @@ class _Submission:
             return True
         return container_exit(current, CONTAINER_NAME) is not None
 
-    async def _finish_logs(self) -> None:
-        """Let every log stream reach the end of its (finished) container."""
-        self._follow_logs(await self._pods())
-        tasks = [follower.task for follower in self.followers.values()]
-        if not tasks:
-            return
-        done, pending = await asyncio.wait(tasks, timeout=self.target.log_drain_s)
-        for task in pending:
-            task.cancel()
-        for task in done:
-            if not task.cancelled() and (error := task.exception()) is not None:
+    def _raise_follower_failure(self) -> None:
+        """Surface an error of a log stream (``on_line`` raising, the API refusing)."""
+        for follower in self.followers.values():
+            task = follower.task
+            if task.done() and not task.cancelled() and (error := task.exception()) is not None:
                 raise error
+
+    async def _finish_logs(self) -> None:
+        """Let the log streams of finished containers reach their end; the copies of pods
+        still running (the operator stops them after a failure) end where they are."""
+        pods = await self._pods()
+        self._follow_logs(pods)
+        still_running = {
+            pod.metadata.name for pod in pods if container_exit(pod, CONTAINER_NAME) is None
+        }
+        draining = []
+        for name, follower in self.followers.items():
+            if name in still_running:
+                follower.task.cancel()
+            else:
+                draining.append(follower.task)
+        if draining:
+            _, late = await asyncio.wait(draining, timeout=self.target.log_drain_s)
+            for task in late:
+                task.cancel()
+        self._raise_follower_failure()
 
     async def _exit_code(self, status: JobStatus) -> int:
         """The Master's exit code, else the first failing worker's, in DESIGN.md classes."""

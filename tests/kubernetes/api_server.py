@@ -350,7 +350,10 @@ class KubeApiServer:
                 line = log.lines[position]
                 position += 1
                 text = line if stamps else line.partition(" ")[2]
-                await response.write(text.encode() + b"\n")
+                try:
+                    await response.write(text.encode() + b"\n")
+                except ConnectionResetError:
+                    return response  # the client went away, as clients may
                 written += 1
                 if self.drop_logs_after.get(key[1]) == written:
                     del self.drop_logs_after[key[1]]

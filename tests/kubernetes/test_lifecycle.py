@@ -11,6 +11,7 @@ from gpuflow_progress import Progress, encode, parse_line
 
 from blocks.compute import JobSpec
 from blocks.kubernetes import KubernetesPyTorchJob
+from blocks.pytorchjob_status import JobStartError
 from tests.kubernetes.api_server import KubeApiServer
 
 pytestmark = pytest.mark.anyio
@@ -78,3 +79,256 @@ async def test_happy_path_streams_master_log_and_progress_and_copies_every_pod_l
     watches = [r for r in kube_api.requests_to("GET", "/pytorchjobs") if r.query.get("watch")]
     assert watches and all(r.query.get("resourceVersion") for r in watches)
     assert not kube_api.requests_to("DELETE", "/pytorchjobs")
+
+
+def _target(target: KubernetesPyTorchJob, **changes: Any) -> KubernetesPyTorchJob:
+    return target.model_copy(update=changes)
+
+
+def _foreground_deletes(api: KubeApiServer) -> list[str]:
+    deletes = api.requests_to("DELETE", "/pytorchjobs/")
+    return [
+        r.query.get("propagationPolicy") or (r.body or {}).get("propagationPolicy", "")
+        for r in deletes
+    ]
+
+
+def _stuck(make_stuck: Any, clear_after_s: float | None = None) -> Any:
+    """A script whose pods get stuck before running (and optionally recover)."""
+
+    async def script(api: KubeApiServer, job: dict[str, Any]) -> None:
+        pods = api.create_pods(job)
+        api.set_condition(job, "Created")
+        for pod in pods:
+            make_stuck(api, pod)
+        if clear_after_s is None:
+            return
+        await asyncio.sleep(clear_after_s)
+        for pod in pods:
+            api.running(pod)
+        api.set_condition(job, "Running")
+        api.log(pods[0], "started after all")
+        for pod in pods:
+            api.terminate(pod, 0)
+        api.set_condition(job, "Succeeded")
+
+    return script
+
+
+async def test_unschedulable_job_fails_at_the_pending_deadline_with_the_schedulers_message(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
+) -> None:
+    message = "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."
+    kube_api.script = _stuck(lambda api, pod: api.unschedulable(pod, message))
+    slow = _target(target, pending_deadline_s=0.6)
+    started = asyncio.get_running_loop().time()
+
+    with pytest.raises(JobStartError) as caught:
+        await slow.run(i2v_job(nas), Lines())
+
+    assert asyncio.get_running_loop().time() - started >= 0.6
+    assert "did not start running within" in str(caught.value)
+    assert message in str(caught.value)
+    assert "FailedScheduling" in str(caught.value)  # the pod's warning events come along
+    assert caught.value.retryable
+    assert _foreground_deletes(kube_api) == ["Foreground"]
+    assert not kube_api.jobs
+
+
+async def test_failing_image_pull_gets_a_grace_period_then_fails_retryably(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
+) -> None:
+    message = "Back-off pulling image: dial tcp 10.0.0.5:443: i/o timeout"
+    kube_api.script = _stuck(lambda api, pod: api.waiting(pod, "ImagePullBackOff", message))
+    started = asyncio.get_running_loop().time()
+
+    with pytest.raises(JobStartError) as caught:
+        await target.run(i2v_job(nas), Lines())
+
+    elapsed = asyncio.get_running_loop().time() - started
+    assert target.image_pull_grace_s <= elapsed < target.pending_deadline_s
+    assert "image pull failing" in str(caught.value) and message in str(caught.value)
+    assert caught.value.retryable
+    assert _foreground_deletes(kube_api) == ["Foreground"]
+
+
+async def test_registry_throttling_waits_past_the_pull_grace_and_the_job_then_runs(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
+) -> None:
+    throttled = "429 Too Many Requests: toomanyrequests: You have reached your pull rate limit"
+    kube_api.script = _stuck(
+        lambda api, pod: api.waiting(pod, "ErrImagePull", throttled),
+        clear_after_s=target.image_pull_grace_s * 3,
+    )
+    lines = Lines()
+
+    result = await target.run(i2v_job(nas), lines)
+
+    assert result.exit_code == 0
+    assert lines.lines == ["started after all"]
+    assert not kube_api.requests_to("DELETE", "/pytorchjobs/")
+
+
+@pytest.mark.parametrize(
+    ("reason", "message", "expected"),
+    [
+        ("InvalidImageName", 'couldn\'t parse image name "Bad Image"', "invalid image"),
+        (
+            "ErrImagePull",
+            "rpc error: manifest unknown: manifest unknown",
+            "image not found or access denied",
+        ),
+        (
+            "CreateContainerConfigError",
+            'secret "hf-token" not found',
+            "container cannot be created",
+        ),
+        ("CreateContainerError", "failed to mount /dev/shm", "container cannot be created"),
+    ],
+)
+async def test_problems_that_never_clear_fail_at_once_and_are_not_retried(
+    kube_api: KubeApiServer,
+    target: KubernetesPyTorchJob,
+    nas: Path,
+    reason: str,
+    message: str,
+    expected: str,
+) -> None:
+    def stuck(api: KubeApiServer, pod: str) -> None:
+        api.waiting(pod, reason, message)
+        api.add_event(pod, "Failed", f"Error: {message}")
+
+    kube_api.script = _stuck(stuck)
+    patient = _target(target, image_pull_grace_s=30.0, pending_deadline_s=30.0)
+    started = asyncio.get_running_loop().time()
+
+    with pytest.raises(JobStartError) as caught:
+        await patient.run(i2v_job(nas), Lines())
+
+    assert asyncio.get_running_loop().time() - started < 5
+    assert expected in str(caught.value) and message in str(caught.value)
+    assert f"event Failed: Error: {message}" in str(caught.value)
+    assert not caught.value.retryable
+    assert _foreground_deletes(kube_api) == ["Foreground"]
+
+
+def _ends_with(master_exit: tuple[int, str], worker_exit: tuple[int, str] | None = None) -> Any:
+    async def script(api: KubeApiServer, job: dict[str, Any]) -> None:
+        pods = api.create_pods(job)
+        for pod in pods:
+            api.running(pod)
+        api.set_condition(job, "Running")
+        api.log(pods[0], "working")
+        await asyncio.sleep(0.05)
+        api.terminate(pods[0], *master_exit)
+        if worker_exit is not None:
+            api.terminate(pods[1], *worker_exit)
+        failed = master_exit[0] != 0 or (worker_exit is not None and worker_exit[0] != 0)
+        api.set_condition(job, "Failed" if failed else "Succeeded")
+
+    return script
+
+
+@pytest.mark.parametrize(
+    ("master_exit", "worker_exit", "expected"),
+    [
+        ((2, "Error"), None, 2),  # input error: the job's own class
+        ((3, "Error"), (0, "Completed"), 3),
+        ((137, "OOMKilled"), None, 4),  # out of memory: resource error
+        ((143, "Error"), None, 4),  # terminated from outside (preemption)
+        ((127, "Error"), None, 5),  # interpreter not found: environment error
+        ((0, "Completed"), (4, "Error"), 4),  # a worker's failure when the Master is fine
+        ((139, "Error"), None, 139),  # unknown stays unknown (retried as infrastructure)
+    ],
+)
+async def test_exit_codes_map_to_the_design_classes(
+    kube_api: KubeApiServer,
+    target: KubernetesPyTorchJob,
+    nas: Path,
+    master_exit: tuple[int, str],
+    worker_exit: tuple[int, str] | None,
+    expected: int,
+) -> None:
+    kube_api.script = _ends_with(master_exit, worker_exit)
+
+    result = await target.run(i2v_job(nas, gpus=2), Lines())
+
+    assert result.exit_code == expected
+    assert "working" in result.last_lines
+    assert not kube_api.requests_to("DELETE", "/pytorchjobs/")
+
+
+async def test_job_failed_without_any_container_exit_is_a_resource_error(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
+) -> None:
+    async def deadline_exceeded(api: KubeApiServer, job: dict[str, Any]) -> None:
+        api.set_condition(job, "Created")
+        await asyncio.sleep(0.05)
+        api.set_condition(job, "Failed", "DeadlineExceeded", "Job was active longer than allowed")
+
+    kube_api.script = deadline_exceeded
+
+    result = await target.run(i2v_job(nas), Lines())
+
+    assert result.exit_code == 4
+    assert "DeadlineExceeded" in result.last_lines[-1]
+
+
+async def _runs_until_deleted(api: KubeApiServer, job: dict[str, Any]) -> None:
+    pods = api.create_pods(job)
+    for pod in pods:
+        api.running(pod)
+    api.set_condition(job, "Running")
+    for step in range(1000):
+        if (job["metadata"]["namespace"], job["metadata"]["name"]) not in api.jobs:
+            return
+        api.log(pods[0], f"step {step}")
+        await asyncio.sleep(0.02)
+
+
+async def test_cancelling_the_run_deletes_the_job_in_the_foreground(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
+) -> None:
+    kube_api.script = _runs_until_deleted
+    lines = Lines()
+    run = asyncio.create_task(target.run(i2v_job(nas), lines))
+    for _ in range(200):
+        if len(lines.lines) >= 3:
+            break
+        await asyncio.sleep(0.02)
+    assert len(lines.lines) >= 3
+
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+
+    assert _foreground_deletes(kube_api) == ["Foreground"]
+    assert not kube_api.jobs and not kube_api.pods
+
+
+async def test_a_failing_flow_deletes_its_job(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
+) -> None:
+    kube_api.script = _runs_until_deleted
+
+    async def broken_handler(line: str) -> None:
+        raise RuntimeError(f"flow broke on {line!r}")
+
+    with pytest.raises(RuntimeError, match="flow broke on 'step 0'"):
+        await target.run(i2v_job(nas), broken_handler)
+
+    assert _foreground_deletes(kube_api) == ["Foreground"]
+    assert not kube_api.jobs
+
+
+async def test_a_job_running_past_its_timeout_is_deleted_as_a_resource_error(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
+) -> None:
+    kube_api.script = _runs_until_deleted
+    job = i2v_job(nas).model_copy(update={"timeout_s": 0.3})
+
+    result = await target.run(job, Lines())
+
+    assert result.exit_code == 4
+    assert "exceeded its timeout" in result.last_lines[-1]
+    assert _foreground_deletes(kube_api) == ["Foreground"]
