@@ -93,6 +93,20 @@ _SHORT_WATCH_S = 1.0
 _POD_NAME_ENV = "GPUFLOW_FLOW_POD_NAME"
 
 
+class _NoSecretBodies(logging.Filter):
+    """kubernetes_asyncio logs every response body at DEBUG level: a Secret's included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("response body"):
+            return True
+        body = record.args[0] if isinstance(record.args, tuple) and record.args else b""
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
+        return '"kind":"Secret"' not in text.replace(" ", "")
+
+
+logging.getLogger("kubernetes_asyncio.client.rest").addFilter(_NoSecretBodies())
+
+
 def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
     try:
         return get_run_logger()
@@ -431,6 +445,7 @@ class _Submission:
                         version,
                     )
                     failures += 1
+                    await asyncio.sleep(self.target.poll_interval_s)
                     continue
                 short = time.monotonic() - opened < _SHORT_WATCH_S
                 failures = failures + 1 if (events == 0 and short) else 0

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from gpuflow_progress import Progress, encode, parse_line
+from pydantic import SecretStr
 
 from blocks.compute import JobSpec
 from blocks.kubernetes import KubernetesPyTorchJob
+from blocks.pytorchjob_manifest import ManifestError
 from blocks.pytorchjob_status import JobStartError
-from tests.kubernetes.api_server import KubeApiServer
+from tests.kubernetes.api_server import KubeApiServer, RecordedRequest
 
 pytestmark = pytest.mark.anyio
 
@@ -332,3 +335,209 @@ async def test_a_job_running_past_its_timeout_is_deleted_as_a_resource_error(
     assert result.exit_code == 4
     assert "exceeded its timeout" in result.last_lines[-1]
     assert _foreground_deletes(kube_api) == ["Foreground"]
+
+
+def _watches(api: KubeApiServer) -> list[RecordedRequest]:
+    return [r for r in api.requests_to("GET", "/pytorchjobs") if r.query.get("watch")]
+
+
+async def test_a_dropped_watch_resumes_at_the_last_resource_version(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
+) -> None:
+    kube_api.drop_watches = 2  # two connections break right after their first event
+    kube_api.script = _succeeds_with_progress
+    lines = Lines()
+
+    result = await target.run(i2v_job(nas, gpus=2), lines)
+
+    assert result.exit_code == 0
+    assert len([line for line in lines.lines if parse_line(line) is None]) == 4
+    assert kube_api.drop_watches == 0  # both connections did break
+    versions = [int(r.query["resourceVersion"]) for r in _watches(kube_api)]
+    assert len(versions) >= 2
+    # Each reconnect resumes after what it already saw, never from the start.
+    assert versions == sorted(versions) and len(set(versions)) == len(versions)
+
+
+async def test_an_expired_resource_version_rereads_the_job_and_watches_on(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
+) -> None:
+    async def compacting(api: KubeApiServer, job: dict[str, Any]) -> None:
+        api.drop_watches = 1
+        api.set_condition(job, "Created")  # the watch breaks after delivering this
+        api.compact()  # ... and its resourceVersion is gone by the time it comes back
+        await asyncio.sleep(0.2)
+        await _succeeds_with_progress(api, job)
+
+    kube_api.script = compacting
+
+    result = await target.run(i2v_job(nas), Lines())
+
+    assert result.exit_code == 0
+    gets = [r for r in kube_api.requests_to("GET", "/pytorchjobs/") if not r.query.get("watch")]
+    assert len(gets) >= 2  # the first read, and the re-read after 410 Gone
+    assert int(_watches(kube_api)[-1].query["resourceVersion"]) >= kube_api.compacted_below
+
+
+async def test_when_watching_keeps_failing_the_job_is_polled(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
+) -> None:
+    kube_api.watch_failures = 1000
+    kube_api.script = _succeeds_with_progress
+
+    result = await target.run(i2v_job(nas), Lines())
+
+    assert result.exit_code == 0
+    assert len(_watches(kube_api)) == 3  # no event ever arrived through a watch ...
+    assert len(kube_api.requests_to("GET", "/pytorchjobs/")) >= 2  # ... polls saw the end
+
+
+async def test_a_dropped_log_stream_resumes_without_losing_or_repeating_lines(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
+) -> None:
+    async def chatty(api: KubeApiServer, job: dict[str, Any]) -> None:
+        (pod,) = api.create_pods(job)
+        api.drop_logs_after[pod] = 3
+        api.running(pod)
+        api.set_condition(job, "Running")
+        for step in range(10):
+            api.log(pod, f"line {step}")
+            await asyncio.sleep(0.03)
+        api.terminate(pod, 0)
+        api.set_condition(job, "Succeeded")
+
+    kube_api.script = chatty
+    lines = Lines()
+
+    await target.run(i2v_job(nas), lines)
+
+    assert lines.lines == [f"line {step}" for step in range(10)]
+    assert len(kube_api.requests_to("GET", "/log")) >= 2
+
+
+async def test_in_a_flow_pod_the_job_is_owned_by_the_flow_pods_job(
+    kube_api: KubeApiServer,
+    target: KubernetesPyTorchJob,
+    nas: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kube_api.pods[("default", "flow-run-abc-x7k2p")] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "flow-run-abc-x7k2p",
+            "namespace": "default",
+            "labels": {},
+            "ownerReferences": [
+                {"apiVersion": "batch/v1", "kind": "Job", "name": "flow-run-abc", "uid": "u-123"}
+            ],
+        },
+        "spec": {"containers": [{"name": "prefect-job", "image": "prefect"}]},
+    }
+    monkeypatch.setenv("GPUFLOW_FLOW_POD_NAME", "flow-run-abc-x7k2p")
+    kube_api.script = _succeeds_with_progress
+
+    await target.run(i2v_job(nas), Lines())
+
+    (create,) = kube_api.requests_to("POST", "/pytorchjobs")
+    assert create.body["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "name": "flow-run-abc",
+            "uid": "u-123",
+            "blockOwnerDeletion": True,
+            "controller": False,
+        }
+    ]
+
+
+async def test_secret_values_reach_the_job_through_a_secret_never_the_manifest(
+    kube_api: KubeApiServer,
+    target: KubernetesPyTorchJob,
+    nas: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    token = "hf_SECRET-7f3a9c-do-not-leak"
+    with_secret = _target(target, secret_env={"HF_TOKEN": SecretStr(token)})
+    kube_api.script = _succeeds_with_progress
+    caplog.set_level("DEBUG")
+
+    await with_secret.run(i2v_job(nas), Lines())
+
+    (create,) = kube_api.requests_to("POST", "/pytorchjobs")
+    assert token not in json.dumps(create.body)
+    assert token not in caplog.text
+    (name,) = {key[1] for key in kube_api.jobs}
+    container = create.body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": f"{name}-env", "key": "HF_TOKEN"}}} in container["env"]  # noqa: E501
+    secret = kube_api.secrets[("default", f"{name}-env")]
+    assert secret["stringData"] == {"HF_TOKEN": token}
+    (owner,) = secret["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"]) == (
+        "PyTorchJob",
+        name,
+        kube_api.job(name)["metadata"]["uid"],
+    )
+
+
+INJECTIONS = [
+    'a "quoted" cat\'s day',
+    "line one\nline two\r\nkind: Pod\n---\napiVersion: v1",
+    "$(rm -rf /); `id` && echo pwned | sh",
+    "{{ name }} ${HOME} %s {0}",
+    "key: value\n  - item: [1, 2]\n? complex\n&anchor *alias !!python/object:os.system",
+    "émoji 🎬 \u202e rtl \x00 nul? no: tab\there",
+]
+
+
+@pytest.mark.parametrize("prompt", INJECTIONS)
+async def test_prompts_reach_the_pods_verbatim_as_one_argument(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path, prompt: str
+) -> None:
+    kube_api.script = _succeeds_with_progress
+    job = i2v_job(nas, prompt=prompt, gpus=2).model_copy(update={"env": {"GPUFLOW_NOTE": prompt}})
+
+    await target.run(job, Lines())
+
+    for pod in kube_api.pods.values():
+        (container,) = pod["spec"]["containers"]
+        assert container["command"] == job.argv
+        assert container["command"][2] == prompt
+        assert {"name": "GPUFLOW_NOTE", "value": prompt} in container["env"]
+    assert len(kube_api.pods) == 2
+
+
+async def test_an_interpreter_outside_the_nas_is_refused_before_anything_is_sent(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path, tmp_path: Path
+) -> None:
+    job = i2v_job(nas).model_copy(update={"argv": ["/home/me/.venv/bin/i2v", "--prompt", "x"]})
+
+    with pytest.raises(ManifestError, match=r"interpreter '/home/me/.venv/bin/i2v' is not under"):
+        await target.run(job, Lines())
+
+    assert kube_api.requests == []
+
+
+async def test_gpus_that_do_not_fit_the_replica_shape_are_refused_naming_both(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
+) -> None:
+    config = target.pytorchjob.model_copy(update={"gpus_per_replica": 4})
+
+    with pytest.raises(ManifestError, match=r"job needs 6 GPUs.*gpus_per_replica \(4\)"):
+        await _target(target, pytorchjob=config).run(i2v_job(nas, gpus=6), Lines())
+
+    assert not kube_api.requests_to("POST", "/pytorchjobs")
+
+
+async def test_a_cluster_without_the_training_operator_is_named_as_such(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
+) -> None:
+    kube_api.crd = None
+
+    with pytest.raises(JobStartError, match=r"no pytorchjobs.kubeflow.org CRD.*training operator"):
+        await target.run(i2v_job(nas), Lines())
+
+    assert not kube_api.requests_to("POST", "/pytorchjobs")
