@@ -31,8 +31,8 @@ import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any, ClassVar
+from pathlib import PurePosixPath
+from typing import Any, ClassVar, cast
 
 import aiohttp
 from gpuflow_progress import ExitCode
@@ -43,6 +43,8 @@ from kubernetes_asyncio.client import (
     Configuration,
     CoreV1Api,
     CustomObjectsApi,
+    V1ObjectMeta,
+    V1Secret,
 )
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.watch import Watch
@@ -146,12 +148,17 @@ class KubernetesPyTorchJob(ComputeTarget):
     )
 
     async def run(self, job: JobSpec, on_line: LineHandler) -> JobResult:
-        self._check_paths(job)
+        self._check_job(job)
         async with self._api_client() as api:
             return await _Submission(self, api, job, on_line).run()
 
-    def _check_paths(self, job: JobSpec) -> None:
-        """The job's interpreter and workdir must resolve inside the pod, i.e. on the NAS."""
+    def _check_job(self, job: JobSpec) -> None:
+        """Refuse, before anything is sent, a job its pods could never start."""
+        for index, value in enumerate([*job.argv, *job.env.values()]):
+            if "\x00" in value:
+                where = f"argv[{index}]" if index < len(job.argv) else "an env value"
+                raise ManifestError(f"{where} of job {job.name!r} holds a NUL byte: {value!r}")
+        # The interpreter and workdir must resolve inside the pod, i.e. on the NAS.
         mount = self.pytorchjob.nas_mount_path
         for what, path in (("interpreter", job.argv[0]), ("workdir", str(job.workdir))):
             posix = PurePosixPath(path)
@@ -169,7 +176,9 @@ class KubernetesPyTorchJob(ComputeTarget):
             )
         elif os.environ.get("KUBERNETES_SERVICE_HOST"):
             configuration = Configuration()
-            kube_config.load_incluster_config(client_configuration=configuration)
+            kube_config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
             client = ApiClient(configuration)
         else:
             client = await kube_config.new_client_from_config()
@@ -304,19 +313,19 @@ class _Submission:
         return None
 
     async def _create_secret(self, secret_name: str) -> None:
-        body = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {
-                "name": secret_name,
-                "namespace": self.namespace,
-                "labels": {JOB_LABEL: label_value(self.job.name)},
-            },
-            "type": "Opaque",
-            "stringData": {
+        body = V1Secret(
+            api_version="v1",
+            kind="Secret",
+            metadata=V1ObjectMeta(
+                name=secret_name,
+                namespace=self.namespace,
+                labels={JOB_LABEL: label_value(self.job.name)},
+            ),
+            type="Opaque",
+            string_data={
                 key: value.get_secret_value() for key, value in self.target.secret_env.items()
             },
-        }
+        )
         try:
             await self.core.create_namespaced_secret(self.namespace, body)
         except ApiException as error:
@@ -558,16 +567,22 @@ class _Submission:
         last_seen = time.time()
         with (self.log_dir / f"{pod}.log").open("a", encoding="utf-8") as copy:
             while True:
-                since = int(time.time() - last_seen) + 2 if last_stamp else None
+                # After a drop, resume a little before the last line; duplicates are skipped.
+                resume: dict[str, Any] = {}
+                if last_stamp:
+                    resume["since_seconds"] = int(time.time() - last_seen) + 2
                 try:
-                    response = await self.core.read_namespaced_pod_log(
-                        pod,
-                        self.namespace,
-                        container=CONTAINER_NAME,
-                        follow=True,
-                        timestamps=True,
-                        since_seconds=since,
-                        _preload_content=False,
+                    response = cast(
+                        aiohttp.ClientResponse,
+                        await self.core.read_namespaced_pod_log(
+                            pod,
+                            self.namespace,
+                            container=CONTAINER_NAME,
+                            follow=True,
+                            timestamps=True,
+                            _preload_content=False,
+                            **resume,
+                        ),
                     )
                 except ApiException as error:
                     if error.status in (400, 404):  # pod gone or container never started
@@ -657,7 +672,8 @@ def _parse_stamp(text: str) -> tuple[str, int]:
 
 def _api_error(action: str, error: ApiException) -> Exception:
     """An API failure with the server's own message; 4xx are the configuration's fault."""
-    message = f"{action} failed: HTTP {error.status} {error.reason}: {error.body or ''}".rstrip()
+    body = error.body.decode("utf-8", "replace") if isinstance(error.body, bytes) else error.body
+    message = f"{action} failed: HTTP {error.status} {error.reason}: {body or ''}".rstrip()
     if error.status is not None and 400 <= error.status < 500 and error.status not in (409, 429):
         return ManifestError(message)
     return JobStartError(message, retryable=True)

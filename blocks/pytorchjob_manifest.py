@@ -155,7 +155,7 @@ class PyTorchJobConfig(_Config):
     gpu_type_label: QualifiedName = "nvidia.com/gpu.product"
     gpu_type_values: dict[str, LabelValue] = Field(
         default_factory=dict,
-        description="GPU type of a request (h100) -> value of the node label (NVIDIA-H100-80GB-HBM3).",
+        description="GPU type (h100) -> value of the node label (NVIDIA-H100-80GB-HBM3).",
     )
     tolerations: list[Toleration] = Field(
         default_factory=lambda: [
@@ -275,7 +275,11 @@ def build_pytorchjob(
         "Master": {"replicas": 1, "restartPolicy": "Never", "template": template}
     }
     if workers:
-        replica_specs["Worker"] = {"replicas": workers, "restartPolicy": "Never", "template": template}
+        replica_specs["Worker"] = {
+            "replicas": workers,
+            "restartPolicy": "Never",
+            "template": template,
+        }
     spec: dict[str, Any] = {
         "pytorchReplicaSpecs": replica_specs,
         "runPolicy": _run_policy(config, job),
@@ -383,7 +387,9 @@ def _container(
             limits[config.vgpu.memory_resource] = str(config.vgpu.memory_mib)
         if config.vgpu is not None and config.vgpu.cores_percent is not None:
             limits[config.vgpu.cores_resource] = str(config.vgpu.cores_percent)
-    env = [{"name": key, "value": value} for key, value in {**config.env, **job.env}.items()]
+    env: list[dict[str, Any]] = [
+        {"name": key, "value": value} for key, value in {**config.env, **job.env}.items()
+    ]
     env += [
         {"name": var.name, "valueFrom": {"secretKeyRef": {"name": var.secret_name, "key": var.key}}}
         for var in config.secret_env
@@ -404,11 +410,13 @@ def _container(
         "resources": {"requests": dict(limits), "limits": limits},
         "volumeMounts": [
             {"name": "nas", "mountPath": str(config.nas_mount_path)},
-            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "dshm", "mountPath": "/dev/shm"},  # noqa: S108 (the pod's own shm)
         ],
     }
     if config.env_from_secrets:
-        container["envFrom"] = [{"secretRef": {"name": secret}} for secret in config.env_from_secrets]
+        container["envFrom"] = [
+            {"secretRef": {"name": secret}} for secret in config.env_from_secrets
+        ]
     return container
 
 

@@ -21,14 +21,14 @@ import copy
 import json
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-JobScript = Callable[["KubeApiServer", dict[str, Any]], Awaitable[None]]
+JobScript = Callable[["KubeApiServer", dict[str, Any]], Coroutine[Any, Any, None]]
 
 _JOBS = "/apis/kubeflow.org/v1/namespaces/{namespace}/pytorchjobs"
 _CORE = "/api/v1/namespaces/{namespace}"
@@ -50,6 +50,10 @@ class RecordedRequest:
 
 
 _BODY = web.RequestKey("json", object)
+
+
+def _body(request: web.Request) -> Any:
+    return request[_BODY]
 
 
 def _flag(value: str | None) -> bool:
@@ -170,7 +174,9 @@ class KubeApiServer:
         if request.can_read_body:
             text = await request.text()
             body = json.loads(text) if text else None
-        self.requests.append(RecordedRequest(request.method, request.path, dict(request.query), body))
+        self.requests.append(
+            RecordedRequest(request.method, request.path, dict(request.query), body)
+        )
         request[_BODY] = body
         return await handler(request)
 
@@ -200,10 +206,12 @@ class KubeApiServer:
         )
 
     def _create_job(self, namespace: str, request: web.Request) -> web.Response:
-        job = copy.deepcopy(request[_BODY])
+        job = copy.deepcopy(_body(request))
         name = job["metadata"]["name"]
         if (namespace, name) in self.jobs:
-            return _status(409, "AlreadyExists", f'pytorchjobs.kubeflow.org "{name}" already exists')
+            return _status(
+                409, "AlreadyExists", f'pytorchjobs.kubeflow.org "{name}" already exists'
+            )
         job["metadata"].update(
             namespace=namespace,
             uid=str(uuid.uuid4()),
@@ -384,7 +392,7 @@ class KubeApiServer:
         )
 
     async def _create_secret(self, request: web.Request) -> web.Response:
-        secret = copy.deepcopy(request[_BODY])
+        secret = copy.deepcopy(_body(request))
         secret["metadata"].update(
             namespace=request.match_info["namespace"],
             uid=str(uuid.uuid4()),
@@ -398,7 +406,7 @@ class KubeApiServer:
         if key not in self.secrets:
             return _status(404, "NotFound", f'secrets "{key[1]}" not found')
         if request.method == "PATCH":
-            self.secrets[key]["metadata"].update(request[_BODY]["metadata"])
+            self.secrets[key]["metadata"].update(_body(request)["metadata"])
             return web.json_response(self.secrets[key])
         if request.method == "DELETE":
             del self.secrets[key]

@@ -37,5 +37,5 @@ def load_pytorchjob_crd() -> dict[str, Any]:
 
 @functools.cache
 def _parse(path: Path) -> dict[str, Any]:
-    crd: dict[str, Any] = yaml.load(path.read_text(), Loader=yaml.CSafeLoader)  # noqa: S506
+    crd: dict[str, Any] = yaml.load(path.read_text(), Loader=yaml.CSafeLoader)
     return crd

@@ -472,7 +472,10 @@ async def test_secret_values_reach_the_job_through_a_secret_never_the_manifest(
     container = create.body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"][
         "containers"
     ][0]
-    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": f"{name}-env", "key": "HF_TOKEN"}}} in container["env"]  # noqa: E501
+    assert {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": f"{name}-env", "key": "HF_TOKEN"}},
+    } in container["env"]
     secret = kube_api.secrets[("default", f"{name}-env")]
     assert secret["stringData"] == {"HF_TOKEN": token}
     (owner,) = secret["metadata"]["ownerReferences"]
@@ -489,7 +492,7 @@ INJECTIONS = [
     "$(rm -rf /); `id` && echo pwned | sh",
     "{{ name }} ${HOME} %s {0}",
     "key: value\n  - item: [1, 2]\n? complex\n&anchor *alias !!python/object:os.system",
-    "émoji 🎬 \u202e rtl \x00 nul? no: tab\there",
+    "émoji 🎬 \u202e rtl: tab\there \\ backslash",
 ]
 
 
@@ -516,6 +519,17 @@ async def test_an_interpreter_outside_the_nas_is_refused_before_anything_is_sent
     job = i2v_job(nas).model_copy(update={"argv": ["/home/me/.venv/bin/i2v", "--prompt", "x"]})
 
     with pytest.raises(ManifestError, match=r"interpreter '/home/me/.venv/bin/i2v' is not under"):
+        await target.run(job, Lines())
+
+    assert kube_api.requests == []
+
+
+async def test_a_nul_byte_no_process_could_receive_is_refused_naming_the_argument(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
+) -> None:
+    job = i2v_job(nas, prompt="before\x00after")
+
+    with pytest.raises(ManifestError, match=r"argv\[2\] of job 'i2v-run-1' holds a NUL byte"):
         await target.run(job, Lines())
 
     assert kube_api.requests == []
