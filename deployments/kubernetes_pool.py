@@ -56,7 +56,7 @@ CRD_READER_RULES: list[dict[str, Any]] = [
 
 def kubernetes_base_job_template() -> dict[str, Any]:
     """prefect-kubernetes' default template plus the NAS volume and gpuflow's service account."""
-    template = copy.deepcopy(KubernetesWorker.get_default_base_job_template())
+    template: dict[str, Any] = copy.deepcopy(KubernetesWorker.get_default_base_job_template())
     variables = template["variables"]["properties"]
     variables["service_account_name"]["default"] = DEFAULT_SERVICE_ACCOUNT
     variables["nas_claim_name"] = {
