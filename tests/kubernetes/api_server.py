@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -559,3 +560,37 @@ class KubeApiServer:
 def _stamp_seconds(line: str) -> float:
     stamp = line.partition(" ")[0]
     return datetime.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
+
+
+async def run_containers_locally(api: KubeApiServer, job: dict[str, Any]) -> None:
+    """A job script that plays kubelet: each Master's container command runs as a local
+    process (the NAS is a local directory here), its output becomes the pod's log and its
+    exit code the container's. For whole-flow tests."""
+    pods = api.create_pods(job)
+    api.set_condition(job, "Created")
+    for pod in pods:
+        api.running(pod)
+    api.set_condition(job, "Running")
+    codes = await asyncio.gather(*(_run_container(api, pod) for pod in pods))
+    failed = any(codes)
+    api.set_condition(job, "Failed" if failed else "Succeeded")
+
+
+async def _run_container(api: KubeApiServer, pod: str) -> int:
+    (container,) = api.pod(pod)["spec"]["containers"]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    env.update({var["name"]: var["value"] for var in container["env"] if "value" in var})
+    process = await asyncio.create_subprocess_exec(
+        *container["command"],
+        cwd=container["workingDir"],
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    async for raw in process.stdout:
+        api.log(pod, raw.decode("utf-8", "replace").rstrip("\r\n"))
+    code = await process.wait()
+    api.terminate(pod, code)
+    return code
