@@ -82,15 +82,17 @@ def test_the_flow_runs_its_gpu_job_as_a_pytorchjob(
         num_frames=9,
         fps=8,
     )
-    loaded = asyncio.run(GpuflowStack.aload(kubernetes_stack))
-    assert isinstance(loaded, GpuflowStack) and isinstance(loaded.compute, KubernetesPyTorchJob)
+    loaded: object = asyncio.run(GpuflowStack.aload(kubernetes_stack))
+    assert isinstance(loaded, GpuflowStack)
+    assert isinstance(loaded.compute, KubernetesPyTorchJob)
 
     async def run() -> object:
         return await generate_video(request=request, stack=kubernetes_stack, return_state=True)
 
     state = asyncio.run(run())
 
-    assert isinstance(state, State) and state.is_completed(), state.message
+    assert isinstance(state, State)
+    assert state.is_completed(), state.message
     uri = state.result()
     assert isinstance(uri, str) and uri.endswith("video.mp4")
     (create,) = cluster.requests_to("POST", "/pytorchjobs")
