@@ -207,6 +207,7 @@ class _Submission:
     statuses: asyncio.Queue[JobStatus | BaseException] = field(default_factory=asyncio.Queue)
     followers: dict[str, _LogFollower] = field(default_factory=dict)
     reported: set[str] = field(default_factory=set)
+    submitted: bool = False
 
     def __post_init__(self) -> None:
         self.name = job_name(self.job.name)
@@ -218,21 +219,21 @@ class _Submission:
 
     async def run(self) -> JobResult:
         started = time.monotonic()
-        await self._create()
-        watcher = asyncio.create_task(self._watch_job(), name=f"watch {self.name}")
+        watcher: asyncio.Task[None] | None = None
         try:
+            await self._create()
+            watcher = asyncio.create_task(self._watch_job(), name=f"watch {self.name}")
             exit_code = await self._supervise()
         except BaseException:
             # Cancelled, failed to start, or the flow broke: never leave GPUs busy.
-            await asyncio.shield(self._delete())
+            if self.submitted:
+                await asyncio.shield(self._delete())
             raise
         finally:
-            watcher.cancel()
-            for follower in self.followers.values():
-                follower.task.cancel()
-            await asyncio.gather(
-                watcher, *(f.task for f in self.followers.values()), return_exceptions=True
-            )
+            tasks = [f.task for f in self.followers.values()] + ([watcher] if watcher else [])
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         return JobResult(exit_code, time.monotonic() - started, (), tuple(self.tail))
 
     # ---- creation -----------------------------------------------------------------
@@ -250,6 +251,7 @@ class _Submission:
         await self._validate(manifest)
         if secret_name is not None:
             await self._create_secret(secret_name)
+        self.submitted = True  # from here on, a failure or cancellation deletes the job
         try:
             created = await self.custom.create_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, PLURAL, manifest, field_validation="Strict"
@@ -369,7 +371,15 @@ class _Submission:
         status = JobStatus(JobPhase.PENDING, "", "", "")
         pull_failing_since: dict[str, float] = {}
         while True:
+            previous = status.phase
             status = await self._next_status(status, settings.poll_interval_s)
+            if status.phase != previous:
+                self.log.info(
+                    "PyTorchJob %s: %s%s",
+                    self.name,
+                    status.phase.value,
+                    f" ({status.reason}: {status.message})" if status.reason else "",
+                )
             self._raise_follower_failure()
             pods = await self._pods()
             self._follow_logs(pods)
@@ -381,7 +391,6 @@ class _Submission:
                 or any(container_started(pod, CONTAINER_NAME) for pod in pods)
             ):
                 running_since = now
-                self.log.info("PyTorchJob %s is running", self.name)
             if running_since is None:
                 await self._check_pending(pods, now - started, pull_failing_since, now)
             elif now - running_since > self.job.timeout_s:
@@ -552,12 +561,13 @@ class _Submission:
 
     def _follow_logs(self, pods: list[Any]) -> None:
         for pod in pods:
-            name = pod.metadata.name
-            if name in self.followers or not container_started(pod, CONTAINER_NAME):
+            # By uid: a restarted replica comes back under the same pod name.
+            uid, name = pod.metadata.uid, pod.metadata.name
+            if uid in self.followers or not container_started(pod, CONTAINER_NAME):
                 continue
             is_master = (pod.metadata.labels or {}).get(OPERATOR_ROLE_LABEL, "").lower() == "master"
             task = asyncio.create_task(self._follow_log(name, is_master), name=f"log {name}")
-            self.followers[name] = _LogFollower(name, task)
+            self.followers[uid] = _LogFollower(name, task)
 
     async def _follow_log(self, pod: str, is_master: bool) -> None:
         """Copy a pod's log to the workspace (and the Master's to ``on_line``), resuming
@@ -630,11 +640,11 @@ class _Submission:
         pods = await self._pods()
         self._follow_logs(pods)
         still_running = {
-            pod.metadata.name for pod in pods if container_exit(pod, CONTAINER_NAME) is None
+            pod.metadata.uid for pod in pods if container_exit(pod, CONTAINER_NAME) is None
         }
         draining = []
-        for name, follower in self.followers.items():
-            if name in still_running:
+        for uid, follower in self.followers.items():
+            if uid in still_running:
                 follower.task.cancel()
             else:
                 draining.append(follower.task)

@@ -555,3 +555,35 @@ async def test_a_cluster_without_the_training_operator_is_named_as_such(
         await target.run(i2v_job(nas), Lines())
 
     assert not kube_api.requests_to("POST", "/pytorchjobs")
+
+
+async def test_a_restarted_replica_is_followed_again_under_its_reused_name(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
+) -> None:
+    async def restarts_once(api: KubeApiServer, job: dict[str, Any]) -> None:
+        (pod,) = api.create_pods(job)
+        api.running(pod)
+        api.set_condition(job, "Running")
+        api.log(pod, "first attempt")
+        await asyncio.sleep(0.2)
+        api.terminate(pod, 137, "Error")
+        api.set_condition(job, "Restarting", "PyTorchJobRestarting", "pod preempted")
+        await asyncio.sleep(0.2)
+        (again,) = api.create_pods(job)  # same name, new uid
+        api.running(again)
+        api.set_condition(job, "Running")
+        api.log(again, "second attempt")
+        await asyncio.sleep(0.2)
+        api.terminate(again, 0)
+        api.set_condition(job, "Succeeded")
+
+    kube_api.script = restarts_once
+    lines = Lines()
+    job = i2v_job(nas)
+
+    result = await target.run(job, lines)
+
+    assert result.exit_code == 0
+    assert lines.lines == ["first attempt", "second attempt"]
+    (copy,) = (job.workdir / "logs").iterdir()
+    assert copy.read_text().splitlines() == ["first attempt", "second attempt"]
