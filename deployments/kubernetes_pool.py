@@ -28,6 +28,7 @@ RBAC_FILE = DEPLOYMENTS / "kubernetes" / "rbac.yaml"
 DEFAULT_SERVICE_ACCOUNT = "gpuflow-flow"
 DEFAULT_NAS_CLAIM = "gpuflow-nas"
 DEFAULT_NAS_MOUNT_PATH = "/mnt/nas"
+FINISHED_FLOW_JOB_TTL_S = 30
 _NAS_VOLUME = "nas"
 
 # What the flow pod does in its namespace (blocks/kubernetes.py), resource by resource.
@@ -59,6 +60,10 @@ def kubernetes_base_job_template() -> dict[str, Any]:
     template: dict[str, Any] = copy.deepcopy(KubernetesWorker.get_default_base_job_template())
     variables = template["variables"]["properties"]
     variables["service_account_name"]["default"] = DEFAULT_SERVICE_ACCOUNT
+    # A flow's PyTorchJob is owned by the flow pod's Job: deleting that Job soon after the
+    # flow died takes the GPU job with it, well before the GPU slots' lease (>= 60 s + 15 s)
+    # can expire and hand the still-busy GPUs to another run.
+    variables["finished_job_ttl"]["default"] = FINISHED_FLOW_JOB_TTL_S
     variables["nas_claim_name"] = {
         "title": "NAS claim name",
         "description": "ReadWriteMany PVC of the shared storage (models, envs, workspaces).",

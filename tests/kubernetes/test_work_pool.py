@@ -160,6 +160,8 @@ async def test_prefect_accepts_the_template_and_renders_a_valid_flow_pod_job(
     kubernetes_validate.validate(job, KUBERNETES_VERSION, strict=True)
     pod = job["spec"]["template"]["spec"]
     assert (job["spec"]["completions"], job["spec"]["parallelism"]) == (1, 1)
+    # A dead flow's Job (and, through ownerReferences, its PyTorchJob) goes away quickly.
+    assert job["spec"]["ttlSecondsAfterFinished"] == 30
     assert pod["serviceAccountName"] == "gpuflow-flow"
     assert pod["volumes"] == [
         {"name": "nas", "persistentVolumeClaim": {"claimName": "gpuflow-nas"}}
