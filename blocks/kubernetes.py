@@ -93,6 +93,8 @@ _WATCH_FAILURES_BEFORE_POLLING = 3
 # A watch stream that ends sooner than this without an event counts as a failure.
 _SHORT_WATCH_S = 1.0
 _POD_NAME_ENV = "GPUFLOW_FLOW_POD_NAME"
+_WATCH_SILENCE_MARGIN_S = 30
+_LOG_SILENCE_S = 300
 
 
 class _NoSecretBodies(logging.Filter):
@@ -437,6 +439,11 @@ class _Submission:
                             resource_version=version,
                             timeout_seconds=self.target.watch_timeout_s,
                             allow_watch_bookmarks=True,
+                            # A half-open connection must not hang us: the server ends the
+                            # watch by timeout_seconds, so a longer silence is a dead link.
+                            _request_timeout=aiohttp.ClientTimeout(
+                                sock_read=self.target.watch_timeout_s + _WATCH_SILENCE_MARGIN_S
+                            ),
                         ):
                             events += 1
                             version = watch.resource_version or version
@@ -591,6 +598,8 @@ class _Submission:
                             follow=True,
                             timestamps=True,
                             _preload_content=False,
+                            # Reconnect after a long silence, in case the link died quietly.
+                            _request_timeout=aiohttp.ClientTimeout(sock_read=_LOG_SILENCE_S),
                             **resume,
                         ),
                     )
