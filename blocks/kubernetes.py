@@ -95,6 +95,8 @@ _SHORT_WATCH_S = 1.0
 _POD_NAME_ENV = "GPUFLOW_FLOW_POD_NAME"
 _WATCH_SILENCE_MARGIN_S = 30
 _LOG_SILENCE_S = 300
+# Consecutive failed calls of one kind (pod lists, log reads) before giving up on them.
+_API_FAILURES_TOLERATED = 10
 
 
 class _NoSecretBodies(logging.Filter):
@@ -210,6 +212,8 @@ class _Submission:
     followers: dict[str, _LogFollower] = field(default_factory=dict)
     reported: set[str] = field(default_factory=set)
     submitted: bool = False
+    last_pods: list[Any] = field(default_factory=list)
+    pod_list_failures: int = 0
 
     def __post_init__(self) -> None:
         self.name = job_name(self.job.name)
@@ -501,10 +505,27 @@ class _Submission:
         return status.resource_version
 
     async def _pods(self) -> list[Any]:
-        pods = await self.core.list_namespaced_pod(
-            self.namespace, label_selector=f"{OPERATOR_JOB_LABEL}={self.name}"
-        )
-        return list(pods.items)
+        """The job's pods; an API hiccup reuses the last answer (a bounded number of times):
+        a long job must not die of one failed list call."""
+        try:
+            listed = await self.core.list_namespaced_pod(
+                self.namespace, label_selector=f"{OPERATOR_JOB_LABEL}={self.name}"
+            )
+        except (ApiException, aiohttp.ClientError, TimeoutError) as error:
+            if not _transient(error):
+                raise
+            self.pod_list_failures += 1
+            if self.pod_list_failures > _API_FAILURES_TOLERATED:
+                raise JobStartError(
+                    f"listing the pods of PyTorchJob {self.name} failed "
+                    f"{self.pod_list_failures} times in a row: {error}",
+                    retryable=True,
+                ) from None
+            self.log.warning("Listing pods of %s failed (%s): trying again", self.name, error)
+            return self.last_pods
+        self.pod_list_failures = 0
+        self.last_pods = list(listed.items)
+        return self.last_pods
 
     async def _check_pending(
         self,
@@ -582,6 +603,7 @@ class _Submission:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         last_stamp: tuple[str, int] | None = None
         last_seen = time.time()
+        failures = 0
         with (self.log_dir / f"{pod}.log").open("a", encoding="utf-8") as copy:
             while True:
                 # After a drop, resume a little before the last line; duplicates are skipped.
@@ -603,10 +625,19 @@ class _Submission:
                             **resume,
                         ),
                     )
-                except ApiException as error:
-                    if error.status in (400, 404):  # pod gone or container never started
+                except (ApiException, aiohttp.ClientError, TimeoutError) as error:
+                    if isinstance(error, ApiException) and error.status in (400, 404):
+                        return  # pod gone, or its container never started
+                    if not _transient(error):
+                        raise
+                    failures += 1
+                    if failures > _API_FAILURES_TOLERATED:
+                        # The job goes on; only this copy of its log stops here.
+                        self.log.warning("Giving up on the log of %s: %s", pod, error)
                         return
-                    raise
+                    await asyncio.sleep(min(1.0, self.target.poll_interval_s))
+                    continue
+                failures = 0
                 try:
                     async for raw in response.content:
                         stamp_text, _, text = (
@@ -687,6 +718,13 @@ def _parse_stamp(text: str) -> tuple[str, int]:
     """An RFC3339Nano timestamp as a comparable (seconds part, nanoseconds) pair."""
     seconds, _, rest = text.rstrip("Z").partition(".")
     return seconds, int(rest.ljust(9, "0")[:9]) if rest.isdigit() else 0
+
+
+def _transient(error: BaseException) -> bool:
+    """Errors worth another try: server-side trouble, throttling, a broken connection."""
+    if isinstance(error, ApiException):
+        return error.status is None or error.status >= 500 or error.status == 429
+    return True
 
 
 def _api_error(action: str, error: ApiException) -> Exception:

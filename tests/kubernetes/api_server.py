@@ -103,6 +103,7 @@ class KubeApiServer:
         self.drop_watches = 0  # abort this many watch connections after their first event
         self.watch_failures = 0  # answer this many watch requests with a broken connection
         self.drop_logs_after: dict[str, int] = {}  # pod -> abort its log stream after n lines
+        self.failing_reads = 0  # answer this many pod lists and log reads with 500
         self.version = 100
         self.stopping = False
         self._runner: web.AppRunner | None = None
@@ -310,7 +311,15 @@ class KubeApiServer:
     def _pod_of(pod: dict[str, Any], job: str) -> bool:
         return bool(pod["metadata"]["labels"].get("training.kubeflow.org/job-name") == job)
 
+    def _fail_read(self) -> web.Response | None:
+        if not self.failing_reads:
+            return None
+        self.failing_reads -= 1
+        return _status(500, "InternalError", "etcdserver: request timed out")
+
     async def _list_pods(self, request: web.Request) -> web.Response:
+        if (failure := self._fail_read()) is not None:
+            return failure
         namespace = request.match_info["namespace"]
         selector = request.query.get("labelSelector", "")
         items = [
@@ -337,6 +346,8 @@ class KubeApiServer:
         key = (request.match_info["namespace"], request.match_info["name"])
         if key not in self.pods:
             return _status(404, "NotFound", f'pods "{key[1]}" not found')
+        if (failure := self._fail_read()) is not None:
+            return failure
         log = self.logs[key]
         if not log.lines and not log.closed and not self._container_started(key):
             return _status(400, "BadRequest", f'container "pytorch" in pod "{key[1]}" is waiting')

@@ -587,3 +587,42 @@ async def test_a_restarted_replica_is_followed_again_under_its_reused_name(
     assert lines.lines == ["first attempt", "second attempt"]
     (copy,) = (job.workdir / "logs").iterdir()
     assert copy.read_text().splitlines() == ["first attempt", "second attempt"]
+
+
+async def test_api_hiccups_while_the_job_runs_do_not_fail_it(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
+) -> None:
+    async def flaky(api: KubeApiServer, job: dict[str, Any]) -> None:
+        (pod,) = api.create_pods(job)
+        api.running(pod)
+        api.set_condition(job, "Running")
+        api.failing_reads = 4  # pod lists and log reads answer 500 for a while
+        for step in range(5):
+            api.log(pod, f"line {step}")
+            await asyncio.sleep(0.05)
+        api.terminate(pod, 0)
+        api.set_condition(job, "Succeeded")
+
+    kube_api.script = flaky
+    lines = Lines()
+
+    result = await target.run(i2v_job(nas), lines)
+
+    assert result.exit_code == 0
+    assert lines.lines == [f"line {step}" for step in range(5)]
+    assert kube_api.failing_reads == 0  # the failures did happen
+
+
+async def test_an_api_server_that_keeps_failing_ends_the_run_retryably(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
+) -> None:
+    async def broken(api: KubeApiServer, job: dict[str, Any]) -> None:
+        api.failing_reads = 10_000
+
+    kube_api.script = broken
+
+    with pytest.raises(JobStartError, match="failed 11 times in a row") as caught:
+        await target.run(i2v_job(nas), Lines())
+
+    assert caught.value.retryable
+    assert _foreground_deletes(kube_api) == ["Foreground"]
