@@ -253,6 +253,7 @@ class _Submission:
             secret_env_name=secret_name,
             secret_env_keys=tuple(self.target.secret_env),
             owner=await self._flow_owner(),
+            pending_allowance_s=self.target.pending_deadline_s,
         )
         await self._validate(manifest)
         if secret_name is not None:

@@ -252,11 +252,14 @@ def build_pytorchjob(
     secret_env_name: str | None = None,
     secret_env_keys: tuple[str, ...] = (),
     owner: OwnerReference | None = None,
+    pending_allowance_s: float = 0.0,
 ) -> dict[str, Any]:
     """The PyTorchJob that runs ``job``: a Master and, for more GPUs, Workers.
 
     ``secret_env_name`` names a Secret holding ``secret_env_keys`` (env var name = key):
-    the manifest references them; their values never appear in it.
+    the manifest references them; their values never appear in it. The operator's
+    deadline counts from creation, so it is the job's timeout plus ``pending_allowance_s``
+    (the longest wait for pods to start).
     """
     if not re.match(_DNS_LABEL, name) or len(name) > _MAX_JOB_NAME:
         raise ManifestError(f"job name {name!r} is not a DNS label of <= {_MAX_JOB_NAME} chars")
@@ -282,17 +285,17 @@ def build_pytorchjob(
         }
     spec: dict[str, Any] = {
         "pytorchReplicaSpecs": replica_specs,
-        "runPolicy": _run_policy(config, job),
+        "runPolicy": _run_policy(config, job.timeout_s + pending_allowance_s),
         "nprocPerNode": config.nproc_per_node
         or (str(config.gpus_per_replica) if config.gpus_per_replica else "auto"),
     }
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": spec}
 
 
-def _run_policy(config: PyTorchJobConfig, job: JobSpec) -> dict[str, Any]:
+def _run_policy(config: PyTorchJobConfig, deadline_s: float) -> dict[str, Any]:
     policy = config.run_policy
     # The operator enforces the job's timeout too, so a job outlives no dead watcher.
-    deadline = int(job.timeout_s) + 1
+    deadline = int(deadline_s) + 1
     if policy.active_deadline_seconds is not None:
         deadline = min(deadline, policy.active_deadline_seconds)
     data: dict[str, Any] = {

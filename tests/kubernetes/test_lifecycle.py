@@ -79,6 +79,8 @@ async def test_happy_path_streams_master_log_and_progress_and_copies_every_pod_l
     (create,) = kube_api.requests_to("POST", "/pytorchjobs")
     assert create.query.get("fieldValidation") == "Strict"
     assert create.body["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
+    # The operator's deadline counts from creation: the job's timeout plus the pending wait.
+    assert create.body["spec"]["runPolicy"]["activeDeadlineSeconds"] == 60 + 5 + 1
     watches = [r for r in kube_api.requests_to("GET", "/pytorchjobs") if r.query.get("watch")]
     assert watches and all(r.query.get("resourceVersion") for r in watches)
     assert not kube_api.requests_to("DELETE", "/pytorchjobs")

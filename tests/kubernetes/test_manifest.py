@@ -192,6 +192,7 @@ def test_every_configuration_renders_a_job_both_schemas_accept(
         secret_env_name=f"{name}-env",
         secret_env_keys=("HF_TOKEN",),
         owner=owner if owned else None,
+        pending_allowance_s=600,
     )
 
     validate_against_crd(manifest, crd_schema(pytorchjob_crd))
@@ -214,7 +215,9 @@ def test_every_configuration_renders_a_job_both_schemas_accept(
         labels = {**manifest["metadata"]["labels"], **spec["template"]["metadata"]["labels"]}
         assert all(_LABEL_VALUE.match(value) and len(value) <= 63 for value in labels.values())
     deadline = manifest["spec"]["runPolicy"]["activeDeadlineSeconds"]
-    assert deadline <= int(job.timeout_s) + 1
+    assert deadline <= int(job.timeout_s + 600) + 1
+    if config.run_policy.active_deadline_seconds is None:
+        assert deadline == int(job.timeout_s + 600) + 1
 
 
 def _sample() -> tuple[PyTorchJobConfig, JobSpec]:
