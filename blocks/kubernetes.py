@@ -32,7 +32,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any, ClassVar, cast
+from typing import Annotated, Any, ClassVar, cast
 
 import aiohttp
 from gpuflow_progress import ExitCode
@@ -47,6 +47,7 @@ from kubernetes_asyncio.client import (
     V1Secret,
 )
 from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.config import ConfigException
 from kubernetes_asyncio.watch import Watch
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_logger, get_run_logger
@@ -133,9 +134,11 @@ class KubernetesPyTorchJob(ComputeTarget):
         default=None,
         description="Cluster to use; unset: in-cluster credentials, else KUBECONFIG.",
     )
-    secret_env: dict[str, SecretStr] = Field(
-        default_factory=dict,
-        description="Env vars whose values go into a per-job Kubernetes Secret, not the manifest.",
+    secret_env: dict[Annotated[str, Field(pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")], SecretStr] = (
+        Field(
+            default_factory=dict,
+            description="Env vars whose values go into a per-job Secret, never the manifest.",
+        )
     )
     poll_interval_s: float = Field(default=5.0, gt=0, description="How often pods are checked.")
     pending_deadline_s: float = Field(
@@ -174,26 +177,29 @@ class KubernetesPyTorchJob(ComputeTarget):
 
     @contextlib.asynccontextmanager
     async def _api_client(self) -> AsyncIterator[ApiClient]:
-        if self.cluster_config is not None:
-            client = await kube_config.new_client_from_config_dict(
-                self.cluster_config.config, context=self.cluster_config.context_name
-            )
-        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-            configuration = Configuration()
-            kube_config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration
-            )
-            client = ApiClient(configuration)
-        else:
-            client = await kube_config.new_client_from_config()
+        try:
+            if self.cluster_config is not None:
+                source = f"cluster_config (context {self.cluster_config.context_name!r})"
+                client = await kube_config.new_client_from_config_dict(
+                    self.cluster_config.config, context=self.cluster_config.context_name
+                )
+            elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+                source = "the pod's service account"
+                configuration = Configuration()
+                kube_config.load_incluster_config(  # type: ignore[no-untyped-call]
+                    client_configuration=configuration
+                )
+                client = ApiClient(configuration)
+            else:
+                source = f"KUBECONFIG={os.environ.get('KUBECONFIG', '~/.kube/config')!r}"
+                client = await kube_config.new_client_from_config()
+        except (ConfigException, OSError) as error:
+            raise ManifestError(
+                f"no usable Kubernetes credentials from {source}: {error}; set the block's "
+                "cluster_config, run in a pod, or point KUBECONFIG at a kubeconfig"
+            ) from None
         async with client:
             yield client
-
-
-@dataclass
-class _LogFollower:
-    pod: str
-    task: asyncio.Task[None]
 
 
 @dataclass
@@ -209,7 +215,7 @@ class _Submission:
         default_factory=lambda: collections.deque(maxlen=_TAIL_LINES)
     )
     statuses: asyncio.Queue[JobStatus | BaseException] = field(default_factory=asyncio.Queue)
-    followers: dict[str, _LogFollower] = field(default_factory=dict)
+    followers: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # by pod uid
     reported: set[str] = field(default_factory=set)
     submitted: bool = False
     last_pods: list[Any] = field(default_factory=list)
@@ -236,7 +242,7 @@ class _Submission:
                 await asyncio.shield(self._delete())
             raise
         finally:
-            tasks = [f.task for f in self.followers.values()] + ([watcher] if watcher else [])
+            tasks = [*self.followers.values(), *([watcher] if watcher else [])]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -596,7 +602,7 @@ class _Submission:
                 continue
             is_master = (pod.metadata.labels or {}).get(OPERATOR_ROLE_LABEL, "").lower() == "master"
             task = asyncio.create_task(self._follow_log(name, is_master), name=f"log {name}")
-            self.followers[uid] = _LogFollower(name, task)
+            self.followers[uid] = task
 
     async def _follow_log(self, pod: str, is_master: bool) -> None:
         """Copy a pod's log to the workspace (and the Master's to ``on_line``), resuming
@@ -670,8 +676,7 @@ class _Submission:
 
     def _raise_follower_failure(self) -> None:
         """Surface an error of a log stream (``on_line`` raising, the API refusing)."""
-        for follower in self.followers.values():
-            task = follower.task
+        for task in self.followers.values():
             if task.done() and not task.cancelled() and (error := task.exception()) is not None:
                 raise error
 
@@ -684,11 +689,11 @@ class _Submission:
             pod.metadata.uid for pod in pods if container_exit(pod, CONTAINER_NAME) is None
         }
         draining = []
-        for uid, follower in self.followers.items():
+        for uid, task in self.followers.items():
             if uid in still_running:
-                follower.task.cancel()
+                task.cancel()
             else:
-                draining.append(follower.task)
+                draining.append(task)
         if draining:
             _, late = await asyncio.wait(draining, timeout=self.target.log_drain_s)
             for task in late:

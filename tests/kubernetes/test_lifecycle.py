@@ -628,3 +628,17 @@ async def test_an_api_server_that_keeps_failing_ends_the_run_retryably(
 
     assert caught.value.retryable
     assert _foreground_deletes(kube_api) == ["Foreground"]
+
+
+async def test_missing_credentials_name_where_they_were_looked_for(
+    target: KubernetesPyTorchJob, nas: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "no-such-kubeconfig"
+    monkeypatch.setenv("KUBECONFIG", str(missing))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    without = _target(target, cluster_config=None)
+
+    with pytest.raises(
+        ManifestError, match=f"no usable Kubernetes credentials from KUBECONFIG='{missing}'"
+    ):
+        await without.run(i2v_job(nas), Lines())
