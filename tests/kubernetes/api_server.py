@@ -29,6 +29,8 @@ from typing import Any
 
 from aiohttp import web
 
+from blocks.pytorchjob_manifest import ManifestError, crd_schema, validate_against_crd
+
 JobScript = Callable[["KubeApiServer", dict[str, Any]], Coroutine[Any, Any, None]]
 
 _JOBS = "/apis/kubeflow.org/v1/namespaces/{namespace}/pytorchjobs"
@@ -104,6 +106,7 @@ class KubeApiServer:
         self.watch_failures = 0  # answer this many watch requests with a broken connection
         self.drop_logs_after: dict[str, int] = {}  # pod -> abort its log stream after n lines
         self.failing_reads = 0  # answer this many pod lists and log reads with 500
+        self.crd_forbidden = False  # the caller's RBAC does not allow reading CRDs
         self.version = 100
         self.stopping = False
         self._runner: web.AppRunner | None = None
@@ -209,6 +212,12 @@ class KubeApiServer:
 
     def _create_job(self, namespace: str, request: web.Request) -> web.Response:
         job = copy.deepcopy(_body(request))
+        if self.crd is not None:
+            # As kube-apiserver does: the CRD's schema, unknown fields refused (Strict).
+            try:
+                validate_against_crd(job, crd_schema(self.crd))
+            except ManifestError as error:
+                return _status(422, "Invalid", str(error))
         name = job["metadata"]["name"]
         if (namespace, name) in self.jobs:
             return _status(
@@ -426,6 +435,8 @@ class KubeApiServer:
         return web.json_response(self.secrets[key])
 
     async def _get_crd(self, request: web.Request) -> web.Response:
+        if self.crd_forbidden:
+            return _status(403, "Forbidden", "cannot get customresourcedefinitions")
         if self.crd is None or request.match_info["name"] != self.crd["metadata"]["name"]:
             name = request.match_info["name"]
             return _status(404, "NotFound", f'customresourcedefinitions "{name}" not found')

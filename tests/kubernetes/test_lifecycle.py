@@ -642,3 +642,20 @@ async def test_missing_credentials_name_where_they_were_looked_for(
         ManifestError, match=f"no usable Kubernetes credentials from KUBECONFIG='{missing}'"
     ):
         await without.run(i2v_job(nas), Lines())
+
+
+async def test_without_permission_to_read_the_crd_the_server_validates_alone(
+    kube_api: KubeApiServer,
+    target: KubernetesPyTorchJob,
+    nas: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    kube_api.crd_forbidden = True
+    kube_api.script = _succeeds_with_progress
+
+    result = await target.run(i2v_job(nas), Lines())
+
+    assert result.exit_code == 0
+    assert "Cannot read CRD pytorchjobs.kubeflow.org (forbidden)" in caplog.text
+    (create,) = kube_api.requests_to("POST", "/pytorchjobs")
+    assert create.query.get("fieldValidation") == "Strict"
