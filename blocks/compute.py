@@ -31,6 +31,7 @@ class JobSpec(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     workdir: Path
     gpus: int = Field(ge=0)
+    gpu_type: str | None = Field(default=None, description="GPU type to run on; any when unset.")
     timeout_s: float = Field(default=3600.0, gt=0)
 
 

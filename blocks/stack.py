@@ -13,6 +13,7 @@ from prefect.blocks.core import Block
 from pydantic import Field
 
 from blocks.environment import EnvironmentFabric
+from blocks.kubernetes import KubernetesPyTorchJob
 from blocks.local import LocalSubprocess
 from blocks.model_cache import ModelCache
 from blocks.object_store import LocalObjectStore, ObjectUri
@@ -36,7 +37,7 @@ class GpuflowStack(Block):
     object_store: LocalObjectStore
     models_uri: str = Field(description="Prefix of model sources: <models_uri>/<name>/<revision>/.")
     outputs_uri: str = Field(description="Prefix under which each run uploads its results.")
-    compute: LocalSubprocess
+    compute: LocalSubprocess | KubernetesPyTorchJob
     watermark: Watermark = Field(default_factory=Watermark)
     gpu_limit: str = Field(default="gpu", description="Name of the global concurrency limit.")
     gpu_lease_s: int = Field(

@@ -113,6 +113,7 @@ def i2v_job_spec(
         argv=argv,
         workdir=workspace.root,
         gpus=request.gpus,
+        gpu_type=request.gpu_type,
         timeout_s=stack.job_timeout_s,
     )
 

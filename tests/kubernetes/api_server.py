@@ -1,0 +1,618 @@
+"""A Kubernetes API server for tests: the REST protocol for what the PyTorchJob backend uses.
+
+It listens on 127.0.0.1 (a free port) and serves, like kube-apiserver does:
+
+- ``kubeflow.org/v1`` pytorchjobs: create (with ``fieldValidation``), get, list, watch
+  (chunked JSON lines from a ``resourceVersion``, ``410 Gone`` for compacted ones),
+  delete (recording ``propagationPolicy``);
+- core pods (list by label selector, get, ``/log`` with ``follow``/``timestamps``/
+  ``sinceSeconds``), events (by ``involvedObject.name``), secrets (create/patch/delete);
+- the PyTorchJob CRD under ``apiextensions.k8s.io/v1`` (the real one from shared/).
+
+It runs no operator: each test scripts the operator's part (pods, conditions, logs,
+exit codes) with the helper methods, in the same event loop as the code under test.
+Faults are scripted too: dropped watch and log connections, compacted history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from blocks.pytorchjob_manifest import ManifestError, crd_schema, validate_against_crd
+
+JobScript = Callable[["KubeApiServer", dict[str, Any]], Coroutine[Any, Any, None]]
+
+_JOBS = "/apis/kubeflow.org/v1/namespaces/{namespace}/pytorchjobs"
+_CORE = "/api/v1/namespaces/{namespace}"
+
+
+@dataclass
+class _PodLog:
+    lines: list[str] = field(default_factory=list)  # "<RFC3339Nano> <text>"
+    closed: bool = False
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
+
+
+_BODY = web.RequestKey("json", object)
+
+
+def _body(request: web.Request) -> Any:
+    return request[_BODY]
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").lower() in ("true", "1")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
+
+
+def _status(code: int, reason: str, message: str) -> web.Response:
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "reason": reason,
+        "message": message,
+        "code": code,
+    }
+    return web.json_response(body, status=code)
+
+
+def _selector_matches(selector: str, values: dict[str, str]) -> bool:
+    for term in filter(None, selector.split(",")):
+        key, _, wanted = term.partition("=")
+        if values.get(key) != wanted:
+            return False
+    return True
+
+
+class KubeApiServer:
+    def __init__(self, crd: dict[str, Any] | None) -> None:
+        self.crd = crd
+        self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.events: list[dict[str, Any]] = []
+        self.logs: dict[tuple[str, str], _PodLog] = {}
+        self.requests: list[RecordedRequest] = []
+        self.script: JobScript | None = None
+        self.script_tasks: list[asyncio.Task[None]] = []
+        # (resourceVersion, event type, job snapshot) of every job change, oldest first.
+        self.history: list[tuple[int, str, dict[str, Any]]] = []
+        self.compacted_below = 0
+        self.watch_changed = asyncio.Event()
+        self.drop_watches = 0  # abort this many watch connections after their first event
+        self.watch_failures = 0  # answer this many watch requests with a broken connection
+        self.drop_logs_after: dict[str, int] = {}  # pod -> abort its log stream after n lines
+        self.failing_reads = 0  # answer this many pod lists and log reads with 500
+        self.crd_forbidden = False  # the caller's RBAC does not allow reading CRDs
+        self.version = 100
+        self.stopping = False
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.middlewares.append(self._record)
+        app.router.add_route("*", _JOBS, self._jobs)
+        app.router.add_route("*", _JOBS + "/{name}", self._job)
+        app.router.add_get(_CORE + "/pods", self._list_pods)
+        app.router.add_get(_CORE + "/pods/{name}", self._get_pod)
+        app.router.add_get(_CORE + "/pods/{name}/log", self._pod_log)
+        app.router.add_get(_CORE + "/events", self._list_events)
+        app.router.add_post(_CORE + "/secrets", self._create_secret)
+        app.router.add_route("*", _CORE + "/secrets/{name}", self._secret)
+        app.router.add_get(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}", self._get_crd
+        )
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        await self._runner.setup()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+
+    async def stop(self) -> None:
+        for task in self.script_tasks:
+            task.cancel()
+        await asyncio.gather(*self.script_tasks, return_exceptions=True)
+        for log in self.logs.values():
+            log.closed = True
+            log.changed.set()
+        self.stopping = True
+        self.watch_changed.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def kubeconfig(self, namespace: str = "default") -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "test", "cluster": {"server": self.url}}],
+            "users": [{"name": "test", "user": {"token": "test-token"}}],
+            "contexts": [
+                {
+                    "name": "test",
+                    "context": {"cluster": "test", "user": "test", "namespace": namespace},
+                }
+            ],
+            "current-context": "test",
+        }
+
+    def _next_version(self) -> str:
+        self.version += 1
+        return str(self.version)
+
+    @web.middleware
+    async def _record(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        body: Any = None
+        if request.can_read_body:
+            text = await request.text()
+            body = json.loads(text) if text else None
+        self.requests.append(
+            RecordedRequest(request.method, request.path, dict(request.query), body)
+        )
+        request[_BODY] = body
+        return await handler(request)
+
+    # ---- pytorchjobs ----------------------------------------------------------------
+
+    async def _jobs(self, request: web.Request) -> web.StreamResponse:
+        namespace = request.match_info["namespace"]
+        if request.method == "POST":
+            return self._create_job(namespace, request)
+        if request.method != "GET":
+            return _status(405, "MethodNotAllowed", request.method)
+        if _flag(request.query.get("watch")):
+            return await self._watch_jobs(namespace, request)
+        selector = request.query.get("fieldSelector", "")
+        items = [
+            job
+            for (ns, name), job in self.jobs.items()
+            if ns == namespace and _selector_matches(selector, {"metadata.name": name})
+        ]
+        return web.json_response(
+            {
+                "apiVersion": "kubeflow.org/v1",
+                "kind": "PyTorchJobList",
+                "metadata": {"resourceVersion": str(self.version)},
+                "items": items,
+            }
+        )
+
+    def _create_job(self, namespace: str, request: web.Request) -> web.Response:
+        job = copy.deepcopy(_body(request))
+        if self.crd is not None:
+            # As kube-apiserver does: the CRD's schema, unknown fields refused (Strict).
+            try:
+                validate_against_crd(job, crd_schema(self.crd))
+            except ManifestError as error:
+                return _status(422, "Invalid", str(error))
+        name = job["metadata"]["name"]
+        if (namespace, name) in self.jobs:
+            return _status(
+                409, "AlreadyExists", f'pytorchjobs.kubeflow.org "{name}" already exists'
+            )
+        job["metadata"].update(
+            namespace=namespace,
+            uid=str(uuid.uuid4()),
+            creationTimestamp=_now(),
+            resourceVersion=self._next_version(),
+            generation=1,
+        )
+        self.jobs[(namespace, name)] = job
+        self._job_changed("ADDED", job)
+        if self.script is not None:
+            self.script_tasks.append(asyncio.create_task(self.script(self, copy.deepcopy(job))))
+        return web.json_response(job, status=201)
+
+    async def _job(self, request: web.Request) -> web.Response:
+        key = (request.match_info["namespace"], request.match_info["name"])
+        job = self.jobs.get(key)
+        if job is None:
+            return _status(404, "NotFound", f'pytorchjobs.kubeflow.org "{key[1]}" not found')
+        if request.method == "GET":
+            return web.json_response(job)
+        if request.method == "DELETE":
+            del self.jobs[key]
+            for pod_key in [k for k, pod in self.pods.items() if self._pod_of(pod, key[1])]:
+                del self.pods[pod_key]
+                self.logs[pod_key].closed = True
+                self.logs[pod_key].changed.set()
+            job["metadata"]["resourceVersion"] = self._next_version()
+            self._job_changed("DELETED", job)
+            return web.json_response(
+                {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {}}
+            )
+        return _status(405, "MethodNotAllowed", request.method)
+
+    def _job_changed(self, kind: str, job: dict[str, Any]) -> None:
+        self.history.append((int(job["metadata"]["resourceVersion"]), kind, copy.deepcopy(job)))
+        self.watch_changed.set()
+        self.watch_changed = asyncio.Event()
+
+    async def _watch_jobs(self, namespace: str, request: web.Request) -> web.StreamResponse:
+        since = int(request.query.get("resourceVersion") or 0)
+        selector = request.query.get("fieldSelector", "")
+        deadline = asyncio.get_running_loop().time() + float(
+            request.query.get("timeoutSeconds", "300")
+        )
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        if self.watch_failures:
+            self.watch_failures -= 1
+            assert request.transport is not None
+            request.transport.abort()
+            return response
+        if since and since < self.compacted_below:
+            gone = {
+                "type": "ERROR",
+                "object": {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "message": f"too old resource version: {since} ({self.compacted_below})",
+                    "reason": "Expired",
+                    "code": 410,
+                },
+            }
+            await response.write(json.dumps(gone).encode() + b"\n")
+            return response
+        sent = since
+        while True:
+            changed = self.watch_changed
+            for version, kind, job in list(self.history):
+                if version <= sent:
+                    continue
+                sent = version
+                if job["metadata"]["namespace"] != namespace or not _selector_matches(
+                    selector, {"metadata.name": job["metadata"]["name"]}
+                ):
+                    continue
+                line = json.dumps({"type": kind, "object": job}).encode() + b"\n"
+                await response.write(line)
+                if self.drop_watches:
+                    self.drop_watches -= 1
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return response
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0 or self.stopping:
+                return response
+            try:
+                await asyncio.wait_for(changed.wait(), timeout=remaining)
+            except TimeoutError:
+                return response
+
+    # ---- pods, logs, events, secrets -------------------------------------------------
+
+    @staticmethod
+    def _pod_of(pod: dict[str, Any], job: str) -> bool:
+        return bool(pod["metadata"]["labels"].get("training.kubeflow.org/job-name") == job)
+
+    def _fail_read(self) -> web.Response | None:
+        if not self.failing_reads:
+            return None
+        self.failing_reads -= 1
+        return _status(500, "InternalError", "etcdserver: request timed out")
+
+    async def _list_pods(self, request: web.Request) -> web.Response:
+        if (failure := self._fail_read()) is not None:
+            return failure
+        namespace = request.match_info["namespace"]
+        selector = request.query.get("labelSelector", "")
+        items = [
+            pod
+            for (ns, _), pod in self.pods.items()
+            if ns == namespace and _selector_matches(selector, pod["metadata"]["labels"])
+        ]
+        return web.json_response(
+            {
+                "apiVersion": "v1",
+                "kind": "PodList",
+                "metadata": {"resourceVersion": str(self.version)},
+                "items": items,
+            }
+        )
+
+    async def _get_pod(self, request: web.Request) -> web.Response:
+        key = (request.match_info["namespace"], request.match_info["name"])
+        if key not in self.pods:
+            return _status(404, "NotFound", f'pods "{key[1]}" not found')
+        return web.json_response(self.pods[key])
+
+    async def _pod_log(self, request: web.Request) -> web.StreamResponse:
+        key = (request.match_info["namespace"], request.match_info["name"])
+        if key not in self.pods:
+            return _status(404, "NotFound", f'pods "{key[1]}" not found')
+        if (failure := self._fail_read()) is not None:
+            return failure
+        log = self.logs[key]
+        if not log.lines and not log.closed and not self._container_started(key):
+            return _status(400, "BadRequest", f'container "pytorch" in pod "{key[1]}" is waiting')
+        follow = _flag(request.query.get("follow"))
+        stamps = _flag(request.query.get("timestamps"))
+        since_s = request.query.get("sinceSeconds")
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await response.prepare(request)
+        position = 0
+        if since_s is not None:
+            cutoff = datetime.now(UTC).timestamp() - int(since_s)
+            position = next(
+                (i for i, line in enumerate(log.lines) if _stamp_seconds(line) >= cutoff),
+                len(log.lines),
+            )
+        written = 0
+        while True:
+            changed = log.changed
+            while position < len(log.lines):
+                line = log.lines[position]
+                position += 1
+                text = line if stamps else line.partition(" ")[2]
+                try:
+                    await response.write(text.encode() + b"\n")
+                except ConnectionResetError:
+                    return response  # the client went away, as clients may
+                written += 1
+                if self.drop_logs_after.get(key[1]) == written:
+                    del self.drop_logs_after[key[1]]
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return response
+            if not follow or log.closed:
+                return response
+            await changed.wait()
+
+    def _container_started(self, key: tuple[str, str]) -> bool:
+        statuses = self.pods[key].get("status", {}).get("containerStatuses", [])
+        return any("running" in s["state"] or "terminated" in s["state"] for s in statuses)
+
+    async def _list_events(self, request: web.Request) -> web.Response:
+        namespace = request.match_info["namespace"]
+        selector = request.query.get("fieldSelector", "")
+        items = [
+            event
+            for event in self.events
+            if event["metadata"]["namespace"] == namespace
+            and _selector_matches(
+                selector, {"involvedObject.name": event["involvedObject"]["name"]}
+            )
+        ]
+        return web.json_response(
+            {"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": items}
+        )
+
+    async def _create_secret(self, request: web.Request) -> web.Response:
+        secret = copy.deepcopy(_body(request))
+        secret["metadata"].update(
+            namespace=request.match_info["namespace"],
+            uid=str(uuid.uuid4()),
+            resourceVersion=self._next_version(),
+        )
+        self.secrets[(request.match_info["namespace"], secret["metadata"]["name"])] = secret
+        return web.json_response(secret, status=201)
+
+    async def _secret(self, request: web.Request) -> web.Response:
+        key = (request.match_info["namespace"], request.match_info["name"])
+        if key not in self.secrets:
+            return _status(404, "NotFound", f'secrets "{key[1]}" not found')
+        if request.method == "PATCH":
+            self.secrets[key]["metadata"].update(_body(request)["metadata"])
+            return web.json_response(self.secrets[key])
+        if request.method == "DELETE":
+            del self.secrets[key]
+            return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Success"})
+        return web.json_response(self.secrets[key])
+
+    async def _get_crd(self, request: web.Request) -> web.Response:
+        if self.crd_forbidden:
+            return _status(403, "Forbidden", "cannot get customresourcedefinitions")
+        if self.crd is None or request.match_info["name"] != self.crd["metadata"]["name"]:
+            name = request.match_info["name"]
+            return _status(404, "NotFound", f'customresourcedefinitions "{name}" not found')
+        return web.json_response(self.crd)
+
+    # ---- the operator's part, scripted by tests ----------------------------------------
+
+    def job(self, name: str, namespace: str = "default") -> dict[str, Any]:
+        return self.jobs[(namespace, name)]
+
+    def set_condition(
+        self, job: dict[str, Any], kind: str, reason: str = "", message: str = ""
+    ) -> None:
+        """Append a True condition to the job (the operator's status update)."""
+        current = self.jobs.get((job["metadata"]["namespace"], job["metadata"]["name"]))
+        if current is None:
+            return
+        conditions = current.setdefault("status", {}).setdefault("conditions", [])
+        for condition in conditions:
+            if condition["type"] in ("Running", "Restarting") and kind != condition["type"]:
+                condition["status"] = "False"
+        conditions.append(
+            {
+                "type": kind,
+                "status": "True",
+                "reason": reason or f"PyTorchJob{kind}",
+                "message": message or f"PyTorchJob {job['metadata']['name']} is {kind.lower()}.",
+                "lastTransitionTime": _now(),
+                "lastUpdateTime": _now(),
+            }
+        )
+        current["metadata"]["resourceVersion"] = self._next_version()
+        self._job_changed("MODIFIED", current)
+
+    def compact(self) -> None:
+        """Forget the watch history so far (etcd compaction): older versions get 410."""
+        self.compacted_below = self.version + 1
+
+    def create_pods(self, job: dict[str, Any]) -> list[str]:
+        """One pending pod per replica, from the job's templates, as the operator makes them."""
+        namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        created = []
+        for role, replica in job["spec"]["pytorchReplicaSpecs"].items():
+            for index in range(replica.get("replicas", 1)):
+                pod_name = f"{name}-{role.lower()}-{index}"
+                template = copy.deepcopy(replica["template"])
+                labels = {
+                    **template["metadata"].get("labels", {}),
+                    "training.kubeflow.org/job-name": name,
+                    "training.kubeflow.org/replica-type": role.lower(),
+                    "training.kubeflow.org/replica-index": str(index),
+                }
+                pod = {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {
+                        **template["metadata"],
+                        "name": pod_name,
+                        "namespace": namespace,
+                        "labels": labels,
+                        "uid": str(uuid.uuid4()),
+                        "resourceVersion": self._next_version(),
+                    },
+                    "spec": template["spec"],
+                    "status": {"phase": "Pending", "conditions": []},
+                }
+                self.pods[(namespace, pod_name)] = pod
+                self.logs[(namespace, pod_name)] = _PodLog()
+                created.append(pod_name)
+        return created
+
+    def pod(self, name: str, namespace: str = "default") -> dict[str, Any]:
+        return self.pods[(namespace, name)]
+
+    def unschedulable(self, pod: str, message: str) -> None:
+        self.pod(pod)["status"]["conditions"] = [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": message,
+            }
+        ]
+        self.add_event(pod, "FailedScheduling", message)
+
+    def waiting(self, pod: str, reason: str, message: str, image: str = "img") -> None:
+        self._container(pod, image, {"waiting": {"reason": reason, "message": message}})
+
+    def running(self, pod: str, image: str = "img") -> None:
+        self.pod(pod)["status"]["phase"] = "Running"
+        self._container(pod, image, {"running": {"startedAt": _now()[:19] + "Z"}})
+
+    def terminate(self, pod: str, exit_code: int, reason: str = "", image: str = "img") -> None:
+        state = {
+            "terminated": {
+                "exitCode": exit_code,
+                "reason": reason or ("Completed" if exit_code == 0 else "Error"),
+                "finishedAt": _now()[:19] + "Z",
+            }
+        }
+        self.pod(pod)["status"]["phase"] = "Succeeded" if exit_code == 0 else "Failed"
+        self._container(pod, image, state)
+        log = self.logs[("default", pod)]
+        log.closed = True
+        log.changed.set()
+
+    def _container(self, pod: str, image: str, state: dict[str, Any]) -> None:
+        self.pod(pod)["status"]["containerStatuses"] = [
+            {
+                "name": "pytorch",
+                "image": image,
+                "imageID": "",
+                "ready": "running" in state,
+                "restartCount": 0,
+                "state": state,
+            }
+        ]
+        self.pod(pod)["metadata"]["resourceVersion"] = self._next_version()
+
+    def log(self, pod: str, text: str) -> None:
+        log = self.logs[("default", pod)]
+        log.lines.append(f"{_now()} {text}")
+        log.changed.set()
+        log.changed = asyncio.Event()
+
+    def add_event(self, pod: str, reason: str, message: str, kind: str = "Warning") -> None:
+        self.events.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": f"{pod}.{uuid.uuid4().hex[:8]}", "namespace": "default"},
+                "involvedObject": {"kind": "Pod", "name": pod, "namespace": "default"},
+                "reason": reason,
+                "message": message,
+                "type": kind,
+            }
+        )
+
+    def requests_to(self, method: str, path_part: str) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.method == method and path_part in r.path]
+
+
+def _stamp_seconds(line: str) -> float:
+    stamp = line.partition(" ")[0]
+    return datetime.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
+
+
+async def run_containers_locally(api: KubeApiServer, job: dict[str, Any]) -> None:
+    """A job script that plays kubelet: each Master's container command runs as a local
+    process (the NAS is a local directory here), its output becomes the pod's log and its
+    exit code the container's. For whole-flow tests."""
+    pods = api.create_pods(job)
+    api.set_condition(job, "Created")
+    for pod in pods:
+        api.running(pod)
+    api.set_condition(job, "Running")
+    codes = await asyncio.gather(*(_run_container(api, pod) for pod in pods))
+    failed = any(codes)
+    api.set_condition(job, "Failed" if failed else "Succeeded")
+
+
+async def _run_container(api: KubeApiServer, pod: str) -> int:
+    (container,) = api.pod(pod)["spec"]["containers"]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    env.update({var["name"]: var["value"] for var in container["env"] if "value" in var})
+    process = await asyncio.create_subprocess_exec(
+        *container["command"],
+        cwd=container["workingDir"],
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    async for raw in process.stdout:
+        api.log(pod, raw.decode("utf-8", "replace").rstrip("\r\n"))
+    code = await process.wait()
+    api.terminate(pod, code)
+    return code
