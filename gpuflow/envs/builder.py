@@ -1,0 +1,247 @@
+"""One uv build of one environment, at its final path, and what it produced.
+
+The venv is built where it will be used (``envs/<key>/.venv``): venvs are not
+relocatable, console-script shebangs hold the absolute interpreter path. The
+caller holds the key's build lock and writes the ready marker after this returns.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import platform
+import re
+import socket
+import stat
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import uv
+
+from gpuflow.envs.key import platform_tag
+from gpuflow.envs.records import EnvMetadata, now
+from gpuflow.errors import EnvironmentBuildError
+
+logger = logging.getLogger("gpuflow.envs")
+
+HARDLINK_FALLBACK = "Failed to hardlink"
+_ERROR_TAIL_LINES = 40
+# uv writes these per install (not from the cache), so they never share an inode.
+_PER_INSTALL_FILES = frozenset({"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"})
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    cache_dir: Path
+    python_install_dir: Path
+    python: str  # a path or a version request such as "3.11.7"
+    managed_python: bool
+    timeout_s: float
+
+
+def uv_environment(settings: BuildSettings) -> dict[str, str]:
+    """The process environment of uv: our settings only, none inherited from the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "VIRTUAL_ENV"))}
+    env.update(
+        UV_CACHE_DIR=str(settings.cache_dir),
+        UV_PYTHON_INSTALL_DIR=str(settings.python_install_dir),
+        # uv's default is clone-with-fallbacks; hardlinks are what share one cache.
+        UV_LINK_MODE="hardlink",
+        UV_NO_PROGRESS="1",
+    )
+    return env
+
+
+@functools.cache
+def uv_version() -> str:
+    completed = subprocess.run(
+        [uv.find_uv_bin(), "--version"], capture_output=True, text=True, check=True
+    )
+    return completed.stdout.removeprefix("uv").strip()
+
+
+def same_filesystem(a: Path, b: Path) -> bool:
+    return a.stat().st_dev == b.stat().st_dev
+
+
+def _sync_command(settings: BuildSettings, project_dir: Path) -> list[str]:
+    command = [
+        uv.find_uv_bin(),
+        "sync",
+        "--frozen",
+        "--no-dev",
+        "--no-editable",
+        "--compile-bytecode",
+        "--python",
+        settings.python,
+        "--project",
+        str(project_dir),
+    ]
+    if settings.managed_python:
+        # The venv's base interpreter then lives under UV_PYTHON_INSTALL_DIR on the NAS,
+        # at the same path in every pod and task.
+        command.append("--managed-python")
+    return command
+
+
+def _error_tail(stderr: str) -> str:
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    return "\n".join(lines[-_ERROR_TAIL_LINES:])
+
+
+def run_uv_sync(settings: BuildSettings, project_dir: Path, venv: Path, key: str) -> str:
+    """Run ``uv sync`` into ``venv``; returns uv's stderr. Raises with uv's own words."""
+    env = uv_environment(settings) | {"UV_PROJECT_ENVIRONMENT": str(venv)}
+    try:
+        completed = subprocess.run(
+            _sync_command(settings, project_dir),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=settings.timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise EnvironmentBuildError(
+            f"building the environment of {project_dir} (key {key}) took over "
+            f"{settings.timeout_s:.0f}s"
+        ) from None
+    if completed.returncode != 0:
+        raise EnvironmentBuildError(
+            f"uv could not build the environment of {project_dir} (key {key}); uv said:",
+            _error_tail(completed.stderr),
+        )
+    return completed.stderr
+
+
+@dataclass(frozen=True)
+class VenvScan:
+    size_bytes: int
+    files: int
+    hardlinked_files: int
+    cacheable_files: int
+
+
+def scan_venv(venv: Path) -> VenvScan:
+    """Sizes and link counts of the venv's files, in one walk."""
+    size = files = hardlinked = cacheable = 0
+    for dirpath, _dirnames, filenames in os.walk(venv):
+        in_bytecode_dir = dirpath.endswith("__pycache__")
+        for name in filenames:
+            st = Path(dirpath, name).lstat()
+            if not stat.S_ISREG(st.st_mode):
+                continue  # symlinks (bin/python) and the like
+            size += st.st_size
+            files += 1
+            if st.st_nlink > 1:
+                hardlinked += 1
+            # Bytecode is compiled into the venv and uv's own records are per install:
+            # only the other files of site-packages can come from the cache.
+            if (
+                "site-packages" in dirpath
+                and not in_bytecode_dir
+                and name not in _PER_INSTALL_FILES
+            ):
+                cacheable += 1
+    return VenvScan(size, files, hardlinked, cacheable)
+
+
+def installed_packages(venv: Path) -> dict[str, str]:
+    """Name and version of each distribution in the venv, read from its dist-info."""
+    packages: dict[str, str] = {}
+    for metadata in sorted(venv.glob("lib/python*/site-packages/*.dist-info/METADATA")):
+        fields: dict[str, str] = {}
+        with metadata.open(encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if not line.strip():
+                    break  # the headers end at the first blank line
+                name, _, value = line.partition(":")
+                fields.setdefault(name.strip(), value.strip())
+        if "Name" in fields:
+            packages[fields["Name"]] = fields.get("Version", "")
+    return packages
+
+
+def check_shebangs(venv: Path) -> None:
+    """Every console script must start the venv's own interpreter at its final path."""
+    expected = str(venv / "bin" / "python")
+    for script in sorted((venv / "bin").iterdir()):
+        if not script.is_file() or script.is_symlink():
+            continue
+        with script.open("rb") as handle:
+            first = handle.readline(4096)
+        if first.startswith(b"#!/") and b"python" in first:
+            interpreter = first[2:].decode(errors="replace").strip().split()[0]
+            if interpreter != expected:
+                raise EnvironmentBuildError(
+                    f"console script {script} starts {interpreter!r}, not the env's "
+                    f"interpreter {expected!r}: the venv was not built at its final path"
+                )
+
+
+def base_interpreter(venv: Path) -> str:
+    config = (venv / "pyvenv.cfg").read_text()
+    match = re.search(r"^home\s*=\s*(.+)$", config, re.MULTILINE)
+    return match.group(1).strip() if match else ""
+
+
+def env_python_version(venv: Path) -> str:
+    config = (venv / "pyvenv.cfg").read_text()
+    match = re.search(r"^version_info\s*=\s*(.+)$", config, re.MULTILINE) or re.search(
+        r"^version\s*=\s*(.+)$", config, re.MULTILINE
+    )
+    return match.group(1).strip() if match else platform.python_version()
+
+
+def build(
+    settings: BuildSettings, project_dir: Path, root: Path, key: str, job: str
+) -> EnvMetadata:
+    """Build ``root/.venv`` and describe it; ``root`` must not exist yet."""
+    started = time.monotonic()
+    if not same_filesystem(settings.cache_dir, root.parent):
+        logger.warning(
+            "uv cache %s is on another filesystem than %s: uv will COPY every package "
+            "into env %s instead of hardlinking it (slow, and no disk is shared)",
+            settings.cache_dir,
+            root.parent,
+            key,
+        )
+    root.mkdir()
+    venv = root / ".venv"
+    stderr = run_uv_sync(settings, project_dir, venv, key)
+    check_shebangs(venv)
+    scan = scan_venv(venv)
+    fell_back = HARDLINK_FALLBACK in stderr or (
+        scan.cacheable_files > 0 and scan.hardlinked_files == 0
+    )
+    if fell_back:
+        logger.warning(
+            "env %s was built by COPYING packages (uv: %r): put UV_CACHE_DIR %s on the "
+            "same filesystem as %s",
+            key,
+            HARDLINK_FALLBACK,
+            settings.cache_dir,
+            root.parent,
+        )
+    created = now()
+    return EnvMetadata(
+        key=key,
+        job=job,
+        project=str(project_dir),
+        python=env_python_version(venv),
+        base_python=base_interpreter(venv),
+        platform=platform_tag(),
+        packages=installed_packages(venv),
+        size_bytes=scan.size_bytes,
+        files=scan.files,
+        hardlinked_files=scan.hardlinked_files,
+        link_mode="copy" if fell_back else "hardlink",
+        build_seconds=round(time.monotonic() - started, 3),
+        builder=f"{socket.gethostname()}:{os.getpid()}",
+        uv_version=uv_version(),
+        created=created,
+        last_used=created,
+    )
