@@ -88,6 +88,13 @@ class EnvironmentFabric(Block):
 
     root: Path = Field(description="NAS directory holding envs/, the uv cache and uv's Pythons.")
     build_timeout_s: float = Field(default=1800.0, gt=0, description="Longest a build may take.")
+    cache_dir: Path | None = Field(
+        default=None,
+        description=(
+            "uv cache; default <root>/uv-cache. Keep it on the filesystem of <root>/envs: "
+            "elsewhere uv copies every package instead of hardlinking it (reported as such)."
+        ),
+    )
     python: str = Field(
         default="",
         description=(
@@ -116,7 +123,7 @@ class EnvironmentFabric(Block):
 
     @property
     def uv_cache_dir(self) -> Path:
-        return self.root / "uv-cache"
+        return self.cache_dir or self.root / "uv-cache"
 
     @property
     def python_install_dir(self) -> Path:
@@ -205,7 +212,7 @@ class EnvironmentFabric(Block):
             return None
         return metadata.model_copy(update={"last_used": max(metadata.last_used, used)})
 
-    def keys(self) -> list[str]:
+    def env_keys(self) -> list[str]:
         """Every env directory, ready or not (an unready one is a build or its wreck)."""
         if not self.envs_dir.is_dir():
             return []
@@ -362,7 +369,7 @@ class EnvironmentFabric(Block):
     def pin(self, job: str, key: str, reason: str = "") -> Pin:
         """Make runs of ``job`` use ``key`` (an earlier, ready env: a rollback)."""
         if not self.ready(key):
-            known = ", ".join(self.keys()) or "none"
+            known = ", ".join(self.env_keys()) or "none"
             raise EnvironmentBuildError(
                 f"cannot pin job {job!r} to environment {key!r}: no ready env has that key "
                 f"(envs here: {known})"
