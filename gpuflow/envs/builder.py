@@ -21,7 +21,7 @@ from pathlib import Path
 
 import uv
 
-from gpuflow.envs.key import platform_tag
+from gpuflow.envs.key import local_package_names, platform_tag
 from gpuflow.envs.records import EnvMetadata, now
 from gpuflow.errors import EnvironmentBuildError
 
@@ -80,6 +80,10 @@ def _sync_command(settings: BuildSettings, project_dir: Path) -> list[str]:
         "--project",
         str(project_dir),
     ]
+    # uv caches wheels it built from local sources under keys that see pyproject.toml but
+    # not the code: without a refresh a changed job would get its old code installed.
+    for name in local_package_names(project_dir):
+        command += ["--refresh-package", name]
     if settings.managed_python:
         # The venv's base interpreter then lives under UV_PYTHON_INSTALL_DIR on the NAS,
         # at the same path in every pod and task.

@@ -19,6 +19,7 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -51,20 +52,36 @@ def project_files(root: Path) -> list[Path]:
     return files
 
 
-def local_dependencies(project_dir: Path) -> list[Path]:
-    """Directories and files of the path dependencies recorded in the job's lock."""
+_LOCAL_SOURCES = ("directory", "path", "editable", "virtual")
+
+
+def _read_lock(project_dir: Path) -> dict[str, Any]:
     lock_path = project_dir / "uv.lock"
     try:
-        lock = tomllib.loads(lock_path.read_text())
+        return tomllib.loads(lock_path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise EnvironmentBuildError(f"the lock file {lock_path} is not valid TOML: {exc}") from None
+
+
+def local_dependencies(project_dir: Path) -> list[Path]:
+    """Directories and files of the path dependencies recorded in the job's lock."""
     found = set()
-    for package in lock.get("package", []):
+    for package in _read_lock(project_dir).get("package", []):
         source = package.get("source", {})
-        for kind in ("directory", "path", "editable"):
+        for kind in _LOCAL_SOURCES:
             if kind in source and source[kind] != ".":
                 found.add((project_dir / source[kind]).resolve())
     return sorted(found)
+
+
+def local_package_names(project_dir: Path) -> list[str]:
+    """The packages the lock builds from local sources: the project and its path deps."""
+    names = {
+        str(package["name"])
+        for package in _read_lock(project_dir).get("package", [])
+        if "name" in package and any(k in package.get("source", {}) for k in _LOCAL_SOURCES)
+    }
+    return sorted(names)
 
 
 def source_roots(project_dir: Path) -> list[Path]:
