@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -257,3 +258,34 @@ def test_cache_on_another_filesystem_reports_the_copy_fallback(
         assert any("COPY" in record.getMessage() for record in caplog.records)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A 192 KiB tmpfs: too small for the 256 KiB bulkpkg the demo job installs."""
+    mount, umount = shutil.which("mount"), shutil.which("umount")
+    if mount is None or umount is None:
+        pytest.skip("no mount/umount commands here")
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        [mount, "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run([umount, str(mountpoint)], check=True)
+
+
+def test_full_disk_reports_it_and_leaves_nothing_ready(tiny_filesystem: Path, job: Path) -> None:
+    fabric = EnvironmentFabric(root=tiny_filesystem / "nas", build_timeout_s=120)
+    with pytest.raises(EnvironmentBuildError) as raised:
+        fabric.resolve(job)
+    assert "No space left on device" in f"{raised.value}{raised.value.details}"
+    assert fabric.env_keys() == []
+    key = fabric.key(job)
+    assert not fabric.ready(key)
