@@ -129,6 +129,11 @@ class EnvironmentFabric(Block):
     def python_install_dir(self) -> Path:
         return self.root / "python"
 
+    @property
+    def bytecode_dir(self) -> Path:
+        """Compiled ``.pyc`` files shared by every env (hardlinked, like the packages)."""
+        return self.root / "bytecode"
+
     def env_dir(self, key: str) -> Path:
         return self.envs_dir / key
 
@@ -158,6 +163,7 @@ class EnvironmentFabric(Block):
     def build_settings(self) -> builder.BuildSettings:
         return builder.BuildSettings(
             cache_dir=self.uv_cache_dir,
+            bytecode_store=self.bytecode_dir,
             python_install_dir=self.python_install_dir,
             python=self.python or sys.executable,
             managed_python=self.managed_python,
@@ -288,7 +294,12 @@ class EnvironmentFabric(Block):
         # A directory without a ready marker is the wreck of a build that died: we hold
         # the build lock, so nobody is still writing to it.
         shutil.rmtree(root, ignore_errors=True)
-        for directory in (self.envs_dir, self.uv_cache_dir, self.python_install_dir):
+        for directory in (
+            self.envs_dir,
+            self.uv_cache_dir,
+            self.python_install_dir,
+            self.bytecode_dir,
+        ):
             directory.mkdir(parents=True, exist_ok=True)
         try:
             metadata = builder.build(self.build_settings(), project_dir, root, key, job)

@@ -8,6 +8,7 @@ caller holds the key's build lock and writes the ready marker after this returns
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import platform
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import uv
 
+from gpuflow.envs import shared_bytecode
 from gpuflow.envs.key import local_package_names, platform_tag
 from gpuflow.envs.records import EnvMetadata, now
 from gpuflow.errors import EnvironmentBuildError
@@ -37,6 +39,7 @@ _PER_INSTALL_FILES = frozenset({"RECORD", "INSTALLER", "REQUESTED", "direct_url.
 class BuildSettings:
     cache_dir: Path
     python_install_dir: Path
+    bytecode_store: Path
     python: str  # a path or a version request such as "3.11.7"
     managed_python: bool
     timeout_s: float
@@ -74,7 +77,6 @@ def _sync_command(settings: BuildSettings, project_dir: Path) -> list[str]:
         "--frozen",
         "--no-dev",
         "--no-editable",
-        "--compile-bytecode",
         "--python",
         settings.python,
         "--project",
@@ -119,6 +121,43 @@ def run_uv_sync(settings: BuildSettings, project_dir: Path, venv: Path, key: str
             _error_tail(completed.stderr),
         )
     return completed.stderr
+
+
+@dataclass(frozen=True)
+class BytecodeResult:
+    linked: int
+    compiled: int
+
+
+def compile_bytecode(settings: BuildSettings, venv: Path, key: str) -> BytecodeResult:
+    """Bytecode for every module of the env, shared across envs (``shared_bytecode.py``).
+
+    Run by the env's interpreter: a ``.pyc`` carries its Python's magic number.
+    """
+    site_packages = sorted(venv.glob("lib/python*/site-packages"))
+    if len(site_packages) != 1:
+        raise EnvironmentBuildError(f"env {key}: expected one site-packages, found {site_packages}")
+    command = [
+        str(venv / "bin" / "python"),
+        "-I",  # isolated: neither the caller's environment nor its cwd leak in
+        shared_bytecode.__file__,
+        str(site_packages[0]),
+        str(settings.bytecode_store),
+    ]
+    try:
+        completed = subprocess.run(
+            command, capture_output=True, text=True, timeout=settings.timeout_s, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise EnvironmentBuildError(
+            f"compiling the bytecode of env {key} took over {settings.timeout_s:.0f}s"
+        ) from None
+    if completed.returncode != 0:
+        raise EnvironmentBuildError(
+            f"compiling the bytecode of env {key} failed:", _error_tail(completed.stderr)
+        )
+    counts = json.loads(completed.stdout.strip().splitlines()[-1])
+    return BytecodeResult(linked=int(counts["linked"]), compiled=int(counts["compiled"]))
 
 
 @dataclass(frozen=True)
@@ -216,6 +255,7 @@ def build(
     root.mkdir()
     venv = root / ".venv"
     stderr = run_uv_sync(settings, project_dir, venv, key)
+    bytecode = compile_bytecode(settings, venv, key)
     check_shebangs(venv)
     scan = scan_venv(venv)
     fell_back = HARDLINK_FALLBACK in stderr or (
@@ -243,6 +283,8 @@ def build(
         files=scan.files,
         hardlinked_files=scan.hardlinked_files,
         link_mode="copy" if fell_back else "hardlink",
+        bytecode_linked=bytecode.linked,
+        bytecode_compiled=bytecode.compiled,
         build_seconds=round(time.monotonic() - started, 3),
         builder=f"{socket.gethostname()}:{os.getpid()}",
         uv_version=uv_version(),

@@ -79,6 +79,19 @@ def empty_trash(fabric: EnvironmentFabric) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
+def prune_bytecode(fabric: EnvironmentFabric) -> int:
+    """Remove shared ``.pyc`` files no env links to any more; returns how many."""
+    removed = 0
+    if fabric.bytecode_dir.is_dir():
+        for entry in fabric.bytecode_dir.iterdir():
+            # A builder that loses a file here between compiling and linking it
+            # compiles it in place instead (shared_bytecode._link).
+            if entry.stat().st_nlink == 1:
+                entry.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
 def collect_garbage(
     fabric: EnvironmentFabric,
     policy: GcPolicy,
@@ -120,4 +133,5 @@ def collect_garbage(
                 decisions.append(GcDecision(key, evict, reason))
     if not dry_run:
         empty_trash(fabric)
+        prune_bytecode(fabric)
     return decisions

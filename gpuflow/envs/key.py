@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from gpuflow.errors import EnvironmentBuildError
 
 # Bump when the way environments are built changes: every key changes with it.
-BUILD_RECIPE = "uv-sync-frozen-no-dev-no-editable-compile-bytecode/1"
+BUILD_RECIPE = "uv-sync-frozen-no-dev-no-editable+shared-bytecode/2"
 _SKIPPED_DIRS = frozenset(
     {".venv", "__pycache__", ".git", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
 )

@@ -55,6 +55,8 @@ class EnvMetadata(BaseModel):
     files: int
     hardlinked_files: int = Field(description="Files of the venv that share an inode (the cache).")
     link_mode: Literal["hardlink", "copy"]
+    bytecode_linked: int = Field(description=".pyc files hardlinked from the shared store.")
+    bytecode_compiled: int = Field(description=".pyc files this build had to compile.")
     build_seconds: float
     builder: str = Field(description="host:pid of the process that built it.")
     uv_version: str

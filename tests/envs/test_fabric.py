@@ -91,6 +91,26 @@ def test_changed_sources_get_a_new_env_that_shares_package_files(
     a, b = _bulk_file(first.root).stat(), _bulk_file(second.root).stat()
     assert a.st_ino == b.st_ino, "the package file is not shared between the two envs"
     assert a.st_nlink > 2  # the cache's copy and the two envs
+
+    # Bytecode is compiled once and shared too, and each env's interpreter uses it with
+    # its own paths (the loader fixes co_filename).
+    pycs = [
+        next(env.root.glob(".venv/lib/python*/site-packages/tinytool/__pycache__/*.pyc"))
+        for env in (first, second)
+    ]
+    assert pycs[0].stat().st_ino == pycs[1].stat().st_ino
+    probe = subprocess.run(
+        [
+            str(second.python),
+            "-v",
+            "-c",
+            "import tinytool; print(tinytool.main.__code__.co_filename)",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert f"code object from '{pycs[1]}'" in probe.stderr, "the shared .pyc was not used"
+    assert probe.stdout.strip().startswith(str(second.venv))
     # The job record remembers the earlier key, for a rollback.
     record = fabric.job_record("demo")
     assert record is not None

@@ -81,6 +81,9 @@ def test_gc_evicts_idle_envs_but_never_pinned_held_or_current_ones(
         for key in (pinned, held, current):
             assert fabric.ready(key), key
         assert list(fabric.trash_dir().iterdir()) == []
+        # The bytecode of the evicted version's own code went with it; shared stays.
+        store = list(fabric.bytecode_dir.iterdir())
+        assert store and all(entry.stat().st_nlink > 1 for entry in store)
 
     # Released, the held env is an ordinary idle one.
     after = {d.key: d.action for d in collect_garbage(fabric, policy)}
