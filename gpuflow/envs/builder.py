@@ -165,31 +165,39 @@ class VenvScan:
     size_bytes: int
     files: int
     hardlinked_files: int
-    cacheable_files: int
+    cacheable_files: int  # package files that can come from the uv cache
+    cache_linked_files: int  # ... and do share an inode with it
 
 
 def scan_venv(venv: Path) -> VenvScan:
-    """Sizes and link counts of the venv's files, in one walk."""
-    size = files = hardlinked = cacheable = 0
-    for dirpath, _dirnames, filenames in os.walk(venv):
-        in_bytecode_dir = dirpath.endswith("__pycache__")
-        for name in filenames:
-            st = Path(dirpath, name).lstat()
-            if not stat.S_ISREG(st.st_mode):
-                continue  # symlinks (bin/python) and the like
-            size += st.st_size
-            files += 1
-            if st.st_nlink > 1:
-                hardlinked += 1
-            # Bytecode is compiled into the venv and uv's own records are per install:
-            # only the other files of site-packages can come from the cache.
-            if (
-                "site-packages" in dirpath
-                and not in_bytecode_dir
-                and name not in _PER_INSTALL_FILES
-            ):
-                cacheable += 1
-    return VenvScan(size, files, hardlinked, cacheable)
+    """Sizes and link counts of the venv's files, in one walk (scandir: ~20k files)."""
+    size = files = hardlinked = cacheable = cache_linked = 0
+    pending = [str(venv)]
+    while pending:
+        directory = pending.pop()
+        in_site_packages = "site-packages" in directory
+        in_bytecode_dir = directory.endswith("__pycache__")
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode):
+                    continue  # symlinks (bin/python) and the like
+                size += st.st_size
+                files += 1
+                hardlinked += st.st_nlink > 1
+                # Bytecode is compiled into the venv and uv's own records are per
+                # install: only the other files of site-packages come from the cache.
+                if (
+                    in_site_packages
+                    and not in_bytecode_dir
+                    and entry.name not in _PER_INSTALL_FILES
+                ):
+                    cacheable += 1
+                    cache_linked += st.st_nlink > 1
+    return VenvScan(size, files, hardlinked, cacheable, cache_linked)
 
 
 def installed_packages(venv: Path) -> dict[str, str]:
@@ -259,7 +267,7 @@ def build(
     check_shebangs(venv)
     scan = scan_venv(venv)
     fell_back = HARDLINK_FALLBACK in stderr or (
-        scan.cacheable_files > 0 and scan.hardlinked_files == 0
+        scan.cacheable_files > 0 and scan.cache_linked_files == 0
     )
     if fell_back:
         logger.warning(
