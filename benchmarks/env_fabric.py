@@ -218,8 +218,12 @@ def report(fab: dict[str, float], pip: dict[str, float], ray: dict[str, float], 
         "* baseline disk: measured over real copies, scaled to", envs, "(pip venvs share no files)"
     )
     goals = {
-        "warm resolve p99 < 1 ms": fab["resolve_p99"] < 1e-3,
-        "torch env from warm cache <= 2 s": fab["warm_max"] <= 2.0,
+        "warm resolve p99 < 1 ms (wall clock)": fab["resolve_p99"] < 1e-3,
+        "warm resolve p99 < 1 ms (CPU time: wall minus waiting for a CPU)": (
+            fab["resolve_cpu_p99"] < 1e-3
+        ),
+        "torch env from warm cache <= 2 s (median)": fab["warm_median"] <= 2.0,
+        "torch env from warm cache <= 2 s (slowest)": fab["warm_max"] <= 2.0,
         f"{envs} envs <= 15% of {envs} copies": fab_disk <= 0.15 * pip_disk,
         ">= 20x faster than venv + pip": pip["build"] / fab["warm_median"] >= 20,
     }
