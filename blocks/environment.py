@@ -53,7 +53,7 @@ class ResolvedEnv:
     root: Path
     built: bool  # True when this call built it, False when it was ready
     pinned: bool = False
-    link_mode: str = "hardlink"
+    link_mode: str = "hardlink"  # "copy" when uv could not hardlink from its cache
 
     @property
     def venv(self) -> Path:
@@ -187,26 +187,27 @@ class EnvironmentFabric(Block):
     # -- readiness and metadata ----------------------------------------------------------
 
     def ready(self, key: str) -> bool:
-        return self._ready(key, touch=False)
+        return self._ready(key, touch=False) is not None
 
-    def _ready(self, key: str, touch: bool) -> bool:
+    def _ready(self, key: str, touch: bool) -> str | None:
+        """The env's link mode when it is ready, else None (no process, a file or two)."""
         path = self.env_dir(key) / METADATA
         try:
             with path.open("rb") as handle:
                 modified = os.fstat(handle.fileno()).st_mtime
-                status = json.loads(handle.read()).get("status")
+                recorded = json.loads(handle.read())
         except (OSError, ValueError):
-            return False
-        if status != "ready":
-            return False
+            return None
+        if recorded.get("status") != "ready":
+            return None
         if touch and time.time() - modified > self.touch_interval_s:
             # The file's mtime is the env's last use (read back into metadata.last_used).
             # utime never creates a file, so it cannot make an evicted env look ready.
             try:
                 os.utime(path)
             except OSError:
-                return False
-        return True
+                return None
+        return str(recorded.get("link_mode", "hardlink"))
 
     def metadata(self, key: str) -> EnvMetadata | None:
         """The env's metadata with its live last-use time; None when it is not ready."""
@@ -251,12 +252,15 @@ class EnvironmentFabric(Block):
                 f"job {job!r} has no environment yet: run `gpuflow env build` or the "
                 "prebuild flow for it first"
             )
-        if not self._ready(record.current, touch=True):
+        link_mode = self._ready(record.current, touch=True)
+        if link_mode is None:
             raise EnvironmentBuildError(
                 f"environment {record.current} of job {job!r} is not ready (evicted or never "
                 "finished): build it again"
             )
-        return ResolvedEnv(record.current, self.env_dir(record.current), built=False)
+        return ResolvedEnv(
+            record.current, self.env_dir(record.current), built=False, link_mode=link_mode
+        )
 
     def ensure(self, project_dir: Path, job: str | None = None) -> ResolvedEnv:
         """The env the job's sources hash to, built now if it is not ready (ignores pins)."""
@@ -265,21 +269,19 @@ class EnvironmentFabric(Block):
         key, hashed = self._key(project_dir)
         root = self.env_dir(key)
         built = False
-        if not self._ready(key, touch=True):
+        link_mode = self._ready(key, touch=True)
+        if link_mode is None:
             built = self._build_once(project_dir, key, job)
+            link_mode = self._ready(key, touch=False) or "hardlink"
         if hashed or built:
             self._record_job(job, project_dir, key)
-        link_mode = "hardlink"
-        if built:
-            metadata = self.metadata(key)
-            link_mode = metadata.link_mode if metadata else link_mode
         return ResolvedEnv(key, root, built=built, link_mode=link_mode)
 
     def _build_once(self, project_dir: Path, key: str, job: str) -> bool:
         """Build ``key`` unless another process did while we waited; True if we built."""
         try:
             with exclusive_lock(self.build_lock_path(key), self.build_timeout_s):
-                if self._ready(key, touch=True):
+                if self._ready(key, touch=True) is not None:
                     return False
                 self._build(project_dir, key, job)
                 return True
@@ -397,12 +399,15 @@ class EnvironmentFabric(Block):
         return True
 
     def _pinned(self, pin: Pin) -> ResolvedEnv:
-        if not self._ready(pin.key, touch=True):
+        link_mode = self._ready(pin.key, touch=True)
+        if link_mode is None:
             raise EnvironmentBuildError(
                 f"job {pin.job!r} is pinned to environment {pin.key}, which is not ready; "
                 f"unpin it (`gpuflow env unpin {pin.job}`) or pin a ready key"
             )
-        return ResolvedEnv(pin.key, self.env_dir(pin.key), built=False, pinned=True)
+        return ResolvedEnv(
+            pin.key, self.env_dir(pin.key), built=False, pinned=True, link_mode=link_mode
+        )
 
 
 def _safe_name(job: str) -> str:

@@ -271,6 +271,7 @@ def test_cache_on_another_filesystem_reports_the_copy_fallback(
         with caplog.at_level(logging.WARNING, logger="gpuflow.envs"):
             env = fabric.resolve(job)
         assert env.link_mode == "copy"
+        assert fabric.resolve(job).link_mode == "copy"  # warm resolves say so too
         metadata = fabric.metadata(env.key)
         assert metadata is not None
         assert (metadata.link_mode, metadata.hardlinked_files) == ("copy", 0)
