@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -78,12 +78,17 @@ def download_model(stack: GpuflowStack, request: VideoRequest) -> CachedModel:
 def resolve_environment(stack: GpuflowStack, request: VideoRequest) -> ResolvedEnv:
     """The job's prebuilt uv environment (built now only if nobody built it before)."""
     resolved = stack.environments.resolve(stack.job_dir(request.job))
-    get_run_logger().info(
+    logger = get_run_logger()
+    logger.info(
         "%s environment %s at %s",
-        "Built" if resolved.built else "Reusing",
+        "Built" if resolved.built else ("Reusing pinned" if resolved.pinned else "Reusing"),
         resolved.key,
         resolved.root,
     )
+    if resolved.link_mode == "copy":
+        logger.warning(
+            "Environment %s was built by copying packages, not hardlinking", resolved.key
+        )
     return resolved
 
 
@@ -214,6 +219,7 @@ async def generate_video(request: VideoRequest, stack: str = "default") -> str:
     run_id = str(flow_run.get_id() or "local")
     workspace = Workspace.create(pipeline.nas_root, run_id)
     costs = _Costs()
+    env_hold = ExitStack()  # keeps GC away from the env until the job is done with it
     try:
         with costs.step("stage_inputs"):
             image = stage_inputs(pipeline, request, workspace)
@@ -222,6 +228,7 @@ async def generate_video(request: VideoRequest, stack: str = "default") -> str:
         costs.bytes_in = image.stat().st_size + model.bytes_downloaded
         with costs.step("resolve_environment"):
             env = resolve_environment(pipeline, request)
+        env_hold.enter_context(pipeline.environments.hold(env.key))
         job = i2v_job_spec(pipeline, request, env, model, image, workspace)
         with costs.step("run_gpu_job"):
             result = await run_gpu_job(pipeline, job, limits)
@@ -232,6 +239,7 @@ async def generate_video(request: VideoRequest, stack: str = "default") -> str:
             uri = upload(pipeline, video, run_id)
         costs.bytes_out = video.stat().st_size
     finally:
+        env_hold.close()
         workspace.remove()
 
     await acreate_link_artifact(uri, link_text=f"{request.resolution} video", description="Result")

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from gpuflow.embedded import EmbeddedLayout, default_state_dir
+from gpuflow.env_cli import env_app
 from gpuflow.errors import GpuflowError
 from gpuflow.local_server import LocalServer, ServerError, ensure_server, read_server, stop_server
 
@@ -22,6 +23,7 @@ server_app = typer.Typer(
     help="The local Prefect server of the embedded default.", no_args_is_help=True
 )
 app.add_typer(server_app, name="server")
+app.add_typer(env_app, name="env")
 
 StateDir = Annotated[
     Path,

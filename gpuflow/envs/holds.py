@@ -1,0 +1,53 @@
+"""Holds on an environment: shared flocks that garbage collection must not break.
+
+A run that uses an env holds ``envs/.holds/<key>.hold`` shared for as long as it
+runs; GC evicts only after taking the same file exclusively without waiting. The
+kernel drops the lock of a holder that dies, so a crashed run never pins an env.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from gpuflow.locks import LockTimeoutError
+
+
+@contextmanager
+def shared_hold(path: Path, timeout_s: float, poll_s: float = 0.05) -> Iterator[None]:
+    """Hold ``path`` shared; waits only while GC holds it exclusively (a rename long)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LockTimeoutError(path, timeout_s) from None
+                time.sleep(poll_s)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextmanager
+def exclusive_if_free(path: Path) -> Iterator[bool]:
+    """Take ``path`` exclusively without waiting; yields whether it was free."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
