@@ -308,7 +308,11 @@ class SqliteAdmissionQueue(AdmissionQueue):
 
 # One advisory lock serialises admission decisions (they read the whole queue).
 _POSTGRES_LOCK_KEY = 0x67707566_6C6F77  # "gpuflow"
+# Connection pools per event loop (asyncpg pools cannot cross loops) and DSN.
 _POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncpg.Pool]] = (
+    weakref.WeakKeyDictionary()
+)
+_POOL_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -330,17 +334,25 @@ class PostgresAdmissionQueue(AdmissionQueue):
         loop = asyncio.get_running_loop()
         pools = _POOLS.setdefault(loop, {})
         pool = pools.get(self._dsn)
-        if pool is None:
-            try:
-                pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=4)
-            except (OSError, asyncpg.PostgresError) as exc:
-                raise AdmissionError(
-                    f"cannot reach the admission queue {self.location}: {exc}"
-                ) from exc
+        if pool is not None:
+            return pool
+        async with _POOL_LOCKS.setdefault(loop, asyncio.Lock()):
+            pool = pools.get(self._dsn)
+            if pool is None:
+                pool = await self._create_pool()
+                pools[self._dsn] = pool
+            return pool
+
+    async def _create_pool(self) -> asyncpg.Pool:
+        try:
+            pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=4)
             async with pool.acquire() as connection, connection.transaction():
                 await connection.execute("SELECT pg_advisory_xact_lock($1)", _POSTGRES_LOCK_KEY)
                 await connection.execute(_POSTGRES_SCHEMA)
-            pools[self._dsn] = pool
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise AdmissionError(
+                f"cannot reach the admission queue {self.location}: {exc}"
+            ) from exc
         return pool
 
     @contextlib.asynccontextmanager

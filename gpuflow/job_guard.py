@@ -16,6 +16,7 @@ job's death by a signal re-raised on the guard itself. Standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -59,7 +60,8 @@ def main(args: list[str]) -> int:
     code = job.wait()
     if code < 0:
         # Die the way the job died, so the flow sees the same signal.
-        signal.signal(-code, signal.SIG_DFL)
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL/SIGSTOP have no handler
+            signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
     return code
 
