@@ -73,8 +73,13 @@ async def acquire_gpu_slots(
                 raise
             except httpx.HTTPStatusError as exc:
                 if exc.response.status_code == 423:
-                    wait = float(exc.response.headers.get("Retry-After", 1.0))
-                    await asyncio.sleep(min(max(wait, 0.1), _MAX_WAIT_S))
+                    # Busy: holders the admission queue does not know of (outside gpuflow, or
+                    # leases of dead holders not yet expired) still occupy the limit.
+                    wait = min(
+                        max(float(exc.response.headers.get("Retry-After", 1)), 0.1), _MAX_WAIT_S
+                    )
+                    logger.info("The limits %s are full; trying again in %.1fs", names, wait)
+                    await asyncio.sleep(wait)
                     continue
                 if exc.response.status_code == 422:
                     raise GpuCapacityError(
@@ -99,7 +104,9 @@ def _release_if_granted(request: asyncio.Future[httpx.Response]) -> None:
         return
     granted = ConcurrencyLimitWithLeaseResponse.model_validate(request.result().json())
     if granted.limits:
-        _background.add(asyncio.ensure_future(release_gpu_slots(granted.lease_id)))
+        release = asyncio.ensure_future(release_gpu_slots(granted.lease_id))
+        _background.add(release)
+        release.add_done_callback(_background.discard)
 
 
 _background: set[asyncio.Future[bool]] = set()

@@ -23,7 +23,14 @@ from gpuflow.request import Priority
 from tests.postgres import fresh_database
 
 
-def _entry(name: str, slots: int, seq: int, rank: int = 1, admitted: bool = False, pools: tuple[str, ...] = ("gpu",)) -> QueueEntry:  # fmt: skip
+def _entry(
+    name: str,
+    slots: int,
+    seq: int,
+    rank: int = 1,
+    admitted: bool = False,
+    pools: tuple[str, ...] = ("gpu",),
+) -> QueueEntry:
     return QueueEntry(name, pools, slots, rank, seq, "holder", admitted, time.time() + 60)
 
 
@@ -108,7 +115,9 @@ def test_concurrent_waiters_are_served_in_order_and_never_over_capacity(
         """Start a request and return once it is queued, so arrivals have a known order."""
         queued = len(await queue.entries())
         started = asyncio.create_task(request(name, slots, priority))
-        while len(await queue.entries()) == queued:
+        for _ in range(500):
+            if len(await queue.entries()) > queued:
+                break
             await asyncio.sleep(0.01)
         return started
 
