@@ -5,8 +5,6 @@ The job records, in ``<record_dir>/<name>.json``, when it started and ended (its
 clock), its pid and its ``CUDA_VISIBLE_DEVICES``; the flow records when it started.
 """
 
-from __future__ import annotations
-
 import json
 import sys
 import time
@@ -21,7 +19,8 @@ from flows.generate_video import run_gpu_job
 from gpuflow.capacity import check_gpu_capacity
 from gpuflow.request import Priority
 
-# Writes a start record at once (pid, devices), sleeps, then the full record.
+# Writes a start record at once (pid, devices), waits while <name>.hold exists (a test's
+# handle on how long the job runs), sleeps, then writes the full record.
 PROBE_JOB = """
 import json, os, sys, time
 record_dir, name, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
@@ -30,6 +29,9 @@ record = {"name": name, "pid": os.getpid(), "devices": os.environ["CUDA_VISIBLE_
           "started": started}
 with open(os.path.join(record_dir, name + ".start"), "w") as out:
     json.dump(record, out)
+hold = os.path.join(record_dir, name + ".hold")
+while os.path.exists(hold):
+    time.sleep(0.1)
 time.sleep(seconds)
 record["ended"] = time.time()
 with open(os.path.join(record_dir, name + ".json"), "w") as out:
@@ -69,3 +71,17 @@ async def gpu_probe(
 def read_records(record_dir: Path) -> dict[str, dict[str, Any]]:
     """The finished jobs' records by name."""
     return {path.stem: json.loads(path.read_text()) for path in sorted(record_dir.glob("*.json"))}
+
+
+def start_record(record_dir: Path, name: str, timeout_s: float = 120) -> dict[str, Any]:
+    """The job's start record, once the job has started."""
+    path = record_dir / f"{name}.start"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            record: dict[str, Any] = json.loads(path.read_text())
+            return record
+        except (OSError, ValueError):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {name} did not start within {timeout_s:.0f}s") from None
+            time.sleep(0.05)
