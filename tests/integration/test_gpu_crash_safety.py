@@ -66,14 +66,16 @@ def _wait_for_slots(name: str, expected: int, timeout_s: float) -> float:
     return time.monotonic() - started
 
 
-def _saved_stack(layout: EmbeddedLayout, slots: int = 2) -> tuple[GpuflowStack, str]:
+def _saved_stack(
+    layout: EmbeddedLayout, slots: int = 2, lease_s: int = LEASE_S
+) -> tuple[GpuflowStack, str]:
     limit = f"gpu-crash-{uuid.uuid4().hex[:6]}"
     compute = LocalSubprocess(devices=list(range(slots)), lock_dir=layout.nas_root / limit)
     stack = layout.stack().model_copy(
         update={
             "gpu_limit": limit,
             "compute": compute,
-            "gpu_lease_s": LEASE_S,
+            "gpu_lease_s": lease_s,
             "admission_ttl_s": 5,
         }
     )
@@ -152,7 +154,8 @@ def test_kill_9_of_a_flow_process_stops_its_job_and_frees_its_slots(
 def test_a_prefect_server_restart_mid_job_leaks_no_slot(
     prefect_server: LocalServer, state_dir: Path, layout: EmbeddedLayout, tmp_path: Path
 ) -> None:
-    stack, stack_name = _saved_stack(layout, slots=1)
+    # A lease longer than a restart takes on a loaded machine: the job keeps its slot.
+    stack, stack_name = _saved_stack(layout, slots=1, lease_s=300)
     hold = tmp_path / "across-restart.hold"
     hold.touch()
 
