@@ -45,6 +45,12 @@ PRIORITY_RANK: dict[Priority, int] = {Priority.HIGH: 0, Priority.NORMAL: 1, Prio
 class AdmissionError(GpuflowError):
     """The admission queue is misconfigured or unreachable."""
 
+    retryable = True  # an unreachable database is infrastructure trouble
+
+
+class AdmissionConfigError(GpuflowError, ValueError):
+    """The admission queue's URL names no supported database."""
+
 
 @dataclass(frozen=True)
 class Ticket:
@@ -441,7 +447,7 @@ def admission_queue(url: str) -> AdmissionQueue:
     if url.startswith(("postgresql://", "postgres://", "postgresql+asyncpg://")):
         return PostgresAdmissionQueue(url)
     scheme = url.partition("://")[0] if "://" in url else url[:20]
-    raise AdmissionError(
+    raise AdmissionConfigError(
         f"admission queue URL scheme {scheme!r} is not supported: "
         "use sqlite:///<path> or postgresql://<user>@<host>/<db>"
     )

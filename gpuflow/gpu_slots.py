@@ -134,15 +134,15 @@ async def release_gpu_slots(lease_id: UUID, patience_s: float = _RELEASE_PATIENC
                 await asyncio.sleep(_RETRY_S)
 
 
-async def _keep_renewed(lease: GpuLease) -> None:
-    """Renew at a third of the lease; retry failures until the lease would have expired.
+async def _keep_renewed(lease: GpuLease, renew_every_s: float) -> None:
+    """Renew every ``renew_every_s``; retry failures until the lease would have expired.
 
     Returns only when the lease is lost (the server answered 410 Gone, or never answered
     before the lease ran out)."""
     valid_until = time.monotonic() + lease.duration_s
     async with get_client() as client:
         while True:
-            await asyncio.sleep(min(lease.duration_s / 3, max(valid_until - time.monotonic(), 0)))
+            await asyncio.sleep(min(renew_every_s, max(valid_until - time.monotonic(), 0)))
             while True:
                 try:
                     await client.renew_concurrency_lease(lease.lease_id, lease.duration_s)
@@ -162,9 +162,14 @@ async def _keep_renewed(lease: GpuLease) -> None:
 
 @contextlib.asynccontextmanager
 async def held_gpu_slots(
-    names: list[str], slots: int, lease_s: float, holder: ConcurrencyLeaseHolder | None = None
+    names: list[str],
+    slots: int,
+    lease_s: float,
+    holder: ConcurrencyLeaseHolder | None = None,
+    renew_every_s: float | None = None,
 ) -> AsyncIterator[GpuLease]:
-    """Hold ``slots`` of each limit for the ``async with`` body, renewed; released on any exit.
+    """Hold ``slots`` of each limit for the ``async with`` body, renewed (every third of the
+    lease unless ``renew_every_s`` says otherwise); released on any exit.
 
     If the lease is lost, the body is cancelled and ``LeaseLostError`` raised."""
     lease = await acquire_gpu_slots(names, slots, lease_s, holder)
@@ -174,7 +179,7 @@ async def held_gpu_slots(
 
     async def keeper() -> None:
         nonlocal lost
-        await _keep_renewed(lease)
+        await _keep_renewed(lease, renew_every_s or lease_s / 3)
         lost = True
         body.cancel()
 

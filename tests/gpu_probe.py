@@ -25,7 +25,7 @@ PROBE_JOB = """
 import json, os, sys, time
 record_dir, name, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 started = time.time()
-record = {"name": name, "pid": os.getpid(), "devices": os.environ["CUDA_VISIBLE_DEVICES"],
+record = {"name": name, "pid": os.getpid(), "devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
           "started": started}
 with open(os.path.join(record_dir, name + ".start"), "w") as out:
     json.dump(record, out)

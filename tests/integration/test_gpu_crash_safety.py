@@ -23,7 +23,10 @@ from prefect.states import Cancelling
 from blocks.local import LocalSubprocess
 from blocks.stack import GpuflowStack
 from deployments.bootstrap import bootstrap
+from gpuflow.capacity import ensure_gpu_limits
 from gpuflow.embedded import EmbeddedLayout
+from gpuflow.errors import GpuCapacityError
+from gpuflow.gpu_slots import LeaseLostError, held_gpu_slots
 from gpuflow.local_server import LocalServer, ensure_server, stop_server
 from gpuflow.reconcile import reconcile_gpu_slots
 from tests.gpu_probe import gpu_probe, start_record
@@ -248,3 +251,33 @@ def test_cancelling_a_served_run_through_the_api_stops_its_job_and_frees_its_slo
     while asyncio.run(final_state(run_id)) != "CANCELLED":
         assert time.monotonic() < deadline, asyncio.run(final_state(run_id))
         time.sleep(0.5)
+
+
+def test_a_lost_lease_stops_the_work_holding_it(prefect_server: LocalServer) -> None:
+    """If the server no longer knows the lease (expired during a long outage), the job is
+    stopped: its GPUs are no longer accounted for."""
+    limit = f"gpu-lost-{uuid.uuid4().hex[:6]}"
+
+    async def main() -> float:
+        await ensure_gpu_limits({limit: 1})
+        async with get_client() as client:
+            started = time.monotonic()
+            with pytest.raises(LeaseLostError, match=limit):
+                async with held_gpu_slots([limit], 1, LEASE_S, renew_every_s=0.3) as lease:
+                    await client.release_concurrency_slots_with_lease(lease.lease_id)
+                    await asyncio.sleep(30)
+            return time.monotonic() - started
+
+    assert asyncio.run(main()) < 10
+    assert asyncio.run(_active_slots(limit)) == 0
+
+
+def test_a_missing_limit_is_refused_naming_it(prefect_server: LocalServer) -> None:
+    missing = f"gpu-missing-{uuid.uuid4().hex[:6]}"
+
+    async def main() -> None:
+        async with held_gpu_slots([missing], 1, LEASE_S):
+            pytest.fail("slots granted on a limit that does not exist")
+
+    with pytest.raises(GpuCapacityError, match=missing):
+        asyncio.run(main())

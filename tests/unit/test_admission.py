@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gpuflow.admission import (
+    AdmissionConfigError,
     AdmissionError,
     AdmissionQueue,
     QueueEntry,
@@ -207,7 +208,7 @@ def test_waiters_in_other_processes_share_the_queue(tmp_path: Path) -> None:
 
 
 def test_an_unknown_queue_url_is_refused_naming_the_scheme() -> None:
-    with pytest.raises(AdmissionError, match="'redis'"):
+    with pytest.raises(AdmissionConfigError, match="'redis'"):
         admission_queue("redis://127.0.0.1:6379/0")
 
 
