@@ -154,7 +154,7 @@ async def run_gpu_job(
             waited = await held.enter_async_context(
                 admitted(stack.admission_queue(), ticket, capacity, ttl_s=stack.admission_ttl_s)
             )
-            logger.info("Admitted after %.1fs (priority %s)", waited, priority.value)
+            logger.info("Admitted after %.1fs (priority %s)", waited, Priority(priority).value)
         lease = await held.enter_async_context(
             held_gpu_slots(limits, job.gpus, stack.gpu_lease_s, holder)
         )

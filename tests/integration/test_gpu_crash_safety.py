@@ -281,3 +281,18 @@ def test_a_missing_limit_is_refused_naming_it(prefect_server: LocalServer) -> No
 
     with pytest.raises(GpuCapacityError, match=missing):
         asyncio.run(main())
+
+
+def test_the_reconcile_command_reports_a_consistent_limit(
+    prefect_server: LocalServer, stack_name: str, gpu_limit_name: str
+) -> None:
+    completed = subprocess.run(
+        [str(Path(sys.executable).with_name("gpuflow")), "reconcile", "--stack", stack_name],
+        env={**os.environ, "PREFECT_API_URL": prefect_server.api_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert f"{gpu_limit_name}: 0/2 slots active, 0 held by live jobs" in completed.stdout
