@@ -27,7 +27,7 @@ import time
 import uuid
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -461,7 +461,7 @@ class _Wakeups:
         self._waiting: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
 
     @contextlib.contextmanager
-    def register(self, location: str) -> Any:
+    def register(self, location: str) -> Iterator[asyncio.Event]:
         token = (asyncio.get_running_loop(), asyncio.Event())
         self._waiting.setdefault(location, set()).add(token)
         try:

@@ -94,7 +94,8 @@ async def acquire_gpu_slots(
                     await client.release_concurrency_slots_with_lease(granted.lease_id)
                 missing = sorted(set(names) - found)
                 raise GpuCapacityError(
-                    f"no active GPU limit named {missing[0]!r}: create it with `gpuflow bootstrap`"
+                    f"no active GPU limit named {missing[0]!r}: create it with "
+                    "deployments.bootstrap (or `prefect gcl create`)"
                 )
             return GpuLease(granted.lease_id, tuple(names), slots, lease_s)
 
