@@ -3,7 +3,11 @@
 Each job gets concrete device indices in ``CUDA_VISIBLE_DEVICES``: one ``flock``
 per device under ``lock_dir`` makes sure no two concurrent jobs on this machine
 share a device (the kernel drops the locks of a dead holder, so none leaks). With
-no GPUs configured, ``CUDA_VISIBLE_DEVICES`` is empty and the job runs on the CPU.
+no GPUs configured or found, ``CUDA_VISIBLE_DEVICES`` is empty and the job runs on the CPU.
+
+The job runs under ``gpuflow.job_guard``, which kills its process group when the
+flow process dies (even by ``kill -9``), so no job outlives the run that accounts
+for its GPUs.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +29,7 @@ from pydantic import Field
 
 from blocks.compute import ComputeTarget, JobResult, JobSpec, LineHandler
 from gpuflow.errors import GpuCapacityError
+from gpuflow.gpus import discover_gpu_indices
 
 _TERMINATE_GRACE_S = 5.0
 _TAIL_LINES = 20
@@ -38,27 +44,36 @@ class LocalSubprocess(ComputeTarget):
     _description = "Run GPU jobs as local subprocesses with CUDA_VISIBLE_DEVICES per job."
     kind: ClassVar[str] = "local"
 
-    devices: list[int] = Field(
-        default_factory=list,
-        description="GPU indices this machine offers to jobs; empty on a machine without GPUs.",
+    devices: list[int] | None = Field(
+        default=None,
+        description=(
+            "GPU indices this machine offers to jobs. Unset: discovered through NVML "
+            "(none where NVML is absent, and jobs run on the CPU)."
+        ),
     )
     lock_dir: Path = Field(description="Directory for the per-device locks.")
 
+    def offered_devices(self) -> list[int]:
+        """The configured devices, or those NVML finds when none are configured."""
+        if self.devices is not None:
+            return list(self.devices)
+        return discover_gpu_indices() or []
+
     @contextlib.asynccontextmanager
     async def _claim_devices(self, count: int) -> AsyncIterator[tuple[str, ...]]:
-        if not self.devices:
+        devices = self.offered_devices()
+        if not devices:
             yield ()
             return
-        if count > len(self.devices):
+        if count > len(devices):
             raise GpuCapacityError(
-                f"job needs {count} GPUs but this machine offers {len(self.devices)} "
-                f"(devices {self.devices})"
+                f"job needs {count} GPUs but this machine offers {len(devices)} (devices {devices})"
             )
         self.lock_dir.mkdir(parents=True, exist_ok=True)
         held: dict[int, int] = {}
         try:
             while len(held) < count:
-                for device in self.devices:
+                for device in devices:
                     if device in held or len(held) == count:
                         continue
                     fd = os.open(self.lock_dir / f"gpu-{device}.lock", os.O_RDWR | os.O_CREAT)
@@ -83,16 +98,27 @@ class LocalSubprocess(ComputeTarget):
         async with self._claim_devices(job.gpus) as devices:
             env = {**os.environ, **job.env, "CUDA_VISIBLE_DEVICES": ",".join(devices)}
             started = time.monotonic()
-            process = await asyncio.create_subprocess_exec(
-                *job.argv,
-                cwd=job.workdir,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                limit=_LINE_LIMIT,
-                start_new_session=True,  # its own process group: stopping it stops its children
-            )
+            # Only this process holds the lifeline's write end (os.pipe is not inherited);
+            # when this process dies, the guard sees the pipe close and kills the job.
+            lifeline_read, lifeline_write = os.pipe()
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "gpuflow.job_guard", str(lifeline_read), "--",
+                    *job.argv,
+                    cwd=job.workdir,
+                    env=env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                    limit=_LINE_LIMIT,
+                    pass_fds=(lifeline_read,),
+                    start_new_session=True,  # its own process group: stopping it stops all
+                )  # fmt: skip
+            except BaseException:
+                os.close(lifeline_write)
+                raise
+            finally:
+                os.close(lifeline_read)
             tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
             try:
                 exit_code = await asyncio.wait_for(
@@ -105,6 +131,8 @@ class LocalSubprocess(ComputeTarget):
             except BaseException:
                 await _stop(process)
                 raise
+            finally:
+                os.close(lifeline_write)
             return JobResult(exit_code, time.monotonic() - started, devices, tuple(tail))
 
     @staticmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect.blocks.core import Block
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from blocks.environment import EnvironmentFabric
 from blocks.kubernetes import KubernetesPyTorchJob
@@ -18,6 +18,8 @@ from blocks.local import LocalSubprocess
 from blocks.model_cache import ModelCache
 from blocks.object_store import LocalObjectStore, ObjectUri
 from blocks.watermark import Watermark
+from gpuflow.admission import AdmissionQueue, admission_queue
+from gpuflow.job_registry import JobRegistry
 from gpuflow.request import ModelRef
 
 
@@ -44,6 +46,20 @@ class GpuflowStack(Block):
         default=300, ge=60, le=86400, description="Lease on GPU slots, renewed while a job runs."
     )
     job_timeout_s: float = Field(default=3600.0, gt=0)
+    fair_admission: bool = Field(
+        default=True,
+        description="Queue GPU requests by priority, then arrival, before they take slots.",
+    )
+    admission_url: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Admission queue database: postgresql://user:password@host/db when flows run on "
+            "several hosts; unset: a SQLite file on the NAS (one host)."
+        ),
+    )
+    admission_ttl_s: float = Field(
+        default=30.0, ge=5, le=3600, description="A silent waiter's entry is dropped after this."
+    )
 
     @property
     def model_cache(self) -> ModelCache:
@@ -61,6 +77,15 @@ class GpuflowStack(Block):
 
     def job_dir(self, job: str) -> Path:
         return self.jobs_root / job
+
+    def admission_queue(self) -> AdmissionQueue:
+        if self.admission_url is None:
+            return admission_queue(f"sqlite:///{self.nas_root / 'admission.sqlite3'}")
+        return admission_queue(self.admission_url.get_secret_value())
+
+    @property
+    def job_registry(self) -> JobRegistry:
+        return JobRegistry(self.nas_root / "gpu-jobs")
 
     def gpu_limits(self, gpu_type: str | None) -> list[str]:
         """The limits a job takes slots of: the pool, and its GPU type's pool if it names one."""

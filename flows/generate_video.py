@@ -7,13 +7,17 @@ Tasks are thin: the work happens in the stack's blocks.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
+from uuid import UUID
 
+import httpx
 from gpuflow_progress import Output, Progress, parse_line
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -23,8 +27,8 @@ from prefect.artifacts import (
     aupdate_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import State, TaskRun
-from prefect.concurrency.asyncio import concurrency
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder, State, TaskRun
+from prefect.context import TaskRunContext
 from prefect.runtime import flow_run
 
 from blocks.compute import JobResult, JobSpec
@@ -32,9 +36,12 @@ from blocks.environment import ResolvedEnv, console_script
 from blocks.model_cache import CachedModel
 from blocks.object_store import ObjectUri
 from blocks.stack import GpuflowStack
+from gpuflow.admission import Ticket, admitted
 from gpuflow.capacity import check_gpu_capacity
 from gpuflow.errors import GpuflowError, JobFailedError
-from gpuflow.request import VideoRequest
+from gpuflow.gpu_slots import held_gpu_slots
+from gpuflow.job_registry import RunningJob
+from gpuflow.request import Priority, VideoRequest
 from gpuflow.workspace import Workspace
 
 _PROGRESS_INTERVAL_S = 0.5
@@ -126,34 +133,92 @@ def i2v_job_spec(
 @task(
     cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=_retry_if_retryable
 )
-async def run_gpu_job(stack: GpuflowStack, job: JobSpec, limits: list[str]) -> JobResult:
-    """Hold ``job.gpus`` slots of the GPU limits while the job runs; stream its output."""
+async def run_gpu_job(
+    stack: GpuflowStack, job: JobSpec, limits: list[str], priority: Priority = Priority.NORMAL
+) -> JobResult:
+    """Wait for admission, hold ``job.gpus`` slots of the GPU limits while the job runs."""
     logger = get_run_logger()
-    artifact_id = await acreate_progress_artifact(0.0, description=f"{job.name}: waiting for GPUs")
-    last_update = 0.0
+    progress = _ProgressReporter(job.name, logger)
+    await progress.start()
 
     async def on_line(line: str) -> None:
-        nonlocal last_update
         event = parse_line(line)
         if isinstance(event, Progress):
-            now = time.monotonic()
-            if now - last_update >= _PROGRESS_INTERVAL_S or event.done >= event.total:
-                last_update = now
-                await aupdate_progress_artifact(
-                    artifact_id, event.percent, description=f"{job.name}: {event.message}"
-                )
+            await progress.update(event)
         elif isinstance(event, Output):
             logger.info("Job output %s: %s", event.name, event.path)
         elif event is None:
             logger.info("%s", line)
 
-    async with concurrency(limits, occupy=job.gpus, strict=True, lease_duration=stack.gpu_lease_s):
+    task_run = TaskRunContext.get()
+    run_id = flow_run.get_id()
+    holder = ConcurrencyLeaseHolder(type="task_run", id=task_run.task_run.id) if task_run else None
+    capacity = await check_gpu_capacity(limits, job.gpus)
+    async with contextlib.AsyncExitStack() as held:
+        if stack.fair_admission:
+            ticket = Ticket(tuple(limits), job.gpus, priority, holder=str(run_id or job.name))
+            waited = await held.enter_async_context(
+                admitted(stack.admission_queue(), ticket, capacity, ttl_s=stack.admission_ttl_s)
+            )
+            logger.info("Admitted after %.1fs (priority %s)", waited, Priority(priority).value)
+        lease = await held.enter_async_context(
+            held_gpu_slots(limits, job.gpus, stack.gpu_lease_s, holder)
+        )
         logger.info("Holding %d slot(s) of %s", job.gpus, ", ".join(limits))
-        result = await stack.compute.run(job, on_line)
+        record = RunningJob.here(str(lease.lease_id), limits, job.gpus, job.name, run_id)
+        with stack.job_registry.recorded(record):
+            result = await stack.compute.run(job, on_line)
     if result.exit_code != 0:
         raise JobFailedError(result.exit_code, "\n".join(result.last_lines[-5:]))
-    await aupdate_progress_artifact(artifact_id, 100.0, description=f"{job.name}: done")
+    await progress.finish()
     return result
+
+
+class _ProgressReporter:
+    """The job's progress artifact; best effort, so a Prefect server restart while the job
+    runs loses a few progress updates, never the job."""
+
+    def __init__(
+        self, job_name: str, logger: logging.Logger | logging.LoggerAdapter[logging.Logger]
+    ) -> None:
+        self.job_name = job_name
+        self.logger = logger
+        self.artifact_id: UUID | None = None
+        self.last_update = 0.0
+
+    async def _call(self, update: Coroutine[Any, Any, object]) -> object:
+        try:
+            return await update
+        except (httpx.HTTPError, OSError) as exc:
+            self.logger.warning("Progress not reported (%s)", exc)
+            return None
+
+    async def start(self) -> None:
+        created = await self._call(
+            acreate_progress_artifact(0.0, description=f"{self.job_name}: waiting for GPUs")
+        )
+        self.artifact_id = created if isinstance(created, UUID) else None
+
+    async def update(self, event: Progress) -> None:
+        now = time.monotonic()
+        if self.artifact_id is None or (
+            now - self.last_update < _PROGRESS_INTERVAL_S and event.done < event.total
+        ):
+            return
+        self.last_update = now
+        await self._call(
+            aupdate_progress_artifact(
+                self.artifact_id, event.percent, description=f"{self.job_name}: {event.message}"
+            )
+        )
+
+    async def finish(self) -> None:
+        if self.artifact_id is not None:
+            await self._call(
+                aupdate_progress_artifact(
+                    self.artifact_id, 100.0, description=f"{self.job_name}: done"
+                )
+            )
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_condition_fn=_retry_if_retryable)
@@ -231,7 +296,7 @@ async def generate_video(request: VideoRequest, stack: str = "default") -> str:
         env_hold.enter_context(pipeline.environments.hold(env.key))
         job = i2v_job_spec(pipeline, request, env, model, image, workspace)
         with costs.step("run_gpu_job"):
-            result = await run_gpu_job(pipeline, job, limits)
+            result = await run_gpu_job(pipeline, job, limits, request.priority)
         costs.gpu_seconds = result.duration_s * request.gpus
         with costs.step("postprocess"):
             video = postprocess(pipeline, workspace.output_path("raw.mp4"), workspace)

@@ -18,8 +18,10 @@ async def ensure_gpu_limits(limits: dict[str, int]) -> None:
             await client.upsert_global_concurrency_limit_by_name(name, slots)
 
 
-async def check_gpu_capacity(names: list[str], gpus: int) -> None:
-    """Raise ``GpuCapacityError`` when a limit is missing, inactive or smaller than ``gpus``."""
+async def check_gpu_capacity(names: list[str], gpus: int) -> dict[str, int]:
+    """The size of each limit; ``GpuCapacityError`` when one is missing, inactive or smaller
+    than ``gpus``."""
+    capacity: dict[str, int] = {}
     async with get_client() as client:
         for name in names:
             try:
@@ -36,3 +38,5 @@ async def check_gpu_capacity(names: list[str], gpus: int) -> None:
                     f"request needs gpus={gpus} but the limit {name!r} has only "
                     f"{limit.limit} GPU slots"
                 )
+            capacity[name] = limit.limit
+    return capacity

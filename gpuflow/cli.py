@@ -137,3 +137,33 @@ def run(
     except (GpuflowError, ValueError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(uri)
+
+
+@app.command()
+def reconcile(
+    stack: Annotated[str, typer.Option(help="Name of the saved gpuflow-stack block.")] = "default",
+    limit: Annotated[
+        list[str] | None,
+        typer.Option(help="GPU limit to check (repeatable; default: the stack's)."),
+    ] = None,
+    repair: Annotated[bool, typer.Option(help="Release the slots of dead holders.")] = False,
+) -> None:
+    """Compare GPU limits' active slots with the jobs really running (exit code 2 on a
+    mismatch left unrepaired), against the Prefect API in PREFECT_API_URL."""
+    from typing import cast
+
+    from blocks.stack import GpuflowStack
+    from gpuflow.reconcile import reconcile_gpu_slots
+
+    async def check() -> tuple[str, bool]:
+        pipeline = cast(GpuflowStack, await GpuflowStack.aload(stack))
+        report = await reconcile_gpu_slots(limit or [pipeline.gpu_limit], repair, pipeline)
+        return report.summary(), report.consistent
+
+    try:
+        summary, consistent = asyncio.run(check())
+    except ValueError as exc:  # no such stack block
+        raise _fail(str(exc)) from None
+    typer.echo(summary)
+    if not consistent:
+        raise typer.Exit(2)

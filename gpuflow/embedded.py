@@ -53,7 +53,8 @@ class EmbeddedLayout:
             object_store=store,
             models_uri=store.uri_for("models"),
             outputs_uri=store.uri_for("outputs"),
-            compute=LocalSubprocess(devices=gpu_devices or [], lock_dir=self.nas_root / "locks"),
+            # No devices given: NVML finds them (none without a driver: jobs use the CPU).
+            compute=LocalSubprocess(devices=gpu_devices, lock_dir=self.nas_root / "locks"),
         )
 
     def seed_samples(self, model: ModelRef = DEFAULT_MODEL) -> str:

@@ -42,8 +42,10 @@ class LocalServer:
         return f"http://127.0.0.1:{self.port}"
 
 
-def server_environment(home: Path) -> dict[str, str]:
-    """Settings of a local server: no analytics (there may be no internet), durable leases."""
+def server_environment(home: Path, database_url: str | None = None) -> dict[str, str]:
+    """Settings of a local server: no analytics (there may be no internet), durable leases.
+
+    ``database_url`` (``postgresql+asyncpg://...``) replaces the SQLite file under ``home``."""
     return {
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -51,7 +53,9 @@ def server_environment(home: Path) -> dict[str, str]:
         "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": (
             "prefect.server.concurrency.lease_storage.filesystem"
         ),
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "PREFECT_API_DATABASE_CONNECTION_URL": (
+            database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}"
+        ),
     }
 
 
@@ -91,7 +95,9 @@ def read_server(state_dir: Path) -> LocalServer | None:
     return None
 
 
-def ensure_server(state_dir: Path, port: int | None = None) -> tuple[LocalServer, bool]:
+def ensure_server(
+    state_dir: Path, port: int | None = None, database_url: str | None = None
+) -> tuple[LocalServer, bool]:
     """A healthy local server and whether this call started it."""
     state_dir.mkdir(parents=True, exist_ok=True)
     existing = read_server(state_dir)
@@ -101,7 +107,7 @@ def ensure_server(state_dir: Path, port: int | None = None) -> tuple[LocalServer
     home.mkdir(parents=True, exist_ok=True)
     port = port or _free_port()
     log_path = state_dir / "server.log"
-    env = {**os.environ, **server_environment(home)}
+    env = {**os.environ, **server_environment(home, database_url)}
     env.pop("PREFECT_API_URL", None)
     with log_path.open("ab") as log:
         process = subprocess.Popen(

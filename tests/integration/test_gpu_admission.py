@@ -1,0 +1,213 @@
+"""The GPU cap and fair admission through the real GPU step, against real Prefect servers:
+the load test on a Prefect server on PostgreSQL (admission queue in PostgreSQL too), the
+order tests on the session's SQLite server (admission queue in SQLite on the NAS)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from pydantic import SecretStr
+
+from blocks.local import LocalSubprocess
+from blocks.stack import GpuflowStack
+from deployments.bootstrap import bootstrap
+from gpuflow.admission import Ticket, admitted
+from gpuflow.embedded import EmbeddedLayout
+from gpuflow.gpu_slots import held_gpu_slots
+from gpuflow.local_server import LocalServer, ensure_server, stop_server
+from gpuflow.request import Priority
+from tests.gpu_probe import gpu_probe, read_records
+from tests.postgres import fresh_database
+
+pytestmark = pytest.mark.integration
+
+
+async def _active_slots(name: str) -> int:
+    async with get_client() as client:
+        return int((await client.read_global_concurrency_limit_by_name(name)).active_slots)
+
+
+def _stack(layout: EmbeddedLayout, limit: str, devices: int, **fields: Any) -> GpuflowStack:
+    compute = LocalSubprocess(devices=list(range(devices)), lock_dir=layout.nas_root / limit)
+    return layout.stack().model_copy(
+        update={"gpu_limit": limit, "compute": compute, "gpu_lease_s": 60, **fields}
+    )
+
+
+def _max_gpus_at_once(records: dict[str, dict[str, Any]], gpus: dict[str, int]) -> int:
+    events = sorted(
+        [(record["started"], gpus[name]) for name, record in records.items()]
+        + [(record["ended"], -gpus[name]) for name, record in records.items()],
+        key=lambda event: (event[0], event[1]),  # an end before a start at the same instant
+    )
+    held = peak = 0
+    for _, change in events:
+        held += change
+        peak = max(peak, held)
+    return peak
+
+
+def _assert_no_shared_device(records: dict[str, dict[str, Any]]) -> None:
+    spans = [
+        (name, set(record["devices"].split(",")), record["started"], record["ended"])
+        for name, record in records.items()
+    ]
+    for i, (name_a, devices_a, start_a, end_a) in enumerate(spans):
+        for name_b, devices_b, start_b, end_b in spans[i + 1 :]:
+            if start_a < end_b and start_b < end_a:
+                assert not devices_a & devices_b, (name_a, name_b, devices_a & devices_b)
+
+
+@pytest.fixture(scope="module")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalServer, str]]:
+    """A Prefect server on a fresh PostgreSQL database (also home of the admission queue)."""
+    with fresh_database() as url:
+        state = tmp_path_factory.mktemp("prefect-on-postgres")
+        server, _ = ensure_server(
+            state, database_url=url.replace("postgresql://", "postgresql+asyncpg://", 1)
+        )
+        try:
+            yield server, url
+        finally:
+            stop_server(state)
+
+
+def test_40_runs_on_4_gpus_never_exceed_the_cap_and_all_complete(
+    postgres_server: tuple[LocalServer, str], layout: EmbeddedLayout, tmp_path: Path
+) -> None:
+    server, database_url = postgres_server
+    limit = f"gpu-load-{uuid.uuid4().hex[:6]}"
+    stack = _stack(layout, limit, devices=4, admission_url=SecretStr(database_url))
+    stack_name = f"load-{uuid.uuid4().hex[:6]}"
+    gpus = {f"job-{i:02d}": 2 if i % 3 == 0 else 1 for i in range(40)}
+
+    async def main() -> list[Any]:
+        await bootstrap(stack, stack_name, gpu_slots=4)
+        runs = [
+            gpu_probe(stack_name, name, count, 0.5, str(tmp_path), return_state=True)
+            for name, count in gpus.items()
+        ]
+        states: list[Any] = await asyncio.gather(*runs)
+        return states
+
+    with temporary_settings({PREFECT_API_URL: server.api_url}):
+        states = asyncio.run(main())
+        assert all(state.is_completed() for state in states), [
+            state.message for state in states if not state.is_completed()
+        ]
+        records = read_records(tmp_path)
+        assert set(records) == set(gpus), "a job was lost"
+        assert _max_gpus_at_once(records, gpus) <= 4
+        _assert_no_shared_device(records)
+        assert asyncio.run(_active_slots(limit)) == 0
+    assert asyncio.run(stack.admission_queue().entries()) == []
+    assert stack.job_registry.jobs() == ([], [])
+
+
+async def _launch_in_order(
+    stack: GpuflowStack,
+    runs: list[tuple[str, int, float, Priority]],
+    stack_name: str,
+    record_dir: Path,
+) -> list[asyncio.Task[Any]]:
+    """Start flow runs one after another, each once the previous one is queued."""
+    queue = stack.admission_queue()
+    tasks: list[asyncio.Task[Any]] = []
+    for name, count, seconds, priority in runs:
+        before = {entry.holder for entry in await queue.entries()}
+        tasks.append(
+            asyncio.create_task(
+                gpu_probe(stack_name, name, count, seconds, str(record_dir), priority)
+            )
+        )
+        deadline = time.monotonic() + 60
+        while not {entry.holder for entry in await queue.entries()} - before:
+            assert time.monotonic() < deadline, f"{name} never reached the admission queue"
+            await asyncio.sleep(0.05)
+    return tasks
+
+
+@contextlib.asynccontextmanager
+async def _occupied(stack: GpuflowStack, capacity: int, name: str) -> AsyncIterator[None]:
+    """Hold one GPU the way a flow does (admission ticket, then a Prefect slot)."""
+    ticket = Ticket((stack.gpu_limit,), 1, Priority.HIGH, holder=name)
+    queue = stack.admission_queue()
+    async with (
+        admitted(queue, ticket, {stack.gpu_limit: capacity}),
+        held_gpu_slots([stack.gpu_limit], 1, 60),
+    ):
+        yield
+
+
+def test_a_high_priority_request_starts_before_earlier_batch_work(
+    prefect_server: LocalServer, layout: EmbeddedLayout, tmp_path: Path
+) -> None:
+    limit = f"gpu-prio-{uuid.uuid4().hex[:6]}"
+    stack = _stack(layout, limit, devices=1)
+    stack_name = f"prio-{uuid.uuid4().hex[:6]}"
+    runs = [
+        ("batch-1", 1, 0.2, Priority.BATCH),
+        ("normal", 1, 0.2, Priority.NORMAL),
+        ("batch-2", 1, 0.2, Priority.BATCH),
+        ("urgent", 1, 0.2, Priority.HIGH),
+    ]
+
+    async def main() -> None:
+        await bootstrap(stack, stack_name, gpu_slots=1)
+        async with _occupied(stack, 1, "saturating"):  # every request has to queue
+            tasks = await _launch_in_order(stack, runs, stack_name, tmp_path)
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    records = read_records(tmp_path)
+    by_start = sorted(records, key=lambda name: records[name]["started"])
+    assert by_start == ["urgent", "normal", "batch-1", "batch-2"]
+    assert asyncio.run(_active_slots(limit)) == 0
+
+
+def test_a_4_gpu_request_is_not_starved_by_a_stream_of_1_gpu_requests(
+    prefect_server: LocalServer, layout: EmbeddedLayout, tmp_path: Path
+) -> None:
+    limit = f"gpu-big-{uuid.uuid4().hex[:6]}"
+    stack = _stack(layout, limit, devices=4)
+    stack_name = f"big-{uuid.uuid4().hex[:6]}"
+    job_s = 2.0
+    runs = [("big", 4, job_s, Priority.NORMAL)]
+    runs += [(f"late-{i}", 1, job_s / 4, Priority.NORMAL) for i in range(6)]
+
+    async def main() -> float:
+        await bootstrap(stack, stack_name, gpu_slots=4)
+        # Four 1-GPU holders fill the pool; the big request and a stream of small ones queue
+        # behind them; then the holders finish one by one, each time leaving a free slot
+        # that a small request could take.
+        holders = [contextlib.AsyncExitStack() for _ in range(4)]
+        for number, holder in enumerate(holders):
+            await holder.enter_async_context(_occupied(stack, 4, f"running-{number}"))
+        try:
+            tasks = await _launch_in_order(stack, runs, stack_name, tmp_path)
+            for holder in holders[:-1]:
+                await holder.aclose()
+                await asyncio.sleep(0.5)
+        finally:
+            for holder in holders:
+                await holder.aclose()
+        drained = time.time()
+        await asyncio.gather(*tasks)
+        return drained
+
+    drained = asyncio.run(main())
+    records = read_records(tmp_path)
+    # The freed slots were kept for the 4-GPU request: it started right after the last of
+    # them drained (within one job duration), and no later 1-GPU request overtook it.
+    assert records["big"]["started"] - drained < job_s, (records["big"]["started"], drained)
+    assert all(records[f"late-{i}"]["started"] >= records["big"]["ended"] for i in range(6))
+    assert asyncio.run(_active_slots(limit)) == 0

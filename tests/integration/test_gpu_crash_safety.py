@@ -1,0 +1,298 @@
+"""No orphan jobs, no leaked GPU slots: a flow process killed with -9, the Prefect server
+restarted mid-job, a run cancelled through the API (served deployment), and the
+reconciliation step, all against the session's real Prefect server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+from prefect.states import Cancelling
+
+from blocks.local import LocalSubprocess
+from blocks.stack import GpuflowStack
+from deployments.bootstrap import bootstrap
+from gpuflow.capacity import ensure_gpu_limits
+from gpuflow.embedded import EmbeddedLayout
+from gpuflow.errors import GpuCapacityError
+from gpuflow.gpu_slots import LeaseLostError, held_gpu_slots
+from gpuflow.local_server import LocalServer, ensure_server, stop_server
+from gpuflow.reconcile import reconcile_gpu_slots
+from tests.gpu_probe import gpu_probe, start_record
+
+pytestmark = pytest.mark.integration
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+LEASE_S = 60
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_until_dead(pid: int, timeout_s: float) -> float:
+    started = time.monotonic()
+    while _alive(pid):
+        assert time.monotonic() - started < timeout_s, f"process {pid} still alive"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+async def _active_slots(name: str) -> int:
+    async with get_client() as client:
+        return int((await client.read_global_concurrency_limit_by_name(name)).active_slots)
+
+
+def _wait_for_slots(name: str, expected: int, timeout_s: float) -> float:
+    started = time.monotonic()
+    while asyncio.run(_active_slots(name)) != expected:
+        assert time.monotonic() - started < timeout_s, f"{name} never reached {expected} slots"
+        time.sleep(1.0)
+    return time.monotonic() - started
+
+
+def _saved_stack(
+    layout: EmbeddedLayout, slots: int = 2, lease_s: int = LEASE_S
+) -> tuple[GpuflowStack, str]:
+    limit = f"gpu-crash-{uuid.uuid4().hex[:6]}"
+    compute = LocalSubprocess(devices=list(range(slots)), lock_dir=layout.nas_root / limit)
+    stack = layout.stack().model_copy(
+        update={
+            "gpu_limit": limit,
+            "compute": compute,
+            "gpu_lease_s": lease_s,
+            "admission_ttl_s": 5,
+        }
+    )
+    name = f"crash-{uuid.uuid4().hex[:6]}"
+    asyncio.run(bootstrap(stack, name, gpu_slots=slots))
+    return stack, name
+
+
+@pytest.fixture
+def flow_processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _start_flow_process(
+    server: LocalServer, stack_name: str, job: str, record_dir: Path
+) -> subprocess.Popen[bytes]:
+    code = (
+        "import asyncio\n"
+        "from tests.gpu_probe import gpu_probe\n"
+        f"asyncio.run(gpu_probe({stack_name!r}, {job!r}, 1, 600, {str(record_dir)!r}))\n"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=REPOSITORY,
+        env={**os.environ, "PREFECT_API_URL": server.api_url},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def test_kill_9_of_a_flow_process_stops_its_job_and_frees_its_slots(
+    prefect_server: LocalServer,
+    layout: EmbeddedLayout,
+    tmp_path: Path,
+    flow_processes: list[subprocess.Popen[bytes]],
+) -> None:
+    """One killed flow's slots come back by lease expiry; the other's are released at once
+    by the reconciliation step."""
+    expiring, expiring_name = _saved_stack(layout)
+    repaired, repaired_name = _saved_stack(layout)
+    flow_processes.append(_start_flow_process(prefect_server, expiring_name, "expiring", tmp_path))
+    flow_processes.append(_start_flow_process(prefect_server, repaired_name, "repaired", tmp_path))
+    jobs = [start_record(tmp_path, "expiring"), start_record(tmp_path, "repaired")]
+    assert asyncio.run(_active_slots(expiring.gpu_limit)) == 1
+
+    for process in flow_processes:
+        process.kill()
+        process.wait()
+    killed_at = time.monotonic()
+    for job in jobs:
+        _wait_until_dead(job["pid"], timeout_s=5)
+
+    report = asyncio.run(reconcile_gpu_slots([repaired.gpu_limit], repair=True, stack=repaired))
+    assert [job.job_name for job in report.dead_jobs] == ["repaired"]
+    assert len(report.released_leases) == 1 and report.consistent, report.summary()
+    assert asyncio.run(_active_slots(repaired.gpu_limit)) == 0
+
+    report = asyncio.run(reconcile_gpu_slots([expiring.gpu_limit], repair=False, stack=expiring))
+    assert not report.consistent
+    assert report.limits[0].active_slots == 1 and report.limits[0].accounted_slots == 0
+    assert "dead holder: job expiring" in report.summary()
+
+    _wait_for_slots(expiring.gpu_limit, 0, timeout_s=LEASE_S + 20 - (time.monotonic() - killed_at))
+    # The stale record goes on repair; the admission entries expired with their holders.
+    report = asyncio.run(reconcile_gpu_slots([expiring.gpu_limit], repair=True, stack=expiring))
+    assert report.consistent, report.summary()
+    assert expiring.job_registry.jobs() == ([], [])
+    assert asyncio.run(expiring.admission_queue().entries()) == []
+
+
+def test_a_prefect_server_restart_mid_job_leaks_no_slot(
+    prefect_server: LocalServer, state_dir: Path, layout: EmbeddedLayout, tmp_path: Path
+) -> None:
+    # A lease longer than a restart takes on a loaded machine: the job keeps its slot.
+    stack, stack_name = _saved_stack(layout, slots=1, lease_s=300)
+    hold = tmp_path / "across-restart.hold"
+    hold.touch()
+
+    async def run_flow() -> Any:
+        return await gpu_probe(
+            stack_name, "across-restart", 1, 0.1, str(tmp_path), return_state=True
+        )
+
+    async def main() -> Any:
+        flow = asyncio.create_task(run_flow())
+        while not (tmp_path / "across-restart.start").exists():
+            assert not flow.done(), flow
+            await asyncio.sleep(0.1)
+        await asyncio.to_thread(stop_server, state_dir)
+        restarted, started = await asyncio.to_thread(ensure_server, state_dir, prefect_server.port)
+        assert started and restarted.port == prefect_server.port
+        # The lease survived the restart (filesystem lease storage): the slot is still held.
+        assert await _active_slots(stack.gpu_limit) == 1
+        hold.unlink()
+        return await flow
+
+    state = asyncio.run(main())
+    assert state.is_completed(), state.message
+    assert asyncio.run(_active_slots(stack.gpu_limit)) == 0
+
+
+def test_cancelling_a_served_run_through_the_api_stops_its_job_and_frees_its_slots(
+    prefect_server: LocalServer,
+    layout: EmbeddedLayout,
+    tmp_path: Path,
+    flow_processes: list[subprocess.Popen[bytes]],
+) -> None:
+    stack, stack_name = _saved_stack(layout, slots=1)
+    deployment = f"cancel-{uuid.uuid4().hex[:6]}"
+    serve = (
+        f"from tests.gpu_probe import gpu_probe\ngpu_probe.serve(name={deployment!r}, limit=2)\n"
+    )
+    flow_processes.append(
+        subprocess.Popen(
+            [sys.executable, "-c", serve],
+            cwd=REPOSITORY,
+            env={
+                **os.environ,
+                "PREFECT_API_URL": prefect_server.api_url,
+                "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            },
+        )
+    )
+
+    async def start_run() -> UUID:
+        async with get_client() as client:
+            deadline = time.monotonic() + 120
+            while True:
+                found = await client.read_deployments(
+                    deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment]))
+                )
+                if found:
+                    break
+                assert time.monotonic() < deadline, "the served deployment never appeared"
+                await asyncio.sleep(0.5)
+            run = await client.create_flow_run_from_deployment(
+                found[0].id,
+                parameters={
+                    "stack": stack_name,
+                    "name": "cancelled",
+                    "gpus": 1,
+                    "seconds": 600,
+                    "record_dir": str(tmp_path),
+                },
+            )
+            return run.id
+
+    async def cancel(run_id: UUID) -> None:
+        async with get_client() as client:
+            await client.set_flow_run_state(run_id, Cancelling())
+
+    async def final_state(run_id: UUID) -> str:
+        async with get_client() as client:
+            run = await client.read_flow_run(run_id)
+        return str(run.state.type.value if run.state else None)
+
+    run_id = asyncio.run(start_run())
+    job = start_record(tmp_path, "cancelled", timeout_s=120)
+    assert asyncio.run(_active_slots(stack.gpu_limit)) == 1
+    asyncio.run(cancel(run_id))
+    stopped_in = _wait_until_dead(job["pid"], timeout_s=10)
+    freed_in = _wait_for_slots(stack.gpu_limit, 0, timeout_s=10)
+    assert stopped_in < 10 and freed_in < 10
+    deadline = time.monotonic() + 30
+    while asyncio.run(final_state(run_id)) != "CANCELLED":
+        assert time.monotonic() < deadline, asyncio.run(final_state(run_id))
+        time.sleep(0.5)
+
+
+def test_a_lost_lease_stops_the_work_holding_it(prefect_server: LocalServer) -> None:
+    """If the server no longer knows the lease (expired during a long outage), the job is
+    stopped: its GPUs are no longer accounted for."""
+    limit = f"gpu-lost-{uuid.uuid4().hex[:6]}"
+
+    async def main() -> float:
+        await ensure_gpu_limits({limit: 1})
+        async with get_client() as client:
+            started = time.monotonic()
+            with pytest.raises(LeaseLostError, match=limit):
+                async with held_gpu_slots([limit], 1, LEASE_S, renew_every_s=0.3) as lease:
+                    await client.release_concurrency_slots_with_lease(lease.lease_id)
+                    await asyncio.sleep(30)
+            return time.monotonic() - started
+
+    assert asyncio.run(main()) < 10
+    assert asyncio.run(_active_slots(limit)) == 0
+
+
+def test_a_missing_limit_is_refused_naming_it(prefect_server: LocalServer) -> None:
+    missing = f"gpu-missing-{uuid.uuid4().hex[:6]}"
+
+    async def main() -> None:
+        async with held_gpu_slots([missing], 1, LEASE_S):
+            pytest.fail("slots granted on a limit that does not exist")
+
+    with pytest.raises(GpuCapacityError, match=missing):
+        asyncio.run(main())
+
+
+def test_the_reconcile_command_reports_a_consistent_limit(
+    prefect_server: LocalServer, stack_name: str, gpu_limit_name: str
+) -> None:
+    completed = subprocess.run(
+        [str(Path(sys.executable).with_name("gpuflow")), "reconcile", "--stack", stack_name],
+        env={**os.environ, "PREFECT_API_URL": prefect_server.api_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert f"{gpu_limit_name}: 0/2 slots active, 0 held by live jobs" in completed.stdout
