@@ -39,6 +39,7 @@ from blocks.ecs_taskdef import (
     FINGERPRINT_TAG,
     FLOW_RUN_TAG,
     JOB_TAG,
+    STARTED_BY,
     AwsVpcConfiguration,
     CapacityProviderItem,
     ContainerDefinition,
@@ -323,6 +324,26 @@ class EcsTask(ComputeTarget):
             failures = answer.get("failures") or []
             raise EcsTaskError(f"ECS no longer knows task {task_arn}: {failures}", retryable=True)
         return dict(tasks[0])
+
+    def running_gpuflow_tasks(self) -> list[dict[str, Any]]:
+        """Descriptions (with tags) of the cluster's running tasks that gpuflow started."""
+        ecs = self._client("ecs")
+        arns: list[str] = []
+        for page in ecs.get_paginator("list_tasks").paginate(
+            cluster=self.cluster, desiredStatus="RUNNING", startedBy=STARTED_BY
+        ):
+            arns.extend(page.get("taskArns", []))
+        tasks: list[dict[str, Any]] = []
+        for start in range(0, len(arns), 100):  # DescribeTasks takes at most 100 tasks
+            answer = _call(
+                ecs.describe_tasks,
+                f"tasks of cluster {self.cluster!r}",
+                cluster=self.cluster,
+                tasks=arns[start : start + 100],
+                include=["TAGS"],
+            )
+            tasks.extend(answer.get("tasks") or [])
+        return tasks
 
     def stop_task(self, task_arn: str, reason: str) -> None:
         with contextlib.suppress(ClientError):  # already gone: nothing left to stop
