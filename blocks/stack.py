@@ -12,6 +12,7 @@ from pathlib import Path
 from prefect.blocks.core import Block
 from pydantic import Field
 
+from blocks.ecs import EcsTask
 from blocks.environment import EnvironmentFabric
 from blocks.local import LocalSubprocess
 from blocks.model_cache import ModelCache
@@ -36,7 +37,12 @@ class GpuflowStack(Block):
     object_store: LocalObjectStore
     models_uri: str = Field(description="Prefix of model sources: <models_uri>/<name>/<revision>/.")
     outputs_uri: str = Field(description="Prefix under which each run uploads its results.")
-    compute: LocalSubprocess
+    compute: LocalSubprocess | EcsTask
+    postprocess_compute: LocalSubprocess | EcsTask | None = Field(
+        default=None,
+        description="Where postprocess runs: None in the flow's own process, or a compute "
+        "target (e.g. an ECS task on Fargate).",
+    )
     watermark: Watermark = Field(default_factory=Watermark)
     gpu_limit: str = Field(default="gpu", description="Name of the global concurrency limit.")
     gpu_lease_s: int = Field(

@@ -7,6 +7,7 @@ Tasks are thin: the work happens in the stack's blocks.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from blocks.compute import JobResult, JobSpec
 from blocks.environment import ResolvedEnv, console_script
 from blocks.model_cache import CachedModel
 from blocks.object_store import ObjectUri
+from blocks.postprocess_job import run_postprocess
 from blocks.stack import GpuflowStack
 from gpuflow.capacity import check_gpu_capacity
 from gpuflow.errors import GpuflowError, JobFailedError
@@ -151,9 +153,19 @@ async def run_gpu_job(stack: GpuflowStack, job: JobSpec, limits: list[str]) -> J
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_condition_fn=_retry_if_retryable)
-def postprocess(stack: GpuflowStack, raw: Path, workspace: Workspace) -> Path:
-    """Watermark and transcode the raw video (CPU only)."""
-    return stack.watermark.apply(raw, workspace.output_path("video.mp4"))
+async def postprocess(stack: GpuflowStack, raw: Path, workspace: Workspace) -> Path:
+    """Watermark and transcode the raw video (CPU only), here or on the stack's target."""
+    destination = workspace.output_path("video.mp4")
+    if stack.postprocess_compute is None:
+        return await asyncio.to_thread(stack.watermark.apply, raw, destination)
+    logger = get_run_logger()
+
+    async def on_line(line: str) -> None:
+        logger.info("%s", line)
+
+    return await run_postprocess(
+        stack.postprocess_compute, stack.watermark, raw, destination, workspace.root, on_line
+    )
 
 
 @task(
@@ -224,7 +236,7 @@ async def generate_video(request: VideoRequest, stack: str = "default") -> str:
             result = await run_gpu_job(pipeline, job, limits)
         costs.gpu_seconds = result.duration_s * request.gpus
         with costs.step("postprocess"):
-            video = postprocess(pipeline, workspace.output_path("raw.mp4"), workspace)
+            video = await postprocess(pipeline, workspace.output_path("raw.mp4"), workspace)
         with costs.step("upload"):
             uri = upload(pipeline, video, run_id)
         costs.bytes_out = video.stat().st_size
