@@ -37,6 +37,7 @@ class AnswersProxy(ThreadingHTTPServer):
         self._run_task_answers: deque[dict[str, Any]] = deque()
         self._stop_details: dict[str, dict[str, Any]] = {}
         self.calls: list[str] = []
+        self.run_task_requests: list[dict[str, Any]] = []
 
     @property
     def url(self) -> str:
@@ -102,6 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
         operation = target.removeprefix(_TARGET_PREFIX) if target.startswith(_TARGET_PREFIX) else ""
         self.server.calls.append(operation or self.path)
         if operation == "RunTask":
+            self.server.run_task_requests.append(json.loads(body))
             recorded = self.server.next_run_task_answer()
             if recorded is not None:
                 payload = json.dumps(recorded).encode()

@@ -21,6 +21,8 @@ from prefect_aws import AwsCredentials
 from blocks.compute import JobSpec
 from blocks.ecs import EcsTask
 from blocks.ecs_reconcile import stop_orphaned_tasks
+from flows.reconcile_ecs import reconcile_ecs_tasks
+from gpuflow.embedded import EmbeddedLayout
 from gpuflow.local_server import LocalServer
 from tests.ecs.conftest import ecs_client
 
@@ -81,3 +83,22 @@ def test_tasks_of_finished_or_missing_flow_runs_are_stopped(
 
     # Running it again finds nothing more to stop.
     assert asyncio.run(stop_orphaned_tasks(target)) == []
+
+
+def test_the_reconcile_flow_checks_the_stacks_ecs_clusters(
+    prefect_server: LocalServer,
+    layout: EmbeddedLayout,
+    make_target: Callable[..., EcsTask],
+    aws: AwsCredentials,
+    cluster: str,
+    task_transitions: Callable[[dict[str, Any]], None],
+) -> None:
+    task_transitions({"progression": "manual", "times": 10**9})
+    target = make_target()
+    stack_name = f"ecs-{uuid.uuid4().hex[:8]}"
+    layout.stack().model_copy(update={"postprocess_compute": target}).save(stack_name)
+    job = JobSpec(name="postprocess", argv=["python"], workdir=Path("/mnt/gpuflow-nas"), gpus=0)
+    orphan = target.start_task(job, asyncio.run(_flow_run_in(Completed())))
+
+    assert asyncio.run(reconcile_ecs_tasks(stack=stack_name)) == [orphan]
+    assert ecs_client(aws).list_tasks(cluster=cluster, desiredStatus="RUNNING")["taskArns"] == []

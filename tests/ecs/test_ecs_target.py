@@ -244,6 +244,9 @@ def test_run_streams_paginated_logs_and_returns_the_exit_code(
     assert {"name": "GPUFLOW_RUN", "value": "1"} in override["environment"]
     assert {"key": "gpuflow:job", "value": "i2v-run"} in task["tags"]
     assert not any(tag["key"] == FLOW_RUN_TAG for tag in task["tags"]), "no flow run here"
+    sent = answers.run_task_requests[-1]
+    assert len(sent["clientToken"]) == 32, "every RunTask carries an idempotency token"
+    assert sent["startedBy"] == "gpuflow"
 
 
 @pytest.mark.parametrize(
