@@ -60,6 +60,7 @@ from blocks.ecs_taskdef import (
 )
 
 _TAIL_LINES = 20
+_CANCELLED_REASON = "gpuflow: the flow stopped waiting"
 _T = TypeVar("_T")
 _logger = get_logger("gpuflow.ecs")
 
@@ -353,7 +354,15 @@ class EcsTask(ComputeTarget):
         self.refuse_impossible(job)
         flow_run_id = _current_flow_run_id()
         started = time.monotonic()
-        task_arn = await asyncio.to_thread(self.start_task, job, flow_run_id)
+        starting = asyncio.ensure_future(asyncio.to_thread(self.start_task, job, flow_run_id))
+        try:
+            task_arn = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # RunTask is already on its way: once it answers, stop what it started.
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                started_arn = await starting
+                await _stop_despite_cancellation(self, started_arn, _CANCELLED_REASON)
+            raise
         _logger.info("Started ECS task %s for job %s", task_arn, job.name)
         logs = LogFollower(
             self._client("logs"),
@@ -371,7 +380,7 @@ class EcsTask(ComputeTarget):
         try:
             stopped = await self._watch(task_arn, logs, deliver, started + job.timeout_s)
         except BaseException:
-            await _stop_despite_cancellation(self, task_arn, "gpuflow: the flow stopped waiting")
+            await _stop_despite_cancellation(self, task_arn, _CANCELLED_REASON)
             raise
         if stopped is None:
             await asyncio.to_thread(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -38,6 +39,7 @@ class AnswersProxy(ThreadingHTTPServer):
         self._stop_details: dict[str, dict[str, Any]] = {}
         self.calls: list[str] = []
         self.run_task_requests: list[dict[str, Any]] = []
+        self.run_task_delay_s = 0.0  # a slow RunTask, to cancel a run while it is in flight
 
     @property
     def url(self) -> str:
@@ -104,6 +106,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.calls.append(operation or self.path)
         if operation == "RunTask":
             self.server.run_task_requests.append(json.loads(body))
+            time.sleep(self.server.run_task_delay_s)
             recorded = self.server.next_run_task_answer()
             if recorded is not None:
                 payload = json.dumps(recorded).encode()

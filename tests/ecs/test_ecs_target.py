@@ -365,6 +365,40 @@ def test_cancelling_the_run_stops_the_task_within_seconds(
     assert task["stoppedReason"] == "gpuflow: the flow stopped waiting"
 
 
+def test_cancelling_while_run_task_is_in_flight_stops_what_it_started(
+    make_target: Callable[..., EcsTask],
+    aws: AwsCredentials,
+    cluster: str,
+    answers: AnswersProxy,
+    task_transitions: Callable[[dict[str, Any]], None],
+) -> None:
+    target = make_target()
+    target.ensure_task_definition(gpus=0)  # so the run reaches RunTask at once
+    task_transitions(HOLD)
+    answers.run_task_delay_s = 1.5
+
+    sent_before = len(answers.run_task_requests)
+
+    async def scenario() -> None:
+        running = asyncio.create_task(target.run(_job(), _Lines()))
+        await _wait_for(
+            lambda: len(answers.run_task_requests) > sent_before,
+            "RunTask to be sent",
+            alongside=running,
+        )
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        answers.run_task_delay_s = 0.0
+    ecs = ecs_client(aws)
+    assert ecs.list_tasks(cluster=cluster, desiredStatus="RUNNING")["taskArns"] == []
+    assert len(ecs.list_tasks(cluster=cluster, desiredStatus="STOPPED")["taskArns"]) == 1
+
+
 def test_a_job_past_its_timeout_is_stopped_as_a_resource_error(
     make_target: Callable[..., EcsTask],
     aws: AwsCredentials,
