@@ -61,6 +61,7 @@ from blocks.ecs_taskdef import (
 
 _TAIL_LINES = 20
 _CANCELLED_REASON = "gpuflow: the flow stopped waiting"
+_POLL_FAILURES_TOLERATED = 5
 _T = TypeVar("_T")
 _logger = get_logger("gpuflow.ecs")
 
@@ -393,7 +394,8 @@ class EcsTask(ComputeTarget):
             return JobResult(
                 int(ExitCode.RESOURCE_ERROR), time.monotonic() - started, (), tuple(tail)
             )
-        await self._drain(logs, deliver)
+        if stopped.get("stopCode") != "TaskFailedToStart":  # a container ran: it may have logged
+            await self._drain(logs, deliver)
         outcome = classify_stopped_task(stopped, self.container_name)
         if outcome.exit_code != 0:
             tail.append(f"gpuflow: ECS task {task_arn} ended: {outcome.explanation}")
@@ -410,10 +412,20 @@ class EcsTask(ComputeTarget):
     ) -> dict[str, Any] | None:
         """Follow logs and status until the task stops (its description) or the deadline (None)."""
         interval = self.poll_interval_s
+        failures_in_a_row = 0
         while True:
-            lines = await asyncio.to_thread(logs.read_new)
-            await deliver(lines)
-            task = await asyncio.to_thread(self.describe_task, task_arn)
+            try:
+                lines = await asyncio.to_thread(logs.read_new)
+                await deliver(lines)
+                task = await asyncio.to_thread(self.describe_task, task_arn)
+                failures_in_a_row = 0
+            except EcsTaskError as error:
+                # A throttled or dropped poll must not cost a running GPU job: try again.
+                failures_in_a_row += 1
+                if not error.retryable or failures_in_a_row >= _POLL_FAILURES_TOLERATED:
+                    raise
+                _logger.warning("Polling ECS task %s failed, will retry: %s", task_arn, error)
+                lines, task = [], {}
             if task.get("lastStatus") == "STOPPED":
                 return task
             now = time.monotonic()

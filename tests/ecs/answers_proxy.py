@@ -39,6 +39,7 @@ class AnswersProxy(ThreadingHTTPServer):
         self._stop_details: dict[str, dict[str, Any]] = {}
         self.calls: list[str] = []
         self.run_task_requests: list[dict[str, Any]] = []
+        self.throttle_describe_tasks = 0  # answer this many DescribeTasks with throttling
         self.run_task_delay_s = 0.0  # a slow RunTask, to cancel a run while it is in flight
 
     @property
@@ -53,6 +54,13 @@ class AnswersProxy(ThreadingHTTPServer):
         """Merge ``details`` into a description of any of ``cluster``'s tasks once it stopped."""
         with self._lock:
             self._stop_details[cluster] = details
+
+    def take_throttle(self) -> bool:
+        with self._lock:
+            if self.throttle_describe_tasks <= 0:
+                return False
+            self.throttle_describe_tasks -= 1
+            return True
 
     def next_run_task_answer(self) -> dict[str, Any] | None:
         with self._lock:
@@ -112,6 +120,12 @@ class _Handler(BaseHTTPRequestHandler):
                 payload = json.dumps(recorded).encode()
                 self._reply(200, [("Content-Type", "application/x-amz-json-1.1")], payload)
                 return
+        if operation == "DescribeTasks" and self.server.take_throttle():
+            error = {"__type": "ThrottlingException", "message": "Rate exceeded"}
+            self._reply(
+                400, [("Content-Type", "application/x-amz-json-1.1")], json.dumps(error).encode()
+            )
+            return
         upstream = http.client.HTTPConnection(
             self.server.upstream_host, self.server.upstream_port, timeout=30
         )

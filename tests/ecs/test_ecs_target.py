@@ -333,6 +333,23 @@ def test_unknown_cluster_is_a_config_error_naming_it(make_target: Callable[..., 
     assert not caught.value.retryable
 
 
+def test_throttled_polls_do_not_cost_a_running_job(
+    make_target: Callable[..., EcsTask],
+    cluster: str,
+    answers: AnswersProxy,
+    task_transitions: Callable[[dict[str, Any]], None],
+) -> None:
+    """DescribeTasks throttled (botocore retries each poll 3 times): the watch carries on."""
+    task_transitions(RELEASE)
+    answers.on_stop(cluster, recorded("stopped_exit_0"))
+    answers.throttle_describe_tasks = 6  # two whole polls fail
+    try:
+        result = asyncio.run(make_target().run(_job(), _Lines()))
+    finally:
+        answers.throttle_describe_tasks = 0
+    assert result.exit_code == 0
+
+
 def test_cancelling_the_run_stops_the_task_within_seconds(
     make_target: Callable[..., EcsTask],
     aws: AwsCredentials,
