@@ -95,6 +95,38 @@ def network(aws: AwsCredentials) -> Network:
     return Network(subnet=subnet, security_group=group["GroupId"])
 
 
+@dataclass(frozen=True)
+class Roles:
+    execution: str
+    job: str
+
+
+@pytest.fixture(scope="session")
+def roles(aws: AwsCredentials) -> Roles:
+    """The task execution role and the job's task role, created in moto's IAM."""
+    iam = client(aws, "iam")
+    trust = json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": "ecs-tasks.amazonaws.com"},
+                    "Action": "sts:AssumeRole",
+                }
+            ],
+        }
+    )
+    arns = {}
+    for name in ("gpuflow-execution", "gpuflow-job"):
+        arns[name] = iam.create_role(RoleName=name, AssumeRolePolicyDocument=trust)["Role"]["Arn"]
+    iam.attach_role_policy(
+        RoleName="gpuflow-execution",
+        PolicyArn="arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy",
+    )
+    return Roles(execution=arns["gpuflow-execution"], job=arns["gpuflow-job"])
+
+
 @pytest.fixture
 def cluster(aws: AwsCredentials) -> str:
     name = f"gpuflow-{uuid.uuid4().hex[:8]}"
@@ -136,7 +168,9 @@ NAS = EfsNas(
 
 
 @pytest.fixture
-def make_target(aws: AwsCredentials, network: Network, cluster: str) -> Callable[..., EcsTask]:
+def make_target(
+    aws: AwsCredentials, network: Network, roles: Roles, cluster: str
+) -> Callable[..., EcsTask]:
     def make(**overrides: Any) -> EcsTask:
         fields: dict[str, Any] = {
             "aws_credentials": aws,
@@ -144,8 +178,8 @@ def make_target(aws: AwsCredentials, network: Network, cluster: str) -> Callable
             "family": f"job-{uuid.uuid4().hex[:8]}",
             "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/gpuflow-i2v:1",
             "nas": NAS,
-            "execution_role_arn": f"arn:aws:iam::{ACCOUNT}:role/gpuflow-execution",
-            "task_role_arn": f"arn:aws:iam::{ACCOUNT}:role/gpuflow-job",
+            "execution_role_arn": roles.execution,
+            "task_role_arn": roles.job,
             "log_group": f"/gpuflow/test-{uuid.uuid4().hex[:8]}",
             "subnets": [network.subnet],
             "security_groups": [network.security_group],

@@ -15,16 +15,19 @@ from typing import Any
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
+from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Running
 from prefect_aws import AwsCredentials
 
 from blocks.compute import JobSpec
 from blocks.ecs import EcsTask
 from blocks.ecs_reconcile import stop_orphaned_tasks
+from blocks.ecs_taskdef import FLOW_RUN_TAG
 from flows.reconcile_ecs import reconcile_ecs_tasks
 from gpuflow.embedded import EmbeddedLayout
 from gpuflow.local_server import LocalServer
-from tests.ecs.conftest import ecs_client
+from tests.ecs.answers_proxy import AnswersProxy
+from tests.ecs.conftest import all_tasks, ecs_client, recorded
 
 pytestmark = pytest.mark.integration
 
@@ -102,3 +105,29 @@ def test_the_reconcile_flow_checks_the_stacks_ecs_clusters(
 
     assert asyncio.run(reconcile_ecs_tasks(stack=stack_name)) == [orphan]
     assert ecs_client(aws).list_tasks(cluster=cluster, desiredStatus="RUNNING")["taskArns"] == []
+
+
+def test_a_run_inside_a_flow_tags_its_task_with_the_flow_run_id(
+    prefect_server: LocalServer,
+    make_target: Callable[..., EcsTask],
+    aws: AwsCredentials,
+    cluster: str,
+    answers: AnswersProxy,
+    task_transitions: Callable[[dict[str, Any]], None],
+) -> None:
+    task_transitions({"progression": "immediate"})
+    answers.on_stop(cluster, recorded("stopped_exit_0"))
+    target = make_target()
+    job = JobSpec(name="i2v", argv=["i2v"], workdir=Path("/mnt/gpuflow-nas"), gpus=0)
+
+    @flow(name="ecs-tagging-probe")
+    async def tagging_probe() -> str:
+        async def ignore(line: str) -> None:
+            return None
+
+        await target.run(job, ignore)
+        return str(flow_run.get_id())
+
+    flow_run_id = asyncio.run(tagging_probe())
+    [task] = all_tasks(aws, cluster)
+    assert {"key": FLOW_RUN_TAG, "value": flow_run_id} in task["tags"]
