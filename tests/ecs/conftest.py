@@ -120,9 +120,32 @@ def roles(aws: AwsCredentials) -> Roles:
     arns = {}
     for name in ("gpuflow-execution", "gpuflow-job"):
         arns[name] = iam.create_role(RoleName=name, AssumeRolePolicyDocument=trust)["Role"]["Arn"]
-    iam.attach_role_policy(
+    # What ECS needs to start the task: pull the image, write logs, read the job's secrets.
+    execution = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": [
+                    "ecr:GetAuthorizationToken",
+                    "ecr:BatchGetImage",
+                    "ecr:GetDownloadUrlForLayer",
+                    "logs:CreateLogStream",
+                    "logs:PutLogEvents",
+                ],
+                "Resource": "*",
+            },
+            {
+                "Effect": "Allow",
+                "Action": ["secretsmanager:GetSecretValue", "ssm:GetParameters"],
+                "Resource": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:hf-token-*",
+            },
+        ],
+    }
+    iam.put_role_policy(
         RoleName="gpuflow-execution",
-        PolicyArn="arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy",
+        PolicyName="gpuflow-task-execution",
+        PolicyDocument=json.dumps(execution),
     )
     return Roles(execution=arns["gpuflow-execution"], job=arns["gpuflow-job"])
 
