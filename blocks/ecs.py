@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, TypeVar
 
 import anyio
@@ -161,6 +162,14 @@ class EcsTask(ComputeTarget):
         return all(
             item.capacity_provider in FARGATE_PROVIDERS for item in self.capacity_provider_strategy
         )
+
+    def require_nas_at(self, nas_root: Path, step: str) -> None:
+        """Venvs on the NAS are not relocatable: a job must see the NAS where the flow does."""
+        if self.nas is not None and PurePosixPath(self.nas.mount_path) != PurePosixPath(nas_root):
+            raise EcsConfigError(
+                f"the {step} ECS target mounts the NAS at {self.nas.mount_path} but the stack's "
+                f"nas_root is {nas_root}: mount it at the same path everywhere"
+            )
 
     def refuse_impossible(self, job: JobSpec) -> None:
         """Refuse, before any AWS call, a job this target can never run."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect.blocks.core import Block
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from blocks.ecs import EcsTask
 from blocks.environment import EnvironmentFabric
@@ -49,6 +49,13 @@ class GpuflowStack(Block):
         default=300, ge=60, le=86400, description="Lease on GPU slots, renewed while a job runs."
     )
     job_timeout_s: float = Field(default=3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _nas_at_one_path(self) -> GpuflowStack:
+        for step, target in (("compute", self.compute), ("postprocess", self.postprocess_compute)):
+            if isinstance(target, EcsTask):
+                target.require_nas_at(self.nas_root, step)
+        return self
 
     @property
     def model_cache(self) -> ModelCache:

@@ -27,7 +27,7 @@ from flows.reconcile_ecs import reconcile_ecs_tasks
 from gpuflow.embedded import EmbeddedLayout
 from gpuflow.local_server import LocalServer
 from tests.ecs.answers_proxy import AnswersProxy
-from tests.ecs.conftest import all_tasks, ecs_client, recorded
+from tests.ecs.conftest import NAS, all_tasks, ecs_client, recorded
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +99,10 @@ def test_the_reconcile_flow_checks_the_stacks_ecs_clusters(
     task_transitions({"progression": "manual", "times": 10**9})
     target = make_target()
     stack_name = f"ecs-{uuid.uuid4().hex[:8]}"
-    layout.stack().model_copy(update={"postprocess_compute": target}).save(stack_name)
+    stack = layout.stack().model_copy(
+        update={"postprocess_compute": target, "nas_root": Path(NAS.mount_path)}
+    )
+    stack.save(stack_name)
     job = JobSpec(name="postprocess", argv=["python"], workdir=Path("/mnt/gpuflow-nas"), gpus=0)
     orphan = target.start_task(job, asyncio.run(_flow_run_in(Completed())))
 

@@ -20,7 +20,7 @@ from gpuflow.embedded import EmbeddedLayout
 from gpuflow.errors import JobFailedError
 from gpuflow.local_server import LocalServer
 from tests.ecs.answers_proxy import AnswersProxy
-from tests.ecs.conftest import recorded
+from tests.ecs.conftest import NAS, recorded
 from tests.media import probe
 
 
@@ -103,7 +103,9 @@ def test_a_stack_with_ecs_steps_saves_and_loads(
         capacity_provider_strategy=[{"capacityProvider": "gpu-g6e", "weight": 1}],
     )
     burst = make_target(launch_type="FARGATE")
-    stack = layout.stack().model_copy(update={"compute": gpu, "postprocess_compute": burst})
+    stack = layout.stack().model_copy(
+        update={"compute": gpu, "postprocess_compute": burst, "nas_root": Path(NAS.mount_path)}
+    )
     name = f"ecs-{uuid.uuid4().hex[:8]}"
     stack.save(name)
     loaded = cast(GpuflowStack, GpuflowStack.load(name))
@@ -113,3 +115,15 @@ def test_a_stack_with_ecs_steps_saves_and_loads(
     assert loaded.postprocess_compute.on_fargate
     assert loaded.compute.secrets["HF_TOKEN"].get_secret_value().startswith("arn:aws:")
     assert loaded.compute.aws_credentials.aws_secret_access_key is not None
+
+
+def test_a_stack_refuses_an_ecs_nas_mounted_elsewhere(
+    layout: EmbeddedLayout, make_target: Callable[..., EcsTask]
+) -> None:
+    fields = {**dict(layout.stack()), "postprocess_compute": make_target()}
+    with pytest.raises(
+        ValueError, match=r"postprocess ECS target mounts the NAS at /mnt/gpuflow-nas"
+    ):
+        GpuflowStack(**fields)
+    fields["nas_root"] = Path(NAS.mount_path)
+    assert GpuflowStack(**fields).postprocess_compute is not None
