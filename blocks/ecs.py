@@ -450,7 +450,12 @@ class EcsTask(ComputeTarget):
         """CloudWatch delivers the last lines a little after the task stops: wait briefly."""
         deadline = time.monotonic() + self.log_drain_s
         while True:
-            lines = await asyncio.to_thread(logs.read_new)
+            try:
+                lines = await asyncio.to_thread(logs.read_new)
+            except EcsTaskError as error:
+                # The task has ended; its outcome must not hang on its last log lines.
+                _logger.warning("Could not read the last lines of %s: %s", logs.stream, error)
+                return
             await deliver(lines)
             if (logs.seen_any and not lines) or time.monotonic() >= deadline:
                 return
@@ -484,6 +489,14 @@ class LogFollower:
                 page = self._client.get_log_events(**arguments)
             except self._client.exceptions.ResourceNotFoundException:
                 return lines  # the container has not started logging yet
+            except (ClientError, BotoCoreError) as error:
+                if lines:
+                    break  # hand over what was read; the next call resumes from the token
+                if isinstance(error, ClientError):
+                    raise _as_gpuflow_error(error, f"log stream {self.stream}") from error
+                raise EcsTaskError(
+                    f"reading log stream {self.stream} failed: {error}", retryable=True
+                ) from error
             for event in page.get("events", []):
                 lines.extend(str(event.get("message", "")).splitlines() or [""])
             token = page.get("nextForwardToken")
