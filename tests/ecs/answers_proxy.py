@@ -40,6 +40,7 @@ class AnswersProxy(ThreadingHTTPServer):
         self.calls: list[str] = []
         self.run_task_requests: list[dict[str, Any]] = []
         self.throttle_describe_tasks = 0  # answer this many DescribeTasks with throttling
+        self.throttle_get_log_events = 0  # and this many GetLogEvents
         self.run_task_delay_s = 0.0  # a slow RunTask, to cancel a run while it is in flight
 
     @property
@@ -55,11 +56,15 @@ class AnswersProxy(ThreadingHTTPServer):
         with self._lock:
             self._stop_details[cluster] = details
 
-    def take_throttle(self) -> bool:
+    def take_throttle(self, operation: str) -> bool:
+        counter = {
+            "DescribeTasks": "throttle_describe_tasks",
+            "Logs_20140328.GetLogEvents": "throttle_get_log_events",
+        }.get(operation)
         with self._lock:
-            if self.throttle_describe_tasks <= 0:
+            if counter is None or getattr(self, counter) <= 0:
                 return False
-            self.throttle_describe_tasks -= 1
+            setattr(self, counter, getattr(self, counter) - 1)
             return True
 
     def next_run_task_answer(self) -> dict[str, Any] | None:
@@ -110,7 +115,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         target = self.headers.get("X-Amz-Target", "")
-        operation = target.removeprefix(_TARGET_PREFIX) if target.startswith(_TARGET_PREFIX) else ""
+        operation = target.removeprefix(_TARGET_PREFIX)
         self.server.calls.append(operation or self.path)
         if operation == "RunTask":
             self.server.run_task_requests.append(json.loads(body))
@@ -120,7 +125,7 @@ class _Handler(BaseHTTPRequestHandler):
                 payload = json.dumps(recorded).encode()
                 self._reply(200, [("Content-Type", "application/x-amz-json-1.1")], payload)
                 return
-        if operation == "DescribeTasks" and self.server.take_throttle():
+        if self.server.take_throttle(operation):
             error = {"__type": "ThrottlingException", "message": "Rate exceeded"}
             self._reply(
                 400, [("Content-Type", "application/x-amz-json-1.1")], json.dumps(error).encode()

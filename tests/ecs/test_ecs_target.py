@@ -350,6 +350,47 @@ def test_throttled_polls_do_not_cost_a_running_job(
     assert result.exit_code == 0
 
 
+def test_throttled_log_reads_lose_no_line(
+    make_target: Callable[..., EcsTask],
+    aws: AwsCredentials,
+    cluster: str,
+    answers: AnswersProxy,
+    task_transitions: Callable[[dict[str, Any]], None],
+) -> None:
+    """GetLogEvents throttled for one whole read (3 attempts): every line still arrives once."""
+    target = make_target(log_page_size=2)
+    task_transitions(HOLD)
+    answers.on_stop(cluster, recorded("stopped_exit_0"))
+    received = _Lines()
+    lines = [f"line {i}" for i in range(5)]
+
+    async def scenario() -> JobResult:
+        running = asyncio.create_task(target.run(_job(), received))
+        task_arn = await _wait_for(
+            lambda: _running_task_arn(aws, cluster), "the task to start", alongside=running
+        )
+        write = container_log_writer(
+            aws, target.log_group, log_stream_name("gpuflow", "job", task_arn)
+        )
+        await asyncio.to_thread(write, lines[:2])
+        await _wait_for(lambda: len(received.lines) >= 2, "the first lines", alongside=running)
+        answers.throttle_get_log_events = 3
+        await asyncio.to_thread(write, lines[2:])
+        await _wait_for(
+            lambda: answers.throttle_get_log_events == 0, "the throttling", alongside=running
+        )
+        await _wait_for(lambda: len(received.lines) >= 5, "the rest", alongside=running)
+        task_transitions(RELEASE)
+        return await asyncio.wait_for(running, timeout=20)
+
+    try:
+        result = asyncio.run(scenario())
+    finally:
+        answers.throttle_get_log_events = 0
+    assert result.exit_code == 0
+    assert received.lines == lines
+
+
 def test_cancelling_the_run_stops_the_task_within_seconds(
     make_target: Callable[..., EcsTask],
     aws: AwsCredentials,
