@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
+from blocks.ecs import EcsTask
 from blocks.environment import EnvironmentFabric
 from blocks.kubernetes import KubernetesPyTorchJob
 from blocks.local import LocalSubprocess
@@ -39,7 +40,12 @@ class GpuflowStack(Block):
     object_store: LocalObjectStore
     models_uri: str = Field(description="Prefix of model sources: <models_uri>/<name>/<revision>/.")
     outputs_uri: str = Field(description="Prefix under which each run uploads its results.")
-    compute: LocalSubprocess | KubernetesPyTorchJob
+    compute: LocalSubprocess | KubernetesPyTorchJob | EcsTask
+    postprocess_compute: LocalSubprocess | KubernetesPyTorchJob | EcsTask | None = Field(
+        default=None,
+        description="Where postprocess runs: None in the flow's own process, or a compute "
+        "target (e.g. an ECS task on Fargate).",
+    )
     watermark: Watermark = Field(default_factory=Watermark)
     gpu_limit: str = Field(default="gpu", description="Name of the global concurrency limit.")
     gpu_lease_s: int = Field(
@@ -60,6 +66,13 @@ class GpuflowStack(Block):
     admission_ttl_s: float = Field(
         default=30.0, ge=5, le=3600, description="A silent waiter's entry is dropped after this."
     )
+
+    @model_validator(mode="after")
+    def _nas_at_one_path(self) -> GpuflowStack:
+        for step, target in (("compute", self.compute), ("postprocess", self.postprocess_compute)):
+            if isinstance(target, EcsTask):
+                target.require_nas_at(self.nas_root, step)
+        return self
 
     @property
     def model_cache(self) -> ModelCache:

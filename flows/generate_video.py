@@ -7,6 +7,7 @@ Tasks are thin: the work happens in the stack's blocks.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -35,6 +36,7 @@ from blocks.compute import JobResult, JobSpec
 from blocks.environment import ResolvedEnv, console_script
 from blocks.model_cache import CachedModel
 from blocks.object_store import ObjectUri
+from blocks.postprocess_job import run_postprocess
 from blocks.stack import GpuflowStack
 from gpuflow.admission import Ticket, admitted
 from gpuflow.capacity import check_gpu_capacity
@@ -222,9 +224,19 @@ class _ProgressReporter:
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_condition_fn=_retry_if_retryable)
-def postprocess(stack: GpuflowStack, raw: Path, workspace: Workspace) -> Path:
-    """Watermark and transcode the raw video (CPU only)."""
-    return stack.watermark.apply(raw, workspace.output_path("video.mp4"))
+async def postprocess(stack: GpuflowStack, raw: Path, workspace: Workspace) -> Path:
+    """Watermark and transcode the raw video (CPU only), here or on the stack's target."""
+    destination = workspace.output_path("video.mp4")
+    if stack.postprocess_compute is None:
+        return await asyncio.to_thread(stack.watermark.apply, raw, destination)
+    logger = get_run_logger()
+
+    async def on_line(line: str) -> None:
+        logger.info("%s", line)
+
+    return await run_postprocess(
+        stack.postprocess_compute, stack.watermark, raw, destination, workspace.root, on_line
+    )
 
 
 @task(
@@ -299,7 +311,7 @@ async def generate_video(request: VideoRequest, stack: str = "default") -> str:
             result = await run_gpu_job(pipeline, job, limits, request.priority)
         costs.gpu_seconds = result.duration_s * request.gpus
         with costs.step("postprocess"):
-            video = postprocess(pipeline, workspace.output_path("raw.mp4"), workspace)
+            video = await postprocess(pipeline, workspace.output_path("raw.mp4"), workspace)
         with costs.step("upload"):
             uri = upload(pipeline, video, run_id)
         costs.bytes_out = video.stat().st_size

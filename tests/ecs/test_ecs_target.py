@@ -1,0 +1,503 @@
+"""The ECS compute target over HTTP against moto's server on 127.0.0.1.
+
+How task states are driven: moto starts every task RUNNING and its state manager
+(``/moto-api/state-manager/set-transition`` for ``ecs::task``) moves it on to STOPPED;
+the tests hold a task RUNNING with a "manual" transition that needs 10**9 descriptions
+per step and release it with an "immediate" one. What moto cannot produce — ``failures``
+in a ``RunTask`` answer, a ``stopCode``/``stoppedReason``/container exit code other than
+0 — comes from recorded answers shaped after the AWS documentation (``recorded/``),
+served by the proxy in ``answers_proxy.py`` in front of moto. moto runs no containers:
+the tests write the container's CloudWatch log events themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import botocore.session  # type: ignore[import-untyped]
+import pytest
+from botocore.validate import ParamValidator  # type: ignore[import-untyped]
+from gpuflow_progress import ExitCode, Progress, encode
+from prefect_aws import AwsCredentials
+
+from blocks.compute import JobResult, JobSpec
+from blocks.ecs import EcsTask
+from blocks.ecs_outcome import EcsCapacityError, EcsTaskError
+from blocks.ecs_taskdef import FINGERPRINT_TAG, FLOW_RUN_TAG, EcsConfigError, log_stream_name
+from gpuflow.errors import JobFailedError
+from tests.ecs.answers_proxy import AnswersProxy
+from tests.ecs.conftest import (
+    REGION,
+    all_tasks,
+    container_log_writer,
+    ecs_client,
+    recorded,
+)
+
+HOLD = {"progression": "manual", "times": 10**9}
+RELEASE = {"progression": "immediate"}
+
+
+def _job(gpus: int = 0, timeout_s: float = 60.0, **overrides: Any) -> JobSpec:
+    fields: dict[str, Any] = {
+        "name": "i2v-run",
+        "argv": ["/mnt/gpuflow-nas/envs/abc/.venv/bin/i2v", "--prompt", "a prompt; rm -rf / $(x)"],
+        "env": {"GPUFLOW_RUN": "1"},
+        "workdir": Path("/mnt/gpuflow-nas/workspaces/run-1"),
+        "gpus": gpus,
+        "timeout_s": timeout_s,
+    }
+    fields.update(overrides)
+    return JobSpec(**fields)
+
+
+async def _wait_for(
+    condition: Callable[[], Any],
+    what: str,
+    timeout_s: float = 10.0,
+    alongside: asyncio.Task[Any] | None = None,
+) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if alongside is not None and alongside.done():
+            alongside.result()  # raise what ended the run early
+            raise AssertionError(f"the run ended while waiting for {what}")
+        value = await asyncio.to_thread(condition)
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _running_task_arn(aws: AwsCredentials, cluster: str) -> str | None:
+    # ListTasks does not tick moto's state manager (DescribeTasks does).
+    arns = ecs_client(aws).list_tasks(cluster=cluster, desiredStatus="RUNNING")["taskArns"]
+    return arns[0] if arns else None
+
+
+class _Lines:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    async def __call__(self, line: str) -> None:
+        self.lines.append(line)
+
+
+# -- task definitions -------------------------------------------------------------------
+
+
+def test_task_definition_registration_is_idempotent(
+    make_target: Callable[..., EcsTask], aws: AwsCredentials
+) -> None:
+    target = make_target()
+    first = target.ensure_task_definition(gpus=0)
+    assert target.ensure_task_definition(gpus=0) == first, "same settings must reuse the revision"
+
+    changed = target.model_copy(update={"memory": "4096"})
+    second = changed.ensure_task_definition(gpus=0)
+    assert second != first
+    assert second.endswith(":2")
+    assert changed.ensure_task_definition(gpus=0) == second
+
+    described = ecs_client(aws).describe_task_definition(taskDefinition=second, include=["TAGS"])
+    definition = described["taskDefinition"]
+    container = definition["containerDefinitions"][0]
+    assert definition["requiresCompatibilities"] == ["FARGATE"]
+    assert definition["memory"] == "4096"
+    assert definition["taskRoleArn"].endswith(":role/gpuflow-job")
+    assert definition["executionRoleArn"].endswith(":role/gpuflow-execution")
+    assert definition["volumes"][0]["efsVolumeConfiguration"]["fileSystemId"].startswith("fs-")
+    assert container["mountPoints"] == [
+        {"sourceVolume": "gpuflow-nas", "containerPath": "/mnt/gpuflow-nas", "readOnly": False}
+    ]
+    assert container["logConfiguration"]["options"]["awslogs-group"] == target.log_group
+    assert container["secrets"][0]["valueFrom"].startswith("arn:aws:secretsmanager:")
+    tags = {tag["key"]: tag["value"] for tag in described["tags"]}
+    assert tags["team"] == "video"
+    assert tags[FINGERPRINT_TAG] == changed.task_definition_request(0, REGION).fingerprint()
+
+
+def test_gpu_jobs_get_their_own_ec2_family_with_gpu_requirements(
+    make_target: Callable[..., EcsTask], aws: AwsCredentials
+) -> None:
+    target = make_target(launch_type="EC2")
+    arn = target.ensure_task_definition(gpus=2)
+    assert f":task-definition/{target.family}-2gpu:1" in arn
+    definition = ecs_client(aws).describe_task_definition(taskDefinition=arn)["taskDefinition"]
+    assert definition["requiresCompatibilities"] == ["EC2"]
+    assert definition["containerDefinitions"][0]["resourceRequirements"] == [
+        {"type": "GPU", "value": "2"}
+    ]
+
+
+def test_requests_match_the_real_ecs_api_schema(make_target: Callable[..., EcsTask]) -> None:
+    """Validate what gpuflow sends against botocore's ECS service model (no network)."""
+    model = botocore.session.get_session().get_service_model("ecs")
+    validator = ParamValidator()
+    target = make_target(launch_type="EC2")
+    for operation, params in (
+        (
+            "RegisterTaskDefinition",
+            target.task_definition_request(4, REGION).to_api_with_fingerprint({"a": "b"}),
+        ),
+        ("RunTask", target.run_task_request(_job(gpus=4), "arn:td", "flow-1", "token").to_api()),
+    ):
+        report = validator.validate(params, model.operation_model(operation).input_shape)
+        assert not report.has_errors(), report.generate_report()
+
+
+def test_secret_values_are_refused_without_being_echoed(
+    make_target: Callable[..., EcsTask],
+) -> None:
+    with pytest.raises(ValueError, match="HF_TOKEN") as caught:
+        make_target(secrets={"HF_TOKEN": "hf_supersecretvalue123"})
+    assert "hf_supersecretvalue123" not in str(caught.value)
+    assert "hf_supersecretvalue123" not in repr(caught.value)
+
+
+# -- refusing what cannot run -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "capacity",
+    [
+        {"launch_type": "FARGATE"},
+        {
+            "launch_type": None,
+            "capacity_provider_strategy": [{"capacityProvider": "FARGATE_SPOT", "weight": 1}],
+        },
+    ],
+)
+def test_gpu_on_fargate_is_refused_before_any_call(
+    make_target: Callable[..., EcsTask], answers: AnswersProxy, capacity: dict[str, Any]
+) -> None:
+    target = make_target(**capacity)
+    calls_before = len(answers.calls)
+    with pytest.raises(EcsConfigError, match=r"needs 1 GPU.*Fargate has no GPUs") as caught:
+        asyncio.run(target.run(_job(gpus=1), _Lines()))
+    assert not caught.value.retryable
+    assert len(answers.calls) == calls_before, "no AWS call may happen before the refusal"
+
+
+def test_mixed_fargate_and_ec2_providers_are_refused(make_target: Callable[..., EcsTask]) -> None:
+    with pytest.raises(ValueError, match="mix Fargate and EC2"):
+        make_target(
+            launch_type=None,
+            capacity_provider_strategy=[
+                {"capacityProvider": "FARGATE"},
+                {"capacityProvider": "gpu-g6e"},
+            ],
+        )
+
+
+# -- running ----------------------------------------------------------------------------
+
+
+def test_run_streams_paginated_logs_and_returns_the_exit_code(
+    make_target: Callable[..., EcsTask],
+    aws: AwsCredentials,
+    cluster: str,
+    answers: AnswersProxy,
+    task_transitions: Callable[[dict[str, Any]], None],
+) -> None:
+    target = make_target(log_page_size=3)
+    task_transitions(HOLD)
+    answers.on_stop(cluster, recorded("stopped_exit_0"))
+    received = _Lines()
+    first = [f"loading weights {i}" for i in range(7)]  # 7 events: three pages of three
+    progress = encode(Progress(5, 10, "denoising"))
+
+    async def scenario() -> JobResult:
+        running = asyncio.create_task(target.run(_job(), received))
+        task_arn = await _wait_for(
+            lambda: _running_task_arn(aws, cluster), "the task to start", alongside=running
+        )
+        write = container_log_writer(
+            aws, target.log_group, log_stream_name("gpuflow", "job", task_arn)
+        )
+        await asyncio.to_thread(write, first)
+        await _wait_for(lambda: len(received.lines) >= 7, "the first lines", alongside=running)
+        await asyncio.to_thread(write, [progress, "multi\nline"])
+        await _wait_for(lambda: len(received.lines) >= 10, "the progress line", alongside=running)
+        task_transitions(RELEASE)
+        return await asyncio.wait_for(running, timeout=20)
+
+    result = asyncio.run(scenario())
+    assert received.lines == [*first, progress, "multi", "line"]
+    assert result.exit_code == 0
+    assert result.devices == ("GPU-5c1e3b2a-9f7d-4e6b-8a1c-0d2e3f4a5b6c",)
+
+    [task] = all_tasks(aws, cluster)
+    override = task["overrides"]["containerOverrides"][0]
+    assert override["command"] == [
+        "env",
+        "-C",
+        "/mnt/gpuflow-nas/workspaces/run-1",
+        "--",
+        *_job().argv,
+    ]
+    assert {"name": "GPUFLOW_RUN", "value": "1"} in override["environment"]
+    assert {"key": "gpuflow:job", "value": "i2v-run"} in task["tags"]
+    assert not any(tag["key"] == FLOW_RUN_TAG for tag in task["tags"]), "no flow run here"
+    sent = answers.run_task_requests[-1]
+    assert len(sent["clientToken"]) == 32, "every RunTask carries an idempotency token"
+    assert sent["startedBy"] == "gpuflow"
+
+
+@pytest.mark.parametrize(
+    ("answer", "exit_code", "retryable"),
+    [
+        ("stopped_exit_2_input_error", 2, False),
+        ("stopped_exit_4_resource_error", 4, True),
+        ("stopped_out_of_memory", int(ExitCode.RESOURCE_ERROR), True),
+    ],
+)
+def test_container_exit_codes_map_to_the_design_classes(
+    make_target: Callable[..., EcsTask],
+    cluster: str,
+    answers: AnswersProxy,
+    task_transitions: Callable[[dict[str, Any]], None],
+    answer: str,
+    exit_code: int,
+    retryable: bool,
+) -> None:
+    task_transitions(RELEASE)
+    answers.on_stop(cluster, recorded(answer))
+    result = asyncio.run(make_target().run(_job(), _Lines()))
+    assert result.exit_code == exit_code
+    assert "ECS task" in result.last_lines[-1]
+    # The flow turns a non-zero exit code into JobFailedError; its class decides retries.
+    assert JobFailedError(result.exit_code, "").retryable is retryable
+
+
+@pytest.mark.parametrize(
+    ("answer", "retryable", "message"),
+    [
+        ("stopped_spot_interruption", True, "interrupted"),
+        ("stopped_host_terminated", True, "Host EC2"),
+        ("stopped_pull_rate_limited", True, "could not pull the image"),
+        ("stopped_image_not_found", False, "check the image name"),
+        ("stopped_secret_unreadable", False, "could not read a secret"),
+    ],
+)
+def test_tasks_that_never_ran_to_an_end_raise_by_class(
+    make_target: Callable[..., EcsTask],
+    cluster: str,
+    answers: AnswersProxy,
+    task_transitions: Callable[[dict[str, Any]], None],
+    answer: str,
+    retryable: bool,
+    message: str,
+) -> None:
+    task_transitions(RELEASE)
+    answers.on_stop(cluster, recorded(answer))
+    with pytest.raises(EcsTaskError, match=message) as caught:
+        asyncio.run(make_target().run(_job(), _Lines()))
+    assert caught.value.retryable is retryable
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "retryable"),
+    [
+        ("run_task_failure_gpu", EcsCapacityError, True),
+        ("run_task_failure_fargate_capacity", EcsCapacityError, True),
+        ("run_task_failure_attribute", EcsTaskError, False),
+    ],
+)
+def test_run_task_failures_become_errors_by_class(
+    make_target: Callable[..., EcsTask],
+    aws: AwsCredentials,
+    cluster: str,
+    answers: AnswersProxy,
+    answer: str,
+    error: type[EcsTaskError],
+    retryable: bool,
+) -> None:
+    answers.queue_run_task_answer(recorded(answer))
+    with pytest.raises(error) as caught:
+        asyncio.run(make_target().run(_job(), _Lines()))
+    assert caught.value.retryable is retryable
+    assert recorded(answer)["failures"][0]["reason"] in str(caught.value)
+    assert all_tasks(aws, cluster) == []
+
+
+def test_unknown_cluster_is_a_config_error_naming_it(make_target: Callable[..., EcsTask]) -> None:
+    target = make_target(cluster="no-such-cluster")
+    with pytest.raises(EcsTaskError, match="no-such-cluster") as caught:
+        asyncio.run(target.run(_job(), _Lines()))
+    assert not caught.value.retryable
+
+
+def test_throttled_polls_do_not_cost_a_running_job(
+    make_target: Callable[..., EcsTask],
+    cluster: str,
+    answers: AnswersProxy,
+    task_transitions: Callable[[dict[str, Any]], None],
+) -> None:
+    """DescribeTasks throttled (botocore retries each poll 3 times): the watch carries on."""
+    task_transitions(RELEASE)
+    answers.on_stop(cluster, recorded("stopped_exit_0"))
+    answers.throttle_describe_tasks = 6  # two whole polls fail
+    try:
+        result = asyncio.run(make_target().run(_job(), _Lines()))
+    finally:
+        answers.throttle_describe_tasks = 0
+    assert result.exit_code == 0
+
+
+def test_throttled_log_reads_lose_no_line(
+    make_target: Callable[..., EcsTask],
+    aws: AwsCredentials,
+    cluster: str,
+    answers: AnswersProxy,
+    task_transitions: Callable[[dict[str, Any]], None],
+) -> None:
+    """GetLogEvents throttled for one whole read (3 attempts): every line still arrives once."""
+    target = make_target(log_page_size=2)
+    task_transitions(HOLD)
+    answers.on_stop(cluster, recorded("stopped_exit_0"))
+    received = _Lines()
+    lines = [f"line {i}" for i in range(5)]
+
+    async def scenario() -> JobResult:
+        running = asyncio.create_task(target.run(_job(), received))
+        task_arn = await _wait_for(
+            lambda: _running_task_arn(aws, cluster), "the task to start", alongside=running
+        )
+        write = container_log_writer(
+            aws, target.log_group, log_stream_name("gpuflow", "job", task_arn)
+        )
+        await asyncio.to_thread(write, lines[:2])
+        await _wait_for(lambda: len(received.lines) >= 2, "the first lines", alongside=running)
+        answers.throttle_get_log_events = 3
+        await asyncio.to_thread(write, lines[2:])
+        await _wait_for(
+            lambda: answers.throttle_get_log_events == 0, "the throttling", alongside=running
+        )
+        await _wait_for(lambda: len(received.lines) >= 5, "the rest", alongside=running)
+        task_transitions(RELEASE)
+        return await asyncio.wait_for(running, timeout=20)
+
+    try:
+        result = asyncio.run(scenario())
+    finally:
+        answers.throttle_get_log_events = 0
+    assert result.exit_code == 0
+    assert received.lines == lines
+
+
+def test_cancelling_the_run_stops_the_task_within_seconds(
+    make_target: Callable[..., EcsTask],
+    aws: AwsCredentials,
+    cluster: str,
+    task_transitions: Callable[[dict[str, Any]], None],
+) -> None:
+    target = make_target(poll_interval_s=0.5, poll_max_interval_s=5.0)
+    task_transitions(HOLD)
+
+    async def scenario() -> float:
+        running = asyncio.create_task(target.run(_job(), _Lines()))
+        task_arn = await _wait_for(
+            lambda: _running_task_arn(aws, cluster), "the task to start", alongside=running
+        )
+        await asyncio.sleep(1.0)  # let the poll back off: cancellation must not wait it out
+        cancelled_at = time.monotonic()
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+        def stopped() -> bool:
+            arns = ecs_client(aws).list_tasks(cluster=cluster, desiredStatus="STOPPED")["taskArns"]
+            return task_arn in arns
+
+        await _wait_for(stopped, "the task to be stopped", timeout_s=10)
+        return time.monotonic() - cancelled_at
+
+    assert asyncio.run(scenario()) < 3.0
+    [task] = all_tasks(aws, cluster)
+    assert task["stoppedReason"] == "gpuflow: the flow stopped waiting"
+
+
+def test_cancelling_while_run_task_is_in_flight_stops_what_it_started(
+    make_target: Callable[..., EcsTask],
+    aws: AwsCredentials,
+    cluster: str,
+    answers: AnswersProxy,
+    task_transitions: Callable[[dict[str, Any]], None],
+) -> None:
+    target = make_target()
+    target.ensure_task_definition(gpus=0)  # so the run reaches RunTask at once
+    task_transitions(HOLD)
+    answers.run_task_delay_s = 1.5
+
+    sent_before = len(answers.run_task_requests)
+
+    async def scenario() -> None:
+        running = asyncio.create_task(target.run(_job(), _Lines()))
+        await _wait_for(
+            lambda: len(answers.run_task_requests) > sent_before,
+            "RunTask to be sent",
+            alongside=running,
+        )
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        answers.run_task_delay_s = 0.0
+    ecs = ecs_client(aws)
+    assert ecs.list_tasks(cluster=cluster, desiredStatus="RUNNING")["taskArns"] == []
+    assert len(ecs.list_tasks(cluster=cluster, desiredStatus="STOPPED")["taskArns"]) == 1
+
+
+def test_a_job_past_its_timeout_is_stopped_as_a_resource_error(
+    make_target: Callable[..., EcsTask],
+    aws: AwsCredentials,
+    cluster: str,
+    task_transitions: Callable[[dict[str, Any]], None],
+) -> None:
+    task_transitions(HOLD)
+    result = asyncio.run(make_target().run(_job(timeout_s=0.5), _Lines()))
+    assert result.exit_code == int(ExitCode.RESOURCE_ERROR)
+    assert "exceeded its timeout" in result.last_lines[-1]
+    [task] = all_tasks(aws, cluster)
+    assert task["desiredStatus"] == "STOPPED"
+    assert "timeout" in task["stoppedReason"]
+
+
+def test_an_existing_task_definition_gets_gpus_as_an_override(
+    make_target: Callable[..., EcsTask],
+    aws: AwsCredentials,
+    cluster: str,
+    answers: AnswersProxy,
+    task_transitions: Callable[[dict[str, Any]], None],
+) -> None:
+    existing = make_target(launch_type="EC2").ensure_task_definition(gpus=0)
+    ecs = ecs_client(aws)
+    ec2 = aws.get_boto3_session().client(
+        "ec2", region_name=REGION, endpoint_url=aws.aws_client_parameters.endpoint_url
+    )
+    instance = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1)["Instances"][0]
+    ecs.register_container_instance(
+        cluster=cluster,
+        instanceIdentityDocument=json.dumps({"instanceId": instance["InstanceId"]}),
+    )
+    task_transitions(RELEASE)
+    answers.on_stop(cluster, recorded("stopped_exit_0"))
+    target = make_target(launch_type="EC2", task_definition_arn=existing, image=None)
+    calls_before = len(answers.calls)
+    result = asyncio.run(target.run(_job(gpus=1), _Lines()))
+    assert result.exit_code == 0
+    assert "RegisterTaskDefinition" not in answers.calls[calls_before:]
+    [task] = all_tasks(aws, cluster)
+    assert task["taskDefinitionArn"] == existing
+    assert task["overrides"]["containerOverrides"][0]["resourceRequirements"] == [
+        {"type": "GPU", "value": "1"}
+    ]
