@@ -13,9 +13,11 @@ from prefect.blocks.core import Block
 from pydantic import Field
 
 from blocks.environment import EnvironmentFabric
+from blocks.http_source import HttpSource
 from blocks.local import LocalSubprocess
 from blocks.model_cache import ModelCache
-from blocks.object_store import LocalObjectStore, ObjectUri
+from blocks.object_store import LocalObjectStore, ObjectStore, ObjectUri
+from blocks.s3 import S3ObjectStore
 from blocks.watermark import Watermark
 from gpuflow.request import ModelRef
 
@@ -33,7 +35,10 @@ class GpuflowStack(Block):
         description="Shared storage, mounted at this same path in every pod, task and process."
     )
     jobs_root: Path = Field(description="Directory holding the job projects (jobs/<name>/).")
-    object_store: LocalObjectStore
+    object_store: LocalObjectStore | S3ObjectStore
+    model_store: LocalObjectStore | S3ObjectStore | HttpSource | None = Field(
+        default=None, description="Where models_uri lives when not in object_store (e.g. https)."
+    )
     models_uri: str = Field(description="Prefix of model sources: <models_uri>/<name>/<revision>/.")
     outputs_uri: str = Field(description="Prefix under which each run uploads its results.")
     compute: LocalSubprocess
@@ -47,6 +52,10 @@ class GpuflowStack(Block):
     @property
     def model_cache(self) -> ModelCache:
         return ModelCache(root=self.nas_root / "models")
+
+    @property
+    def models_store(self) -> ObjectStore:
+        return self.model_store or self.object_store
 
     @property
     def environments(self) -> EnvironmentFabric:

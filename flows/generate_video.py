@@ -62,7 +62,7 @@ def stage_inputs(stack: GpuflowStack, request: VideoRequest, workspace: Workspac
 def download_model(stack: GpuflowStack, request: VideoRequest) -> CachedModel:
     """Fill the NAS model cache (once, whatever the number of runs asking)."""
     cached = stack.model_cache.ensure(
-        request.model, stack.object_store, stack.model_source(request.model)
+        request.model, stack.models_store, stack.model_source(request.model)
     )
     logger = get_run_logger()
     if cached.downloaded:
@@ -214,14 +214,16 @@ async def generate_video(request: VideoRequest, stack: str = "default") -> str:
     try:
         with costs.step("stage_inputs"):
             image = stage_inputs(pipeline, request, workspace)
-        with costs.step("download_model"):
-            model = download_model(pipeline, request)
-        costs.bytes_in = image.stat().st_size + model.bytes_downloaded
-        with costs.step("resolve_environment"):
-            env = resolve_environment(pipeline, request)
-        job = i2v_job_spec(pipeline, request, env, model, image, workspace)
-        with costs.step("run_gpu_job"):
-            result = await run_gpu_job(pipeline, job, limits)
+        # Marks the model in use until the job ends: the cache's LRU eviction skips it.
+        with pipeline.model_cache.hold(request.model):
+            with costs.step("download_model"):
+                model = download_model(pipeline, request)
+            costs.bytes_in = image.stat().st_size + model.bytes_downloaded
+            with costs.step("resolve_environment"):
+                env = resolve_environment(pipeline, request)
+            job = i2v_job_spec(pipeline, request, env, model, image, workspace)
+            with costs.step("run_gpu_job"):
+                result = await run_gpu_job(pipeline, job, limits)
         costs.gpu_seconds = result.duration_s * request.gpus
         with costs.step("postprocess"):
             video = postprocess(pipeline, workspace.output_path("raw.mp4"), workspace)
