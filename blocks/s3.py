@@ -109,6 +109,7 @@ class S3ObjectStore(ObjectStore):
     transfer: TransferSettings = Field(default_factory=TransferSettings)
 
     _client: S3Client | None = PrivateAttr(default=None)
+    _client_settings: tuple[object, ...] = PrivateAttr(default=())
     _client_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @classmethod
@@ -133,8 +134,19 @@ class S3ObjectStore(ObjectStore):
     @property
     def client(self) -> S3Client:
         """One thread-safe boto3 client, with a connection per transfer worker."""
+        # Keyed on the settings it was made from: a model_copy with other credentials
+        # or endpoint must not reuse this one.
+        settings = (
+            self.endpoint_url,
+            self.region_name,
+            self.addressing_style,
+            self.credentials.model_dump_json(),
+            self.credentials.aws_secret_access_key,
+            self.transfer.max_concurrency,
+            self.verify_tls,
+        )
         with self._client_lock:
-            if self._client is None:
+            if self._client is None or self._client_settings != settings:
                 config = Config(
                     s3={"addressing_style": self.addressing_style},
                     max_pool_connections=self.transfer.max_concurrency * 2,
@@ -153,6 +165,7 @@ class S3ObjectStore(ObjectStore):
                     verify=self.verify_tls,
                     config=config,
                 )
+                self._client_settings = settings
             return self._client
 
     def stat(self, uri: str) -> ObjectInfo:

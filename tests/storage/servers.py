@@ -73,13 +73,17 @@ class CountingProxy:
         self.url = f"http://127.0.0.1:{self.port}"
         self._lock = threading.Lock()
         self.bytes_down = 0
+        self._generation = 0
         self.delay_per_chunk_s = 0.0
         self._closed = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def reset(self) -> None:
+        """Zero the count; connections opened before now no longer count (a killed
+        client's connections may still drain)."""
         with self._lock:
             self.bytes_down = 0
+            self._generation += 1
 
     def close(self) -> None:
         self._closed.set()
@@ -92,15 +96,21 @@ class CountingProxy:
             except OSError:
                 return
             upstream = socket.create_connection(self._upstream)
-            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+            generation = self._generation
+            for source, sink, downstream in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(
+                    target=self._pump, args=(source, sink, downstream, generation), daemon=True
+                ).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, downstream: bool) -> None:
+    def _pump(
+        self, source: socket.socket, sink: socket.socket, downstream: bool, generation: int
+    ) -> None:
         try:
             while chunk := source.recv(256 * 1024):
                 if downstream:
                     with self._lock:
-                        self.bytes_down += len(chunk)
+                        if generation == self._generation:
+                            self.bytes_down += len(chunk)
                     if self.delay_per_chunk_s:
                         time.sleep(self.delay_per_chunk_s)
                 sink.sendall(chunk)
