@@ -252,9 +252,16 @@ def download_ranges(
             cancelled = threading.Event()
 
             def fetch(part: Part) -> list[str]:
-                digests = _fetch_part(
-                    uri, fd, part, len(parts) == 1, stream, settings, digest, block_size, cancelled
-                )
+                if cancelled.is_set():
+                    raise StoreError(f"{uri}: download stopped after another part failed")
+                try:
+                    digests = _fetch_part(
+                        uri, fd, part, len(parts) == 1, stream, settings, digest, block_size,
+                        cancelled,
+                    )  # fmt: skip
+                except BaseException:
+                    cancelled.set()  # before this worker picks up the next queued part
+                    raise
                 if journal_file is not None:
                     with journal_lock:
                         journal_file.write(json.dumps({"part": part.number, "digests": digests}))
@@ -292,7 +299,9 @@ def _wait_all(futures: Iterable[Future[T]], cancelled: threading.Event) -> None:
     failed = [future for future in finished if future.exception() is not None]
     if failed:
         cancelled.set()
-        wait(pending)
+        for future in pending:
+            future.cancel()  # parts not started yet never start
+        wait([future for future in pending if not future.cancelled()])
         raise failed[0].exception()  # type: ignore[misc]
 
 
