@@ -11,18 +11,21 @@ cache published by any web server is a source for another.
 from __future__ import annotations
 
 import builtins
+import contextlib
+import http.client
 import json
+import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import quote
+from urllib.parse import quote, urljoin, urlsplit
 
 import urllib3
 from pydantic import Field, PrivateAttr, SecretStr
 
 from blocks.object_store import ObjectInfo, ObjectStore, safe_relative_path
-from blocks.transfer import Part, TransferSettings, download_ranges, plan_parts
+from blocks.transfer import Part, PartReader, TransferSettings, download_ranges, plan_parts
 from gpuflow.errors import (
     GpuflowError,
     IntegrityError,
@@ -52,6 +55,7 @@ class HttpSource(ObjectStore):
     transfer: TransferSettings = Field(default_factory=TransferSettings)
 
     _pool: urllib3.PoolManager | None = PrivateAttr(default=None)
+    _connections: _ThreadConnections = PrivateAttr(default_factory=lambda: _ThreadConnections())
     _pool_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @property
@@ -105,19 +109,25 @@ class HttpSource(ObjectStore):
         settings = self.transfer
         parts = plan_parts(size, settings) if ranged else [Part(1, 0, size)]
 
-        def stream(part: Part, whole: bool) -> Iterator[bytes]:
-            headers = {} if whole else {"Range": f"bytes={part.offset}-{part.end}"}
+        # Ranges go to where the HEAD was redirected (a hub sends files to its CDN).
+        location = urljoin(self._url(uri), head.geturl() or "")
+
+        @contextlib.contextmanager
+        def stream(part: Part, whole: bool) -> Iterator[PartReader]:
+            headers = {"Accept-Encoding": "identity", **self._auth_headers()}
             if not whole:
+                headers["Range"] = f"bytes={part.offset}-{part.end}"
                 headers["If-Range"] = validator
-            response = self._request(uri, "GET", headers, stream=True)
+            connection, response = self._connections.get(location, headers, self)
             try:
-                if not whole and response.status != 206:
+                if response.status >= 400:
+                    raise _status_error(uri, response.status)
+                if response.status != (200 if whole else 206):
                     raise IntegrityError(uri, "the file changed during the download")
-                yield from response.stream(settings.chunk_size)
-            except (urllib3.exceptions.HTTPError, OSError) as error:
-                raise StoreError(f"{uri}: connection lost mid-part: {error}") from None
+                yield _SocketReader(uri, response)
             finally:
-                response.release_conn()
+                if not response.isclosed():
+                    connection.close()  # not read to the end: unusable for the next request
 
         result = download_ranges(
             uri,
@@ -138,14 +148,20 @@ class HttpSource(ObjectStore):
     ) -> builtins.list[ObjectInfo]:
         raise StoreAccessError(prefix_uri, "https sources are read-only")
 
+    def _url(self, uri: str) -> str:
+        parsed = self.check_uri(uri)
+        return f"{parsed.scheme}://{parsed.bucket}/{quote(parsed.key)}"
+
+    def _auth_headers(self) -> dict[str, str]:
+        if self.bearer_token is None:
+            return {}
+        return {"Authorization": f"Bearer {self.bearer_token.get_secret_value()}"}
+
     def _request(
         self, uri: str, method: str, headers: dict[str, str] | None = None, stream: bool = False
     ) -> Any:
-        parsed = self.check_uri(uri)
-        url = f"{parsed.scheme}://{parsed.bucket}/{quote(parsed.key)}"
-        all_headers = dict(headers or {})
-        if self.bearer_token is not None:
-            all_headers["Authorization"] = f"Bearer {self.bearer_token.get_secret_value()}"
+        url = self._url(uri)
+        all_headers = {**(headers or {}), **self._auth_headers()}
         try:
             response = self.pool.request(
                 method, url, headers=all_headers, preload_content=not stream, redirect=True
@@ -157,6 +173,61 @@ class HttpSource(ObjectStore):
         response.drain_conn()
         response.release_conn()
         raise _status_error(uri, response.status)
+
+
+class _ThreadConnections(threading.local):
+    """One kept-alive connection per origin and worker thread, for the ranged GETs.
+
+    The ranges use ``http.client`` itself: its responses read straight from the
+    socket into the destination's pages, where urllib3 would copy through a buffer.
+    """
+
+    def __init__(self) -> None:
+        self.by_origin: dict[tuple[str, str], http.client.HTTPConnection] = {}
+
+    def get(
+        self, url: str, headers: dict[str, str], source: HttpSource
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        parts = urlsplit(url)
+        origin = (parts.scheme, parts.netloc)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        for attempt in (1, 2):
+            connection = self.by_origin.get(origin)
+            if connection is None:
+                connection = _connect(parts.scheme, parts.netloc, source)
+                self.by_origin[origin] = connection
+            try:
+                connection.request("GET", target, headers=headers)
+                return connection, connection.getresponse()
+            except (http.client.HTTPException, OSError):
+                # The server may have closed a kept-alive connection: one more, fresh.
+                connection.close()
+                del self.by_origin[origin]
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+
+def _connect(scheme: str, netloc: str, source: HttpSource) -> http.client.HTTPConnection:
+    if scheme == "http":
+        return http.client.HTTPConnection(netloc, timeout=source.timeout_s)
+    context = ssl.create_default_context()
+    if not source.verify_tls:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return http.client.HTTPSConnection(netloc, timeout=source.timeout_s, context=context)
+
+
+class _SocketReader:
+    def __init__(self, uri: str, response: http.client.HTTPResponse) -> None:
+        self._uri = uri
+        self._response = response
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        try:
+            return self._response.readinto(buffer)
+        except (http.client.HTTPException, OSError) as error:
+            raise StoreError(f"{self._uri}: connection lost mid-part: {error!r}") from None
 
 
 def _status_error(uri: str, status: int) -> GpuflowError:

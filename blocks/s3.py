@@ -30,6 +30,7 @@ from pydantic import Field, PrivateAttr
 from blocks.object_store import ObjectInfo, ObjectStore, ObjectUri
 from blocks.transfer import (
     Part,
+    PartReader,
     TransferSettings,
     download_ranges,
     file_digest,
@@ -214,7 +215,8 @@ class S3ObjectStore(ObjectStore):
             len(parts) == 1 and bool(_PLAIN_MD5.match(etag))
         )
 
-        def stream(part: Part, whole: bool) -> Iterator[bytes]:
+        @contextlib.contextmanager
+        def stream(part: Part, whole: bool) -> Iterator[PartReader]:
             extra = {} if whole else {"Range": f"bytes={part.offset}-{part.end}"}
             response = self._call(
                 uri,
@@ -226,9 +228,7 @@ class S3ObjectStore(ObjectStore):
             )
             body = response["Body"]
             try:
-                yield from body.iter_chunks(settings.chunk_size)
-            except (BotoCoreError, OSError) as error:
-                raise StoreError(f"{uri}: connection lost mid-part: {error}") from None
+                yield _BodyReader(uri, body)
             finally:
                 body.close()
 
@@ -379,6 +379,18 @@ class S3ObjectStore(ObjectStore):
         except BotoCoreError:
             return True  # cannot tell: report the object as missing, not the bucket
         return True
+
+
+class _BodyReader:
+    def __init__(self, uri: str, body: Any) -> None:
+        self._uri = uri
+        self._body = body
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        try:
+            return int(self._body.readinto(buffer))
+        except (BotoCoreError, OSError) as error:
+            raise StoreError(f"{self._uri}: connection lost mid-part: {error}") from None
 
 
 def _etag(response: dict[str, Any]) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import itertools
 import os
 from collections.abc import Iterator
@@ -59,12 +61,12 @@ class _Source:
         self.fail_part = fail_part
         self.fetched: list[int] = []
 
-    def stream(self, part: Part, whole: bool) -> Iterator[bytes]:
+    @contextlib.contextmanager
+    def stream(self, part: Part, whole: bool) -> Iterator[io.BytesIO]:
         self.fetched.append(part.number)
         if part.number == self.fail_part:
-            yield self.data[part.offset : part.offset + 10]
-            raise KeyboardInterrupt  # as if the process were killed mid-part
-        yield self.data[part.offset : part.offset + part.length]
+            raise KeyboardInterrupt  # as if the process were killed as this part began
+        yield io.BytesIO(self.data[part.offset : part.offset + part.length])
 
 
 def _download(source: _Source, destination: Path, settings: TransferSettings) -> object:
@@ -122,8 +124,9 @@ def test_a_failed_verification_publishes_nothing(tmp_path: Path) -> None:
 
 
 def test_a_part_that_ends_short_fails_naming_the_uri(tmp_path: Path) -> None:
-    def short(part: Part, whole: bool) -> Iterator[bytes]:
-        yield b"x" * (part.length - 1)
+    @contextlib.contextmanager
+    def short(part: Part, whole: bool) -> Iterator[io.BytesIO]:
+        yield io.BytesIO(b"x" * (part.length - 1))
 
     with pytest.raises(IntegrityError, match=r"s3://b/k.*ended after"):
         download_ranges(
