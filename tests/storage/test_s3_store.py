@@ -16,9 +16,14 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from prefect_aws import AwsCredentials
 
+from blocks.local import LocalSubprocess
 from blocks.s3 import S3ObjectStore
+from blocks.stack import GpuflowStack
 from blocks.transfer import MiB, journal_path, partial_path
-from gpuflow.errors import ObjectNotFoundError, StoreAccessError, UriError
+from flows.generate_video import stage_inputs
+from gpuflow.errors import ObjectNotFoundError, StoreAccessError, UriError, WorkspacePathError
+from gpuflow.request import VideoRequest
+from gpuflow.workspace import Workspace
 from tests.storage.conftest import SECRET, SMALL_PARTS
 from tests.storage.helpers import random_file, sha256_of
 from tests.storage.servers import CountingProxy, MotoServer
@@ -268,3 +273,46 @@ def test_no_secret_in_logs_errors_or_saved_form(
     assert SECRET not in s3_store.model_dump_json()
     assert SECRET not in repr(s3_store)
     assert os.environ.get("AWS_SECRET_ACCESS_KEY") != SECRET
+
+
+@pytest.mark.parametrize(
+    ("key", "staged_as"),
+    [("cat.png", "cat.png"), ("../../etc/passwd", "passwd"), ("in/../../x.png", "x.png")],
+)
+def test_inputs_are_staged_inside_the_workspace(
+    s3_store: S3ObjectStore, bucket: str, tmp_path: Path, key: str, staged_as: str
+) -> None:
+    s3_store.client.put_object(Bucket=bucket, Key=key, Body=b"image bytes")
+    stack = _stack(s3_store, bucket, tmp_path)
+    workspace = Workspace.create(stack.nas_root, "run-1")
+    request = VideoRequest(prompt="a cat", image_uri=f"s3://{bucket}/{key}")
+
+    staged = stage_inputs.fn(stack, request, workspace)
+
+    assert staged == workspace.inputs / staged_as
+    assert staged.read_bytes() == b"image bytes"
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [staged]
+
+
+def test_an_input_key_naming_a_parent_directory_is_refused(
+    s3_store: S3ObjectStore, bucket: str, tmp_path: Path
+) -> None:
+    s3_store.client.put_object(Bucket=bucket, Key="in/..", Body=b"x")
+    stack = _stack(s3_store, bucket, tmp_path)
+    workspace = Workspace.create(stack.nas_root, "run-2")
+    request = VideoRequest(prompt="a cat", image_uri=f"s3://{bucket}/in/..")
+
+    with pytest.raises(WorkspacePathError, match=r"'\.\.' escapes the workspace"):
+        stage_inputs.fn(stack, request, workspace)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def _stack(store: S3ObjectStore, bucket: str, tmp_path: Path) -> GpuflowStack:
+    return GpuflowStack(
+        nas_root=tmp_path / "nas",
+        jobs_root=REPOSITORY / "jobs",
+        object_store=store,
+        models_uri=f"s3://{bucket}/models",
+        outputs_uri=f"s3://{bucket}/outputs",
+        compute=LocalSubprocess(devices=[], lock_dir=tmp_path / "nas" / "locks"),
+    )
