@@ -74,7 +74,7 @@ class ModelCache(Block):
     lock_timeout_s: float = Field(
         default=3600.0, gt=0, description="How long to wait for another run's download."
     )
-    verify: Literal["stat", "checksum"] = Field(
+    verification: Literal["stat", "checksum"] = Field(
         default="stat",
         description="stat: hash again only files whose size or mtime changed; "
         "checksum: hash every file on every use.",
@@ -110,7 +110,11 @@ class ModelCache(Block):
         return CachedModel(final, downloaded=size > 0, bytes_downloaded=size)
 
     def is_ready(self, model: ModelRef) -> bool:
-        return self._check(self.model_dir(model)).ready
+        return self.verify(self.model_dir(model))
+
+    def verify(self, model_dir: Path) -> bool:
+        """True when every file of the manifest is present with its size and checksum."""
+        return self._check(model_dir).ready
 
     @contextlib.contextmanager
     def hold(self, model: ModelRef) -> Iterator[None]:
@@ -187,7 +191,7 @@ class ModelCache(Block):
                 continue
             if stat.st_size != entry["size"]:
                 broken.append(entry["path"])
-            elif self.verify == "checksum" or stat.st_mtime_ns != entry.get("mtime_ns"):
+            elif self.verification == "checksum" or stat.st_mtime_ns != entry.get("mtime_ns"):
                 if file_digest(path, "sha256") != entry["sha256"]:
                     broken.append(entry["path"])
                 elif stat.st_mtime_ns != entry.get("mtime_ns"):
@@ -226,8 +230,8 @@ class ModelCache(Block):
     def _fill(self, final: Path, model: ModelRef, store: ObjectStore, source_uri: str) -> int:
         # A fixed name (only the lock holder writes here): a killed fill resumes.
         staging = final.with_name(f".{final.name}.partial")
+        objects = list(store.list(source_uri))  # a missing source leaves nothing behind
         staging.mkdir(parents=True, exist_ok=True)
-        objects = list(store.list(source_uri))
         plan = [(info, staging / store.relative_key(source_uri, info.uri)) for info in objects]
         fetched = 0
         files: list[dict[str, Any]] = []
