@@ -178,8 +178,8 @@ class HttpSource(ObjectStore):
 class _ThreadConnections(threading.local):
     """One kept-alive connection per origin and worker thread, for the ranged GETs.
 
-    The ranges use ``http.client`` itself: its responses read straight from the
-    socket into the destination's pages, where urllib3 would copy through a buffer.
+    The ranges use ``http.client`` itself: its ``readinto`` fills the caller's buffer
+    from the socket directly, where urllib3's copies through an intermediate bytes object.
     """
 
     def __init__(self) -> None:

@@ -179,7 +179,7 @@ class _BlockDigester:
 
 
 class PartReader(Protocol):
-    """The body of one part's response: reads straight into the destination's pages."""
+    """The body of one part's response, read into the caller's buffer."""
 
     def readinto(self, buffer: memoryview, /) -> int: ...
 
