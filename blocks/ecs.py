@@ -26,8 +26,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, TypeVar
 
 import anyio
-from botocore.config import Config  # type: ignore[import-untyped]
-from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 from gpuflow_progress import ExitCode
 from prefect.logging import get_logger
 from prefect_aws import AwsCredentials

@@ -8,11 +8,13 @@ atomically: a destination file appears only when it is complete.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import ClassVar
@@ -71,6 +73,26 @@ class ObjectUri:
 class ObjectInfo:
     uri: str
     size: int
+    etag: str | None = None
+    sha256: str | None = None  # when the store publishes one (an https source's index)
+
+
+def safe_relative_path(relative_key: str, uri: str) -> PurePosixPath:
+    """``relative_key`` as a path that stays inside whatever directory it is joined to.
+
+    Object keys are arbitrary strings: ``../../etc/passwd`` or ``/etc/passwd`` are valid
+    keys, so a key is refused (naming its URI) unless every segment is a plain name.
+    """
+    segments = relative_key.split("/")
+    if (
+        not relative_key
+        or relative_key.startswith("/")
+        or "\\" in relative_key
+        or "\x00" in relative_key
+        or any(segment in ("", ".", "..") for segment in segments)
+    ):
+        raise UriError(uri, "its key would write outside the destination directory")
+    return PurePosixPath(*segments)
 
 
 class ObjectStore(Block, ABC):
@@ -103,6 +125,39 @@ class ObjectStore(Block, ABC):
     @abstractmethod
     def upload(self, source: Path, uri: str) -> ObjectInfo:
         """Copy a local file to ``uri``, which appears only once complete."""
+
+    def download_prefix(
+        self, prefix_uri: str, destination: Path, concurrency: int = 8
+    ) -> builtins.list[ObjectInfo]:
+        """Copy every object under ``prefix_uri`` into ``destination``, keeping relative keys.
+
+        Every key is checked before anything is written: one that would land outside
+        ``destination`` fails the whole call, naming its URI.
+        """
+        objects = list(self.list(prefix_uri))
+        targets = [destination / self.relative_key(prefix_uri, info.uri) for info in objects]
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            return list(pool.map(self.download, [info.uri for info in objects], targets))
+
+    def upload_prefix(
+        self, source: Path, prefix_uri: str, concurrency: int = 8
+    ) -> builtins.list[ObjectInfo]:
+        """Copy every file under the directory ``source`` to ``prefix_uri``/<relative path>."""
+        if not source.is_dir():
+            raise StoreError(f"{source} is not a directory")
+        prefix = self.check_uri(prefix_uri)
+        files = sorted(path for path in source.rglob("*") if path.is_file())
+        uris = [str(prefix.join(*path.relative_to(source).parts)) for path in files]
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            return list(pool.map(self.upload, files, uris))
+
+    def relative_key(self, prefix_uri: str, uri: str) -> PurePosixPath:
+        """The key of ``uri`` below ``prefix_uri``, refused if it could escape a directory."""
+        prefix = ObjectUri.parse(prefix_uri).key.rstrip("/")
+        key = ObjectUri.parse(uri).key
+        if prefix and not key.startswith(prefix + "/"):
+            raise UriError(uri, f"it is not under the prefix {prefix_uri}")
+        return safe_relative_path(key[len(prefix) + 1 :] if prefix else key, uri)
 
 
 def sha256_file(path: Path) -> str:

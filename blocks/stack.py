@@ -14,10 +14,12 @@ from pydantic import Field, SecretStr, model_validator
 
 from blocks.ecs import EcsTask
 from blocks.environment import EnvironmentFabric
+from blocks.http_source import HttpSource
 from blocks.kubernetes import KubernetesPyTorchJob
 from blocks.local import LocalSubprocess
 from blocks.model_cache import ModelCache
-from blocks.object_store import LocalObjectStore, ObjectUri
+from blocks.object_store import LocalObjectStore, ObjectStore, ObjectUri
+from blocks.s3 import S3ObjectStore
 from blocks.watermark import Watermark
 from gpuflow.admission import AdmissionQueue, admission_queue
 from gpuflow.job_registry import JobRegistry
@@ -37,7 +39,10 @@ class GpuflowStack(Block):
         description="Shared storage, mounted at this same path in every pod, task and process."
     )
     jobs_root: Path = Field(description="Directory holding the job projects (jobs/<name>/).")
-    object_store: LocalObjectStore
+    object_store: LocalObjectStore | S3ObjectStore
+    model_store: LocalObjectStore | S3ObjectStore | HttpSource | None = Field(
+        default=None, description="Where models_uri lives when not in object_store (e.g. https)."
+    )
     models_uri: str = Field(description="Prefix of model sources: <models_uri>/<name>/<revision>/.")
     outputs_uri: str = Field(description="Prefix under which each run uploads its results.")
     compute: LocalSubprocess | KubernetesPyTorchJob | EcsTask
@@ -77,6 +82,10 @@ class GpuflowStack(Block):
     @property
     def model_cache(self) -> ModelCache:
         return ModelCache(root=self.nas_root / "models")
+
+    @property
+    def models_store(self) -> ObjectStore:
+        return self.model_store or self.object_store
 
     @property
     def environments(self) -> EnvironmentFabric:

@@ -71,7 +71,7 @@ def stage_inputs(stack: GpuflowStack, request: VideoRequest, workspace: Workspac
 def download_model(stack: GpuflowStack, request: VideoRequest) -> CachedModel:
     """Fill the NAS model cache (once, whatever the number of runs asking)."""
     cached = stack.model_cache.ensure(
-        request.model, stack.object_store, stack.model_source(request.model)
+        request.model, stack.models_store, stack.model_source(request.model)
     )
     logger = get_run_logger()
     if cached.downloaded:
@@ -296,16 +296,18 @@ async def generate_video(request: VideoRequest, stack: str = "default") -> str:
     run_id = str(flow_run.get_id() or "local")
     workspace = Workspace.create(pipeline.nas_root, run_id)
     costs = _Costs()
-    env_hold = ExitStack()  # keeps GC away from the env until the job is done with it
+    holds = ExitStack()  # keeps GC away from the model and env until the job is done
     try:
         with costs.step("stage_inputs"):
             image = stage_inputs(pipeline, request, workspace)
+        # Marks the model in use until the job ends: the cache's LRU eviction skips it.
+        holds.enter_context(pipeline.model_cache.hold(request.model))
         with costs.step("download_model"):
             model = download_model(pipeline, request)
         costs.bytes_in = image.stat().st_size + model.bytes_downloaded
         with costs.step("resolve_environment"):
             env = resolve_environment(pipeline, request)
-        env_hold.enter_context(pipeline.environments.hold(env.key))
+        holds.enter_context(pipeline.environments.hold(env.key))
         job = i2v_job_spec(pipeline, request, env, model, image, workspace)
         with costs.step("run_gpu_job"):
             result = await run_gpu_job(pipeline, job, limits, request.priority)
@@ -316,7 +318,7 @@ async def generate_video(request: VideoRequest, stack: str = "default") -> str:
             uri = upload(pipeline, video, run_id)
         costs.bytes_out = video.stat().st_size
     finally:
-        env_hold.close()
+        holds.close()
         workspace.remove()
 
     await acreate_link_artifact(uri, link_text=f"{request.resolution} video", description="Result")

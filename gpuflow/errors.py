@@ -37,6 +37,22 @@ class StoreError(GpuflowError):
     retryable = True
 
 
+class StoreAccessError(GpuflowError, PermissionError):
+    """The store refused the credentials or the operation: retrying cannot help."""
+
+    def __init__(self, uri: str, reason: str) -> None:
+        super().__init__(f"{uri}: {reason}")
+        self.uri = uri
+
+
+class IntegrityError(StoreError):
+    """Transferred bytes do not match the object's size or checksum (retrying may help)."""
+
+    def __init__(self, uri: str, reason: str) -> None:
+        super().__init__(f"{uri}: integrity check failed: {reason}")
+        self.uri = uri
+
+
 class WorkspacePathError(GpuflowError, ValueError):
     def __init__(self, name: str, workspace: str) -> None:
         super().__init__(f"path {name!r} escapes the workspace {workspace}")

@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import boto3  # type: ignore[import-untyped]
+import boto3
 import pytest
 from prefect_aws import AwsCredentials
 

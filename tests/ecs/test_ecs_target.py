@@ -19,9 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import botocore.session  # type: ignore[import-untyped]
+import botocore.session
 import pytest
-from botocore.validate import ParamValidator  # type: ignore[import-untyped]
+from botocore.validate import ParamValidator
 from gpuflow_progress import ExitCode, Progress, encode
 from prefect_aws import AwsCredentials
 

@@ -6,9 +6,9 @@ import asyncio
 import json
 from typing import Any, cast
 
-import botocore.session  # type: ignore[import-untyped]
+import botocore.session
 import pytest
-from botocore.validate import ParamValidator  # type: ignore[import-untyped]
+from botocore.validate import ParamValidator
 from prefect_aws.workers.ecs_worker import ECSJobConfiguration
 
 from deployments.ecs_template import TEMPLATE_PATH, ecs_base_job_template, render

@@ -18,7 +18,7 @@ from prefect.client.schemas.objects import State
 
 from blocks.environment import METADATA, environment_key
 from blocks.model_cache import MANIFEST
-from blocks.object_store import ObjectUri
+from blocks.object_store import LocalObjectStore, ObjectUri
 from flows.generate_video import generate_video
 from gpuflow.embedded import DEFAULT_MODEL, EmbeddedLayout, repository_jobs_root
 from gpuflow.errors import GpuCapacityError, JobFailedError, ObjectNotFoundError
@@ -151,7 +151,7 @@ def test_second_run_reuses_cached_model_and_environment(
 def test_missing_input_object_fails_cleanly(
     layout: EmbeddedLayout, stack_name: str, gpu_limit_name: str
 ) -> None:
-    missing = layout.stack().object_store.uri_for("samples/nope.png")
+    missing = LocalObjectStore(root=layout.store_root).uri_for("samples/nope.png")
     state = _run(_request(layout, image_uri=missing), stack_name)
     assert state.is_failed()
     with pytest.raises(ObjectNotFoundError, match=r"samples/nope\.png"):
@@ -167,7 +167,7 @@ def test_unreadable_image_is_an_input_error_and_not_retried(
     state = _run(
         _request(
             layout,
-            image_uri=layout.stack().object_store.uri_for(
+            image_uri=LocalObjectStore(root=layout.store_root).uri_for(
                 str(broken.relative_to(layout.store_root))
             ),
         ),

@@ -1,0 +1,207 @@
+"""Real servers the storage tests talk to over loopback HTTP.
+
+- ``MotoServer``: moto's S3 server in its own process (boto3 reaches it over HTTP).
+- ``CountingProxy``: a TCP relay in front of any server that counts the bytes the
+  server sent and can slow them down (to stop a download midway).
+- ``RangeFileServer``: a static file server with ``Range``/``ETag`` support, the
+  stand-in for an https model host (nginx in production, in the benchmark).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import hashlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class MotoServer:
+    """``python -m moto.server`` on a free loopback port, in a process of its own."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1):  # noqa: S310 (http)
+                    return
+            except OSError:
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+class CountingProxy:
+    """Relays TCP connections to ``upstream_port``; counts bytes the upstream sent back."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self._upstream = ("127.0.0.1", upstream_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._lock = threading.Lock()
+        self.bytes_down = 0
+        self._generation = 0
+        self.delay_per_chunk_s = 0.0
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def reset(self) -> None:
+        """Zero the count; connections opened before now no longer count (a killed
+        client's connections may still drain)."""
+        with self._lock:
+            self.bytes_down = 0
+            self._generation += 1
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self._upstream)
+            generation = self._generation
+            for source, sink, downstream in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(
+                    target=self._pump, args=(source, sink, downstream, generation), daemon=True
+                ).start()
+
+    def _pump(
+        self, source: socket.socket, sink: socket.socket, downstream: bool, generation: int
+    ) -> None:
+        try:
+            while chunk := source.recv(256 * 1024):
+                if downstream:
+                    with self._lock:
+                        if generation == self._generation:
+                            self.bytes_down += len(chunk)
+                    if self.delay_per_chunk_s:
+                        time.sleep(self.delay_per_chunk_s)
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+                end.close()
+
+
+_RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+
+
+class RangeFileServer:
+    """Serves ``root`` over HTTP/1.1 with single byte ranges, ETags and optional bearer auth."""
+
+    def __init__(self, root: Path, bearer_token: str | None = None) -> None:
+        self.root = root
+        self.requests: list[tuple[str, str, str | None]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # the request list above is the log
+
+            def do_HEAD(self) -> None:
+                self._serve(body=False)
+
+            def do_GET(self) -> None:
+                self._serve(body=True)
+
+            def _serve(self, body: bool) -> None:
+                server.requests.append((self.command, self.path, self.headers.get("Range")))
+                if bearer_token and self.headers.get("Authorization") != f"Bearer {bearer_token}":
+                    self._empty(HTTPStatus.UNAUTHORIZED)
+                    return
+                path = (server.root / self.path.lstrip("/")).resolve()
+                if not path.is_relative_to(server.root.resolve()) or not path.is_file():
+                    self._empty(HTTPStatus.NOT_FOUND)
+                    return
+                stat = path.stat()
+                size = stat.st_size
+                etag = '"' + hashlib.sha256(f"{size}-{stat.st_mtime_ns}".encode()).hexdigest() + '"'
+                start, end, status = 0, size - 1, HTTPStatus.OK
+                requested = self.headers.get("Range")
+                if_range = self.headers.get("If-Range")
+                if requested and (if_range is None or if_range == etag):
+                    match = _RANGE.match(requested)
+                    if not match or int(match.group(1)) >= size:
+                        self._empty(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+                        return
+                    start = int(match.group(1))
+                    end = min(int(match.group(2) or size - 1), size - 1)
+                    status = HTTPStatus.PARTIAL_CONTENT
+                self.send_response(status)
+                self.send_header("Content-Length", str(end - start + 1))
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("ETag", etag)
+                self.send_header(
+                    "Last-Modified", email.utils.formatdate(stat.st_mtime, usegmt=True)
+                )
+                if status == HTTPStatus.PARTIAL_CONTENT:
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+                self.end_headers()
+                if not body:
+                    return
+                with path.open("rb") as handle:
+                    handle.seek(start)
+                    remaining = end - start + 1
+                    while remaining:
+                        chunk = handle.read(min(256 * 1024, remaining))
+                        if not chunk:
+                            break
+                        self.wfile.write(chunk)
+                        remaining -= len(chunk)
+
+            def _empty(self, status: HTTPStatus) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,155 @@
+"""Transfer machinery without a server: part planning, ETags, resume journal, safe keys."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from blocks.object_store import safe_relative_path
+from blocks.transfer import (
+    S3_MAX_PARTS,
+    GiB,
+    MiB,
+    Part,
+    TransferSettings,
+    download_ranges,
+    journal_path,
+    multipart_etag,
+    partial_path,
+    plan_parts,
+)
+from gpuflow.errors import IntegrityError, UriError
+
+SETTINGS = TransferSettings(max_concurrency=4, single_stream_below=5 * MiB, min_part_size=5 * MiB)
+
+
+@pytest.mark.parametrize("size", [0, 1, 5 * MiB, 5 * MiB + 1, 1 * GiB + 7, 5000 * GiB])
+def test_parts_cover_the_object_within_s3_limits(size: int) -> None:
+    parts = plan_parts(size, SETTINGS)
+    assert parts[0].offset == 0 and sum(part.length for part in parts) == size
+    assert all(a.offset + a.length == b.offset for a, b in itertools.pairwise(parts))
+    assert len(parts) <= S3_MAX_PARTS
+    if len(parts) > 1:
+        assert all(5 * MiB <= part.length <= 5 * GiB for part in parts[:-1])
+
+
+def test_small_objects_are_one_stream_and_alignment_follows_upload_parts() -> None:
+    assert plan_parts(5 * MiB, SETTINGS) == [Part(1, 0, 5 * MiB)]
+    aligned = plan_parts(100 * MiB, SETTINGS, align=7 * MiB)
+    assert all(part.offset % (7 * MiB) == 0 for part in aligned)
+
+
+def test_multipart_etag_is_md5_of_part_md5s() -> None:
+    parts = [b"a" * 10, b"b" * 3]
+    md5s = [hashlib.md5(part, usedforsecurity=False).hexdigest() for part in parts]
+    joined = b"".join(hashlib.md5(part, usedforsecurity=False).digest() for part in parts)
+    assert multipart_etag(md5s) == hashlib.md5(joined, usedforsecurity=False).hexdigest() + "-2"
+
+
+class _Source:
+    """An in-memory object that records the parts asked for and can fail one."""
+
+    def __init__(self, data: bytes, fail_part: int | None = None) -> None:
+        self.data = data
+        self.fail_part = fail_part
+        self.fetched: list[int] = []
+
+    @contextlib.contextmanager
+    def stream(self, part: Part, whole: bool) -> Iterator[io.BytesIO]:
+        self.fetched.append(part.number)
+        if part.number == self.fail_part:
+            raise KeyboardInterrupt  # as if the process were killed as this part began
+        yield io.BytesIO(self.data[part.offset : part.offset + part.length])
+
+
+def _download(source: _Source, destination: Path, settings: TransferSettings) -> object:
+    size = len(source.data)
+    return download_ranges(
+        "s3://b/k",
+        destination,
+        size=size,
+        version="v1",
+        parts=plan_parts(size, settings),
+        stream=source.stream,
+        settings=settings,
+    )
+
+
+def test_interrupted_download_resumes_and_refetches_a_corrupted_finished_part(
+    tmp_path: Path,
+) -> None:
+    serial = SETTINGS.model_copy(update={"max_concurrency": 1, "max_part_size": 5 * MiB})
+    data = os.urandom(20 * MiB)  # four parts
+    destination = tmp_path / "out.bin"
+    with pytest.raises(KeyboardInterrupt):
+        _download(_Source(data, fail_part=3), destination, serial)
+    assert not destination.exists() and journal_path(destination).exists()
+    with partial_path(destination).open("r+b") as handle:  # damage finished part 2 on disk
+        handle.seek(5 * MiB + 1)
+        handle.write(b"\x00\xff")
+
+    again = _Source(data)
+    _download(again, destination, serial)
+
+    assert sorted(again.fetched) == [2, 3, 4]
+    assert destination.read_bytes() == data
+    assert not journal_path(destination).exists()
+
+
+def test_a_failed_verification_publishes_nothing(tmp_path: Path) -> None:
+    def reject(path: Path, digests: list[str]) -> None:
+        raise IntegrityError("s3://b/k", "checksum mismatch")
+
+    data = os.urandom(12 * MiB)
+    destination = tmp_path / "out.bin"
+    with pytest.raises(IntegrityError, match="s3://b/k"):
+        download_ranges(
+            "s3://b/k",
+            destination,
+            size=len(data),
+            version="v1",
+            parts=plan_parts(len(data), SETTINGS),
+            stream=_Source(data).stream,
+            settings=SETTINGS,
+            verify=reject,
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_part_that_ends_short_fails_naming_the_uri(tmp_path: Path) -> None:
+    @contextlib.contextmanager
+    def short(part: Part, whole: bool) -> Iterator[io.BytesIO]:
+        yield io.BytesIO(b"x" * (part.length - 1))
+
+    with pytest.raises(IntegrityError, match=r"s3://b/k.*ended after"):
+        download_ranges(
+            "s3://b/k",
+            tmp_path / "out",
+            size=100,
+            version="v1",
+            parts=[Part(1, 0, 100)],
+            stream=short,
+            settings=SETTINGS,
+        )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "key", ["../../etc/passwd", "/etc/passwd", "a/../../b", "a//b", "a\\..\\b", ".", "", "a/./b"]
+)
+def test_keys_that_could_escape_are_refused(key: str) -> None:
+    with pytest.raises(UriError, match="outside the destination"):
+        safe_relative_path(key, f"s3://bucket/{key}")
+
+
+def test_plain_nested_keys_are_kept() -> None:
+    assert str(safe_relative_path("weights/part-1.bin", "s3://b/weights/part-1.bin")) == (
+        "weights/part-1.bin"
+    )
