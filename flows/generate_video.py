@@ -34,10 +34,12 @@ from blocks.object_store import ObjectUri
 from blocks.stack import GpuflowStack
 from gpuflow.capacity import check_gpu_capacity
 from gpuflow.errors import GpuflowError, JobFailedError
+from gpuflow.events import GpuflowEvent, emit_run_event
 from gpuflow.request import VideoRequest
 from gpuflow.workspace import Workspace
 
 _PROGRESS_INTERVAL_S = 0.5
+OUTPUT_NAME = "video.mp4"
 
 
 def _retry_if_retryable(task: object, task_run: TaskRun, state: State) -> bool:
@@ -136,6 +138,12 @@ async def run_gpu_job(stack: GpuflowStack, job: JobSpec, limits: list[str]) -> J
                 await aupdate_progress_artifact(
                     artifact_id, event.percent, description=f"{job.name}: {event.message}"
                 )
+                emit_run_event(
+                    GpuflowEvent.JOB_PROGRESS,
+                    job.workdir.name,
+                    job=job.name,
+                    payload={"percent": event.percent, "message": event.message},
+                )
         elif isinstance(event, Output):
             logger.info("Job output %s: %s", event.name, event.path)
         elif event is None:
@@ -143,6 +151,8 @@ async def run_gpu_job(stack: GpuflowStack, job: JobSpec, limits: list[str]) -> J
 
     async with concurrency(limits, occupy=job.gpus, strict=True, lease_duration=stack.gpu_lease_s):
         logger.info("Holding %d slot(s) of %s", job.gpus, ", ".join(limits))
+        emit_run_event(GpuflowEvent.GPU_ADMITTED, job.workdir.name, job=job.name)
+        emit_run_event(GpuflowEvent.JOB_STARTED, job.workdir.name, job=job.name)
         result = await stack.compute.run(job, on_line)
     if result.exit_code != 0:
         raise JobFailedError(result.exit_code, "\n".join(result.last_lines[-5:]))
@@ -153,7 +163,7 @@ async def run_gpu_job(stack: GpuflowStack, job: JobSpec, limits: list[str]) -> J
 @task(cache_policy=NO_CACHE, retries=1, retry_condition_fn=_retry_if_retryable)
 def postprocess(stack: GpuflowStack, raw: Path, workspace: Workspace) -> Path:
     """Watermark and transcode the raw video (CPU only)."""
-    return stack.watermark.apply(raw, workspace.output_path("video.mp4"))
+    return stack.watermark.apply(raw, workspace.output_path(OUTPUT_NAME))
 
 
 @task(
@@ -220,6 +230,9 @@ async def generate_video(request: VideoRequest, stack: str = "default") -> str:
         with costs.step("resolve_environment"):
             env = resolve_environment(pipeline, request)
         job = i2v_job_spec(pipeline, request, env, model, image, workspace)
+        emit_run_event(
+            GpuflowEvent.RUN_QUEUED, run_id, job=job.name, payload={"gpus": request.gpus}
+        )
         with costs.step("run_gpu_job"):
             result = await run_gpu_job(pipeline, job, limits)
         costs.gpu_seconds = result.duration_s * request.gpus
@@ -228,8 +241,19 @@ async def generate_video(request: VideoRequest, stack: str = "default") -> str:
         with costs.step("upload"):
             uri = upload(pipeline, video, run_id)
         costs.bytes_out = video.stat().st_size
-    finally:
-        workspace.remove()
+    except BaseException as exc:
+        # Kept for debugging; the janitor removes it once keep_failed_workspaces_s is over.
+        workspace.keep_after_failure(
+            pipeline.keep_failed_workspaces_s, f"{type(exc).__name__}: {exc}"
+        )
+        emit_run_event(
+            GpuflowEvent.RUN_FAILED,
+            run_id,
+            payload={"error": f"{type(exc).__name__}: {exc}"[:2000]},
+        )
+        raise
+    workspace.remove()
+    emit_run_event(GpuflowEvent.RUN_COMPLETED, run_id, payload={"output_uri": uri})
 
     await acreate_link_artifact(uri, link_text=f"{request.resolution} video", description="Result")
     await acreate_table_artifact(costs.table(), description="Wall time per step and run costs")
