@@ -1,0 +1,134 @@
+"""The janitor flow: remove stale workspaces and watch the NAS disk (every 5 minutes).
+
+The GPU-slot reconciliation of the admission work joins this flow as one more task.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, cast
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import acreate_table_artifact
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field
+
+from blocks.stack import GpuflowStack
+from gpuflow.events import GpuflowEvent, emit_nas_event
+from gpuflow.janitor import DiskUsage, WorkspaceCleanup, clean_workspaces, disk_usage
+
+
+class JanitorPolicy(BaseModel):
+    """How the janitor decides what to remove and when to warn."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_age_hours: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=24 * 365,
+            description=(
+                "Remove a workspace without a failure marker once it is this old and its run "
+                "is no longer active (failed runs' workspaces go when their keep time is over)."
+            ),
+        ),
+    ] = 24.0
+    disk_warning_percent: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=100,
+            description="Emit a gpuflow.nas.disk-warning event when the NAS is fuller than this.",
+        ),
+    ] = 70.0
+    dry_run: Annotated[
+        bool, Field(description="Report what would be removed without removing anything.")
+    ] = False
+
+
+class JanitorReport(BaseModel):
+    workspaces: WorkspaceCleanup
+    disk: DiskUsage
+    disk_used_percent: float
+    disk_warning: bool
+
+
+@task(cache_policy=NO_CACHE)
+async def remove_stale_workspaces(stack: GpuflowStack, policy: JanitorPolicy) -> WorkspaceCleanup:
+    cleanup = await clean_workspaces(
+        stack.nas_root, policy.max_age_hours * 3600, dry_run=policy.dry_run
+    )
+    get_run_logger().info(
+        "%s %d of %d workspace(s), %d bytes freed; kept %d active, %d young, %d failed "
+        "(within their keep time); %d unrecognised entries left alone",
+        "Would remove" if policy.dry_run else "Removed",
+        cleanup.removed,
+        cleanup.scanned,
+        cleanup.bytes_freed,
+        cleanup.kept_active,
+        cleanup.kept_young,
+        cleanup.kept_failed,
+        cleanup.unrecognised,
+    )
+    return cleanup
+
+
+@task(cache_policy=NO_CACHE)
+def check_nas_disk(stack: GpuflowStack, policy: JanitorPolicy) -> DiskUsage:
+    usage = disk_usage(stack.nas_root)
+    logger = get_run_logger()
+    if usage.used_percent > policy.disk_warning_percent:
+        logger.warning(
+            "NAS %s is %.1f%% full (warning above %.1f%%): %d bytes free",
+            usage.path,
+            usage.used_percent,
+            policy.disk_warning_percent,
+            usage.free_bytes,
+        )
+        emit_nas_event(
+            GpuflowEvent.DISK_WARNING,
+            usage.path,
+            {
+                "used_percent": round(usage.used_percent, 2),
+                "threshold_percent": policy.disk_warning_percent,
+                "free_bytes": usage.free_bytes,
+                "total_bytes": usage.total_bytes,
+            },
+        )
+    else:
+        logger.info("NAS %s is %.1f%% full", usage.path, usage.used_percent)
+    return usage
+
+
+@flow(name="gpuflow-janitor")
+async def janitor(stack: str = "default", policy: JanitorPolicy | None = None) -> JanitorReport:
+    """Remove stale workspaces from the NAS and report its disk usage.
+
+    Args:
+        stack: Name of the saved ``gpuflow-stack`` block whose NAS to clean.
+        policy: Maximum age, disk warning threshold, dry run.
+    """
+    policy = policy or JanitorPolicy()
+    pipeline = cast(GpuflowStack, await GpuflowStack.aload(stack))
+    cleanup = await remove_stale_workspaces(pipeline, policy)
+    usage = check_nas_disk(pipeline, policy)
+    report = JanitorReport(
+        workspaces=cleanup,
+        disk=usage,
+        disk_used_percent=round(usage.used_percent, 2),
+        disk_warning=usage.used_percent > policy.disk_warning_percent,
+    )
+    await acreate_table_artifact(
+        [
+            {"measure": "workspaces scanned", "value": cleanup.scanned},
+            {"measure": "workspaces removed", "value": cleanup.removed},
+            {"measure": "bytes freed", "value": cleanup.bytes_freed},
+            {"measure": "kept: run active", "value": cleanup.kept_active},
+            {"measure": "kept: younger than max age", "value": cleanup.kept_young},
+            {"measure": "kept: failed, within keep time", "value": cleanup.kept_failed},
+            {"measure": "NAS used %", "value": report.disk_used_percent},
+            {"measure": "NAS free bytes", "value": usage.free_bytes},
+        ],
+        description="Janitor: workspaces removed and NAS disk usage",
+    )
+    return report
