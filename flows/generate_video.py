@@ -36,10 +36,10 @@ from gpuflow.capacity import check_gpu_capacity
 from gpuflow.errors import GpuflowError, JobFailedError
 from gpuflow.events import GpuflowEvent, emit_run_event
 from gpuflow.request import VideoRequest
+from gpuflow.submission import OUTPUT_NAME
 from gpuflow.workspace import Workspace
 
 _PROGRESS_INTERVAL_S = 0.5
-OUTPUT_NAME = "video.mp4"
 
 
 def _retry_if_retryable(task: object, task_run: TaskRun, state: State) -> bool:
