@@ -12,6 +12,7 @@ from uuid import UUID
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 from prefect.exceptions import PrefectHTTPStatusError
 
 from blocks.object_store import ObjectUri
@@ -133,7 +134,35 @@ def test_a_run_created_as_the_ui_does_completes_on_the_process_worker(
     facts = probe(video)
     assert (facts.width, facts.height, facts.frames) == (128, 96, 9)
     assert not (layout.nas_root / "workspaces" / str(run_id)).exists()
-    assert str(ObjectUri("file", "", str(video))).endswith(f"{run_id}/video.mp4")
+
+    # The run told Automations what happened, with the run and the flow run as resources.
+    async def run_events() -> dict[str, Any]:
+        async with get_client() as client:
+            page = await client.read_events(
+                filter=EventFilter(
+                    event=EventNameFilter(prefix=["gpuflow."]),
+                    resource=EventResourceFilter(id=[f"gpuflow.run.{run_id}"]),
+                ),
+                limit=50,
+            )
+            return {event.event: event for event in page.events}
+
+    deadline = time.monotonic() + 30
+    events = asyncio.run(run_events())
+    while "gpuflow.run.completed" not in events and time.monotonic() < deadline:
+        time.sleep(0.5)
+        events = asyncio.run(run_events())
+    assert set(events) >= {
+        "gpuflow.run.queued",
+        "gpuflow.gpu.admitted",
+        "gpuflow.job.started",
+        "gpuflow.job.progress",
+        "gpuflow.run.completed",
+    }, sorted(events)
+    completed = events["gpuflow.run.completed"]
+    assert completed.payload["output_uri"] == str(ObjectUri("file", "", str(video)))
+    related = {resource.id: resource.role for resource in completed.related}
+    assert related[f"prefect.flow-run.{run_id}"] == "flow-run"
 
 
 @pytest.mark.parametrize(
