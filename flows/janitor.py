@@ -1,7 +1,5 @@
-"""The janitor flow: remove stale workspaces and watch the NAS disk (every 5 minutes).
-
-The GPU-slot reconciliation of the admission work joins this flow as one more task.
-"""
+"""The janitor flow: remove stale workspaces, watch the NAS disk, report GPU slots in use
+(every 5 minutes)."""
 
 from __future__ import annotations
 
@@ -14,7 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.stack import GpuflowStack
 from gpuflow.events import GpuflowEvent, emit_nas_event
-from gpuflow.janitor import DiskUsage, WorkspaceCleanup, clean_workspaces, disk_usage
+from gpuflow.janitor import (
+    DiskUsage,
+    GpuSlotUsage,
+    WorkspaceCleanup,
+    clean_workspaces,
+    disk_usage,
+    gpu_slot_usage,
+)
 
 
 class JanitorPolicy(BaseModel):
@@ -51,6 +56,7 @@ class JanitorReport(BaseModel):
     disk: DiskUsage
     disk_used_percent: float
     disk_warning: bool
+    gpu_slots: list[GpuSlotUsage]
 
 
 @task(cache_policy=NO_CACHE)
@@ -100,6 +106,17 @@ def check_nas_disk(stack: GpuflowStack, policy: JanitorPolicy) -> DiskUsage:
     return usage
 
 
+@task(cache_policy=NO_CACHE)
+async def read_gpu_slots(stack: GpuflowStack) -> list[GpuSlotUsage]:
+    """GPU slots in use per limit: the names the slot reconciliation works on."""
+    usage = await gpu_slot_usage(stack.gpu_limit)
+    for item in usage:
+        get_run_logger().info(
+            "GPU limit %s: %d of %d slot(s) in use", item.name, item.active_slots, item.limit
+        )
+    return usage
+
+
 @flow(name="gpuflow-janitor")
 async def janitor(stack: str = "default", policy: JanitorPolicy | None = None) -> JanitorReport:
     """Remove stale workspaces from the NAS and report its disk usage.
@@ -112,23 +129,30 @@ async def janitor(stack: str = "default", policy: JanitorPolicy | None = None) -
     pipeline = cast(GpuflowStack, await GpuflowStack.aload(stack))
     cleanup = await remove_stale_workspaces(pipeline, policy)
     usage = check_nas_disk(pipeline, policy)
+    slots = await read_gpu_slots(pipeline)
     report = JanitorReport(
         workspaces=cleanup,
         disk=usage,
         disk_used_percent=round(usage.used_percent, 2),
         disk_warning=usage.used_percent > policy.disk_warning_percent,
+        gpu_slots=slots,
     )
+    rows: list[dict[str, object]] = [
+        {"measure": "workspaces scanned", "value": cleanup.scanned},
+        {"measure": "workspaces removed", "value": cleanup.removed},
+        {"measure": "bytes freed", "value": cleanup.bytes_freed},
+        {"measure": "kept: run active", "value": cleanup.kept_active},
+        {"measure": "kept: younger than max age", "value": cleanup.kept_young},
+        {"measure": "kept: failed, within keep time", "value": cleanup.kept_failed},
+        {"measure": "NAS used %", "value": report.disk_used_percent},
+        {"measure": "NAS free bytes", "value": usage.free_bytes},
+    ]
+    rows += [
+        {"measure": f"GPU slots in use: {item.name}", "value": f"{item.active_slots}/{item.limit}"}
+        for item in slots
+    ]
     await acreate_table_artifact(
-        [
-            {"measure": "workspaces scanned", "value": cleanup.scanned},
-            {"measure": "workspaces removed", "value": cleanup.removed},
-            {"measure": "bytes freed", "value": cleanup.bytes_freed},
-            {"measure": "kept: run active", "value": cleanup.kept_active},
-            {"measure": "kept: younger than max age", "value": cleanup.kept_young},
-            {"measure": "kept: failed, within keep time", "value": cleanup.kept_failed},
-            {"measure": "NAS used %", "value": report.disk_used_percent},
-            {"measure": "NAS free bytes", "value": usage.free_bytes},
-        ],
+        rows,
         description="Janitor: workspaces removed and NAS disk usage",
     )
     return report

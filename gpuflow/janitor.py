@@ -211,3 +211,26 @@ def disk_usage(path: Path) -> DiskUsage:
         used_bytes=usage.total - usage.free,
         free_bytes=usage.free,
     )
+
+
+class GpuSlotUsage(BaseModel):
+    name: str
+    active_slots: int
+    limit: int
+
+
+async def gpu_slot_usage(gpu_limit: str) -> list[GpuSlotUsage]:
+    """Slots in use of the GPU limit ``gpu_limit`` and of its per-type limits (``gpu:<type>``)."""
+    usage: list[GpuSlotUsage] = []
+    offset = 0
+    async with get_client() as client:
+        while True:
+            page = await client.read_global_concurrency_limits(limit=_API_PAGE, offset=offset)
+            usage.extend(
+                GpuSlotUsage(name=item.name, active_slots=item.active_slots, limit=item.limit)
+                for item in page
+                if item.name == gpu_limit or item.name.startswith(f"{gpu_limit}:")
+            )
+            if len(page) < _API_PAGE:
+                return sorted(usage, key=lambda item: item.name)
+            offset += _API_PAGE

@@ -15,6 +15,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State, StateType
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
+from deployments.bootstrap import bootstrap
 from flows.janitor import JanitorPolicy, JanitorReport, janitor
 from gpuflow.embedded import EmbeddedLayout
 from gpuflow.local_server import LocalServer
@@ -51,11 +52,15 @@ def _workspace(nas: Path, run_id: str, age_s: float, *, keep_for_s: float | None
 
 
 @pytest.fixture
-def janitor_stack(prefect_server: LocalServer, layout: EmbeddedLayout, tmp_path: Path) -> str:
-    """A stack whose NAS is this test's own directory."""
+def janitor_stack(
+    prefect_server: LocalServer, layout: EmbeddedLayout, tmp_path: Path, gpu_limit_name: str
+) -> str:
+    """A stack whose NAS is this test's own directory, with GPU limits of its own."""
     name = f"janitor-{uuid.uuid4().hex[:8]}"
-    stack = layout.stack().model_copy(update={"nas_root": tmp_path / "nas"})
-    asyncio.run(stack.asave(name))
+    stack = layout.stack().model_copy(
+        update={"nas_root": tmp_path / "nas", "gpu_limit": gpu_limit_name}
+    )
+    asyncio.run(bootstrap(stack, name, gpu_slots=4, per_type={"h100": 2}))
     return name
 
 
@@ -64,7 +69,7 @@ def _run_janitor(stack: str, **policy: Any) -> JanitorReport:
 
 
 def test_janitor_removes_only_stale_workspaces_of_finished_runs(
-    janitor_stack: str, tmp_path: Path
+    janitor_stack: str, tmp_path: Path, gpu_limit_name: str
 ) -> None:
     nas = tmp_path / "nas"
     active_types = [StateType.RUNNING, StateType.PENDING, StateType.PAUSED, StateType.CANCELLING]
@@ -111,6 +116,10 @@ def test_janitor_removes_only_stale_workspaces_of_finished_runs(
     assert (cleanup.kept_active, cleanup.kept_young, cleanup.kept_failed) == (4, 50, 1)
     assert cleanup.unrecognised == 2
     assert not report.disk_warning
+    assert [(s.name, s.active_slots, s.limit) for s in report.gpu_slots] == [
+        (gpu_limit_name, 0, 4),
+        (f"{gpu_limit_name}:h100", 0, 2),
+    ]
 
 
 def test_dry_run_reports_without_removing(janitor_stack: str, tmp_path: Path) -> None:
