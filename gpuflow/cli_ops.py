@@ -117,6 +117,8 @@ def janitor(
         f"{report.disk.free_bytes} bytes free"
         + (f" — above {disk_warning_percent:.0f}%!" if report.disk_warning else "")
     )
+    for slots in report.gpu_slots:
+        typer.echo(f"GPU limit {slots.name}: {slots.active_slots}/{slots.limit} slot(s) in use")
 
 
 def batch(

@@ -33,6 +33,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from pydantic import BaseModel
 
+from gpuflow.errors import GpuflowError
 from gpuflow.workspace import FAILURE_MARKER
 
 # States in which a flow run may still write to its workspace (AwaitingRetry is SCHEDULED).
@@ -203,8 +204,17 @@ class DiskUsage(BaseModel):
         return 100.0 * self.used_bytes / self.total_bytes if self.total_bytes else 0.0
 
 
+class NasUnavailableError(GpuflowError):
+    """The NAS root is missing here: not mounted, or mounted at another path."""
+
+
 def disk_usage(path: Path) -> DiskUsage:
-    usage = shutil.disk_usage(path)
+    try:
+        usage = shutil.disk_usage(path)
+    except FileNotFoundError:
+        raise NasUnavailableError(
+            f"NAS root {path} does not exist: is the shared storage mounted at this path here?"
+        ) from None
     return DiskUsage(
         path=str(path),
         total_bytes=usage.total,

@@ -152,7 +152,11 @@ def test_batch_check_lists_every_bad_line(
     assert "1 valid request(s), 2 invalid line(s)" in checked.stdout
 
 
-def test_janitor_command_reports_what_it_did(deployed: Deployed, env: dict[str, str]) -> None:
+def test_janitor_command_reports_what_it_did(
+    deployed: Deployed, layout: EmbeddedLayout, env: dict[str, str]
+) -> None:
+    layout.nas_root.mkdir(parents=True, exist_ok=True)
     done = _gpuflow(env, "janitor", "--stack", deployed.stack, "--dry-run")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Would remove" in done.stdout and "% used" in done.stdout
+    assert "GPU limit gpu: 0/" in done.stdout

@@ -18,6 +18,7 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFi
 from deployments.bootstrap import bootstrap
 from flows.janitor import JanitorPolicy, JanitorReport, janitor
 from gpuflow.embedded import EmbeddedLayout
+from gpuflow.janitor import NasUnavailableError
 from gpuflow.local_server import LocalServer
 from gpuflow.workspace import Workspace
 
@@ -164,3 +165,8 @@ def test_bad_policy_values_are_refused() -> None:
         JanitorPolicy(disk_warning_percent=150)
     with pytest.raises(ValueError, match="max_age_hours"):
         JanitorPolicy(max_age_hours=0)
+
+
+def test_a_missing_nas_is_named(janitor_stack: str, tmp_path: Path) -> None:
+    with pytest.raises(NasUnavailableError, match=f"NAS root {tmp_path / 'nas'} does not exist"):
+        _run_janitor(janitor_stack)
