@@ -57,6 +57,11 @@ class GpuflowStack(Block):
         default=300, ge=60, le=86400, description="Lease on GPU slots, renewed while a job runs."
     )
     job_timeout_s: float = Field(default=3600.0, gt=0)
+    keep_failed_workspaces_s: int = Field(
+        default=86400,
+        ge=0,
+        description="How long a failed run's workspace stays on the NAS for debugging.",
+    )
     fair_admission: bool = Field(
         default=True,
         description="Queue GPU requests by priority, then arrival, before they take slots.",

@@ -41,9 +41,11 @@ from blocks.stack import GpuflowStack
 from gpuflow.admission import Ticket, admitted
 from gpuflow.capacity import check_gpu_capacity
 from gpuflow.errors import GpuflowError, JobFailedError
+from gpuflow.events import GpuflowEvent, emit_run_event
 from gpuflow.gpu_slots import held_gpu_slots
 from gpuflow.job_registry import RunningJob
 from gpuflow.request import Priority, VideoRequest
+from gpuflow.submission import OUTPUT_NAME
 from gpuflow.workspace import Workspace
 
 _PROGRESS_INTERVAL_S = 0.5
@@ -146,7 +148,13 @@ async def run_gpu_job(
     async def on_line(line: str) -> None:
         event = parse_line(line)
         if isinstance(event, Progress):
-            await progress.update(event)
+            if await progress.update(event):
+                emit_run_event(
+                    GpuflowEvent.JOB_PROGRESS,
+                    job.workdir.name,
+                    job=job.name,
+                    payload={"percent": event.percent, "message": event.message},
+                )
         elif isinstance(event, Output):
             logger.info("Job output %s: %s", event.name, event.path)
         elif event is None:
@@ -167,8 +175,10 @@ async def run_gpu_job(
             held_gpu_slots(limits, job.gpus, stack.gpu_lease_s, holder)
         )
         logger.info("Holding %d slot(s) of %s", job.gpus, ", ".join(limits))
+        emit_run_event(GpuflowEvent.GPU_ADMITTED, job.workdir.name, job=job.name)
         record = RunningJob.here(str(lease.lease_id), limits, job.gpus, job.name, run_id)
         with stack.job_registry.recorded(record):
+            emit_run_event(GpuflowEvent.JOB_STARTED, job.workdir.name, job=job.name)
             result = await stack.compute.run(job, on_line)
     if result.exit_code != 0:
         raise JobFailedError(result.exit_code, "\n".join(result.last_lines[-5:]))
@@ -201,18 +211,20 @@ class _ProgressReporter:
         )
         self.artifact_id = created if isinstance(created, UUID) else None
 
-    async def update(self, event: Progress) -> None:
+    async def update(self, event: Progress) -> bool:
+        """Report ``event`` unless one was reported moments ago; True when it was."""
         now = time.monotonic()
         if self.artifact_id is None or (
             now - self.last_update < _PROGRESS_INTERVAL_S and event.done < event.total
         ):
-            return
+            return False
         self.last_update = now
         await self._call(
             aupdate_progress_artifact(
                 self.artifact_id, event.percent, description=f"{self.job_name}: {event.message}"
             )
         )
+        return True
 
     async def finish(self) -> None:
         if self.artifact_id is not None:
@@ -226,7 +238,7 @@ class _ProgressReporter:
 @task(cache_policy=NO_CACHE, retries=1, retry_condition_fn=_retry_if_retryable)
 async def postprocess(stack: GpuflowStack, raw: Path, workspace: Workspace) -> Path:
     """Watermark and transcode the raw video (CPU only), here or on the stack's target."""
-    destination = workspace.output_path("video.mp4")
+    destination = workspace.output_path(OUTPUT_NAME)
     if stack.postprocess_compute is None:
         return await asyncio.to_thread(stack.watermark.apply, raw, destination)
     logger = get_run_logger()
@@ -309,6 +321,9 @@ async def generate_video(request: VideoRequest, stack: str = "default") -> str:
             env = resolve_environment(pipeline, request)
         holds.enter_context(pipeline.environments.hold(env.key))
         job = i2v_job_spec(pipeline, request, env, model, image, workspace)
+        emit_run_event(
+            GpuflowEvent.RUN_QUEUED, run_id, job=job.name, payload={"gpus": request.gpus}
+        )
         with costs.step("run_gpu_job"):
             result = await run_gpu_job(pipeline, job, limits, request.priority)
         costs.gpu_seconds = result.duration_s * request.gpus
@@ -317,9 +332,21 @@ async def generate_video(request: VideoRequest, stack: str = "default") -> str:
         with costs.step("upload"):
             uri = upload(pipeline, video, run_id)
         costs.bytes_out = video.stat().st_size
+    except BaseException as exc:
+        # Kept for debugging; the janitor removes it once keep_failed_workspaces_s is over.
+        workspace.keep_after_failure(
+            pipeline.keep_failed_workspaces_s, f"{type(exc).__name__}: {exc}"
+        )
+        emit_run_event(
+            GpuflowEvent.RUN_FAILED,
+            run_id,
+            payload={"error": f"{type(exc).__name__}: {exc}"[:2000]},
+        )
+        raise
     finally:
         holds.close()
-        workspace.remove()
+    workspace.remove()
+    emit_run_event(GpuflowEvent.RUN_COMPLETED, run_id, payload={"output_uri": uri})
 
     await acreate_link_artifact(uri, link_text=f"{request.resolution} video", description="Result")
     await acreate_table_artifact(costs.table(), description="Wall time per step and run costs")

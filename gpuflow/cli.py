@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +26,33 @@ server_app = typer.Typer(
 )
 app.add_typer(server_app, name="server")
 app.add_typer(env_app, name="env")
+
+
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", envvar="GPUFLOW_DEBUG", help="Show tracebacks of errors.")
+    ] = False,
+) -> None:
+    """Run GPU batch jobs (image-to-video) as Prefect flows."""
+
+
+def main() -> None:
+    """The console script: errors as one line and an exit code, tracebacks only with --debug."""
+    from gpuflow.cli_support import ExitCode
+    from gpuflow.errors import NotFoundError
+
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except Exception as exc:
+        if "--debug" in sys.argv[1:] or os.environ.get("GPUFLOW_DEBUG"):
+            raise
+        message = str(exc) if isinstance(exc, GpuflowError) else f"{type(exc).__name__}: {exc}"
+        typer.secho(f"error: {message} (--debug shows the traceback)", fg="red", err=True)
+        sys.exit(int(ExitCode.NOT_FOUND if isinstance(exc, NotFoundError) else ExitCode.ERROR))
+
 
 StateDir = Annotated[
     Path,
@@ -167,3 +196,18 @@ def reconcile(
     typer.echo(summary)
     if not consistent:
         raise typer.Exit(2)
+
+
+def _register_daily_use_commands() -> None:
+    """submit, status, logs, batch, janitor, bootstrap (docs/daily-use.md)."""
+    from gpuflow import cli_ops, cli_runs
+
+    app.command()(cli_runs.submit)
+    app.command()(cli_runs.status)
+    app.command()(cli_runs.logs)
+    app.command()(cli_ops.batch)
+    app.command()(cli_ops.janitor)
+    app.command()(cli_ops.bootstrap)
+
+
+_register_daily_use_commands()

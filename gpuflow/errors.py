@@ -95,3 +95,7 @@ def exit_class(exit_code: int) -> ExitCode | None:
         return ExitCode(exit_code)
     except ValueError:
         return None
+
+
+class NotFoundError(GpuflowError, LookupError):
+    """Something the user named (a run, a deployment) does not exist."""

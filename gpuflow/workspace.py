@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from gpuflow.errors import WorkspacePathError
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+# Written into a workspace whose run failed: the janitor keeps it until ``keep_until``.
+FAILURE_MARKER = ".gpuflow-failed.json"
+
+
+def kept_until(workspace_root: Path) -> float | None:
+    """When a failed run's workspace may go (epoch seconds); None without a readable marker."""
+    try:
+        record = json.loads((workspace_root / FAILURE_MARKER).read_text())
+        return float(record["keep_until"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -57,3 +71,11 @@ class Workspace:
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def keep_after_failure(self, keep_s: float, error: str) -> None:
+        """Leave the workspace for debugging; the janitor removes it ``keep_s`` from now."""
+        now = time.time()
+        record = {"failed_at": now, "keep_until": now + keep_s, "error": error[:2000]}
+        staging = self.root / f".{FAILURE_MARKER}.tmp"
+        staging.write_text(json.dumps(record, indent=2))
+        staging.replace(self.root / FAILURE_MARKER)

@@ -18,6 +18,9 @@ from deployments.bootstrap import bootstrap
 from gpuflow.embedded import EmbeddedLayout, repository_jobs_root
 from gpuflow.local_server import LocalServer, ensure_server, stop_server
 
+# `deployed`: gpuflow bootstrapped, `prefect deploy --all`, a process worker (one per session).
+pytest_plugins = ["tests.integration.deployed"]
+
 
 @pytest.fixture(scope="session")
 def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

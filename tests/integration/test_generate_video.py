@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from flows.generate_video import generate_video
 from gpuflow.embedded import DEFAULT_MODEL, EmbeddedLayout, repository_jobs_root
 from gpuflow.errors import GpuCapacityError, JobFailedError, ObjectNotFoundError
 from gpuflow.request import VideoRequest
+from gpuflow.workspace import kept_until
 from tests.media import frame, probe
 
 pytestmark = pytest.mark.integration
@@ -63,11 +65,20 @@ async def _active_slots(name: str) -> int:
         return int(limit.active_slots)
 
 
-def _assert_clean_failure(layout: EmbeddedLayout, state: State[str], gpu_limit: str) -> None:
+def _assert_clean_failure(
+    layout: EmbeddedLayout, state: State[str], gpu_limit: str, *, workspace_created: bool = True
+) -> None:
     run_id = str(state.state_details.flow_run_id)
-    assert not (layout.nas_root / "workspaces" / run_id).exists(), "workspace left behind"
     assert not (layout.store_root / "outputs" / run_id).exists(), "something was uploaded"
     assert asyncio.run(_active_slots(gpu_limit)) == 0, "GPU slots not released"
+    workspace = layout.nas_root / "workspaces" / run_id
+    if not workspace_created:
+        assert not workspace.exists(), "a workspace for a request refused at the edge"
+        return
+    # The workspace stays for debugging, marked with when the janitor may remove it.
+    keep_until = kept_until(workspace)
+    assert keep_until is not None, "failed workspace not kept with a failure marker"
+    assert keep_until > time.time() + layout.stack().keep_failed_workspaces_s - 600
 
 
 def test_generates_a_watermarked_video_matching_the_request(
@@ -193,7 +204,7 @@ def test_more_gpus_than_the_limit_is_refused_before_any_download(
     with pytest.raises(GpuCapacityError, match=r"gpus=3 .* 2 GPU slots"):
         state.result()
     assert not (layout.nas_root / "models" / "never-downloaded").exists()
-    _assert_clean_failure(layout, state, gpu_limit_name)
+    _assert_clean_failure(layout, state, gpu_limit_name, workspace_created=False)
 
 
 @pytest.mark.parametrize(
