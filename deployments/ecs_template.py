@@ -27,7 +27,7 @@ from blocks.ecs_taskdef import (
 )
 
 TEMPLATE_PATH = Path(__file__).parent / "base_job_templates" / "ecs.json"
-DEFAULT_NAS_MOUNT_PATH = "/mnt/gpuflow-nas"
+DEFAULT_NAS_MOUNT_PATH = "/mnt/nas"  # the same path as the Kubernetes template and Terraform
 
 _VARIABLES: dict[str, dict[str, Any]] = {
     "efs_file_system_id": {

@@ -28,7 +28,7 @@ def test_new_variables_are_required_where_the_flow_cannot_work_without_them() ->
     assert {"efs_file_system_id", "execution_role_arn", "task_role_arn"} <= set(
         variables["required"]
     )
-    assert variables["properties"]["nas_mount_path"]["default"] == "/mnt/gpuflow-nas"
+    assert variables["properties"]["nas_mount_path"]["default"] == "/mnt/nas"
 
 
 @pytest.mark.integration
