@@ -20,6 +20,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpuflow.locks import process_alive
+
 _START_TIMEOUT_S = 120.0
 
 
@@ -67,16 +69,6 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -90,7 +82,7 @@ def read_server(state_dir: Path) -> LocalServer | None:
         server = LocalServer(int(record["pid"]), int(record["port"]), Path(record["home"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if _alive(server.pid) and _healthy(server.port):
+    if process_alive(server.pid) and _healthy(server.port):
         return server
     return None
 
@@ -141,11 +133,11 @@ def stop_process(pid: int, grace_s: float = 10.0) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while _alive(pid) and time.monotonic() < deadline:
+    while process_alive(pid) and time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
         time.sleep(0.2)
-    if _alive(pid):
+    if process_alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
 

@@ -13,7 +13,6 @@ lease id and return by themselves when their leases expire.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from typing import cast
 from uuid import UUID
@@ -24,6 +23,7 @@ from pydantic import BaseModel
 
 from blocks.stack import GpuflowStack
 from gpuflow.job_registry import RunningJob
+from gpuflow.locks import process_alive
 
 logger = logging.getLogger(__name__)
 
@@ -73,16 +73,6 @@ class ReconcileReport(BaseModel):
         return "\n".join(lines)
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 async def _flow_run_ended(flow_run_id: str | None) -> bool:
     if flow_run_id is None:
         return False
@@ -98,7 +88,7 @@ async def _job_alive(job: RunningJob) -> bool:
     if await _flow_run_ended(job.flow_run_id):
         return False
     if job.host == socket.gethostname():
-        return _process_alive(job.pid)
+        return process_alive(job.pid)
     return True  # another host's process: its flow run says it is still going
 
 

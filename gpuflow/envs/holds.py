@@ -9,32 +9,16 @@ from __future__ import annotations
 
 import fcntl
 import os
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
-from gpuflow.locks import LockTimeoutError
+from gpuflow.locks import shared_lock
 
 
-@contextmanager
-def shared_hold(path: Path, timeout_s: float, poll_s: float = 0.05) -> Iterator[None]:
+def shared_hold(path: Path, timeout_s: float, poll_s: float = 0.05) -> AbstractContextManager[None]:
     """Hold ``path`` shared; waits only while GC holds it exclusively (a rename long)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise LockTimeoutError(path, timeout_s) from None
-                time.sleep(poll_s)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
+    return shared_lock(path, timeout_s, poll_s)
 
 
 @contextmanager
