@@ -7,10 +7,13 @@ differ only in the stack's values.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import Any, Literal
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, model_validator
+from pydantic.json_schema import GenerateJsonSchema
 
 from blocks.ecs import EcsTask
 from blocks.environment import EnvironmentFabric
@@ -24,6 +27,9 @@ from blocks.watermark import Watermark
 from gpuflow.admission import AdmissionQueue, admission_queue
 from gpuflow.job_registry import JobRegistry
 from gpuflow.request import ModelRef
+
+_SchemaKey = tuple[type, bool, str, type[GenerateJsonSchema], str]
+_JSON_SCHEMAS: dict[_SchemaKey, dict[str, Any]] = {}
 
 
 class GpuflowStack(Block):
@@ -76,6 +82,25 @@ class GpuflowStack(Block):
     admission_ttl_s: float = Field(
         default=30.0, ge=5, le=3600, description="A silent waiter's entry is dropped after this."
     )
+
+    # The signature of Prefect's Block.model_json_schema, which lacks pydantic's union_format.
+    @classmethod
+    def model_json_schema(  # type: ignore[override]
+        cls,
+        by_alias: bool = True,
+        ref_template: str = "#/definitions/{model}",
+        schema_generator: type[GenerateJsonSchema] = GenerateJsonSchema,
+        mode: Literal["validation", "serialization"] = "validation",
+    ) -> dict[str, Any]:
+        """The JSON schema, generated once per process. Prefect asks for it once per field
+        on every save; with the unions of nested blocks above, generating it each time
+        made one save of the stack take seconds of CPU."""
+        key: _SchemaKey = (cls, by_alias, ref_template, schema_generator, mode)
+        if key not in _JSON_SCHEMAS:
+            _JSON_SCHEMAS[key] = super().model_json_schema(
+                by_alias, ref_template, schema_generator, mode
+            )
+        return copy.deepcopy(_JSON_SCHEMAS[key])
 
     @model_validator(mode="after")
     def _nas_at_one_path(self) -> GpuflowStack:
