@@ -44,11 +44,15 @@ class LocalServer:
         return f"http://127.0.0.1:{self.port}"
 
 
-def server_environment(home: Path, database_url: str | None = None) -> dict[str, str]:
+def server_environment(
+    home: Path, database_url: str | None = None, redis_url: str | None = None
+) -> dict[str, str]:
     """Settings of a local server: no analytics (there may be no internet), durable leases.
 
-    ``database_url`` (``postgresql+asyncpg://...``) replaces the SQLite file under ``home``."""
-    return {
+    ``database_url`` (``postgresql+asyncpg://...``) replaces the SQLite file under ``home``;
+    ``redis_url`` (``redis://host:port/db``) keeps leases in Redis (prefect-redis) instead of
+    under ``home``, so several servers on one database share them."""
+    environment = {
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         # In-memory leases die with the server and leak their GPU slots for good.
@@ -59,6 +63,10 @@ def server_environment(home: Path, database_url: str | None = None) -> dict[str,
             database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}"
         ),
     }
+    if redis_url is not None:
+        environment["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"] = "prefect_redis.lease_storage"
+        environment["PREFECT_REDIS_MESSAGING_URL"] = redis_url
+    return environment
 
 
 def _healthy(port: int) -> bool:
@@ -88,7 +96,10 @@ def read_server(state_dir: Path) -> LocalServer | None:
 
 
 def ensure_server(
-    state_dir: Path, port: int | None = None, database_url: str | None = None
+    state_dir: Path,
+    port: int | None = None,
+    database_url: str | None = None,
+    redis_url: str | None = None,
 ) -> tuple[LocalServer, bool]:
     """A healthy local server and whether this call started it."""
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +110,7 @@ def ensure_server(
     home.mkdir(parents=True, exist_ok=True)
     port = port or _free_port()
     log_path = state_dir / "server.log"
-    env = {**os.environ, **server_environment(home, database_url)}
+    env = {**os.environ, **server_environment(home, database_url, redis_url)}
     env.pop("PREFECT_API_URL", None)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
