@@ -26,7 +26,7 @@ _START_TIMEOUT_S = 120.0
 
 
 class ServerError(RuntimeError):
-    pass
+    """The local Prefect server did not start or answer."""
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from gpuflow.errors import NotFoundError
 
 
 class RunNotFoundError(NotFoundError):
-    pass
+    """No flow run with that id on the server."""
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ class SubmissionError(GpuflowError):
 
 
 class DeploymentNotFoundError(SubmissionError, NotFoundError):
-    pass
+    """No deployment of that flow-name/deployment-name on the server."""
 
 
 async def find_deployment(client: PrefectClient, name: str) -> DeploymentResponse:
