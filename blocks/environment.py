@@ -29,7 +29,6 @@ from prefect.blocks.core import Block
 from pydantic import Field, ValidationError
 
 from gpuflow.envs import builder
-from gpuflow.envs.holds import shared_hold
 from gpuflow.envs.key import StatIndex, environment_key
 from gpuflow.envs.records import (
     METADATA,
@@ -40,7 +39,7 @@ from gpuflow.envs.records import (
     write_atomically,
 )
 from gpuflow.errors import EnvironmentBuildError
-from gpuflow.locks import LockTimeoutError, exclusive_lock
+from gpuflow.locks import LockTimeoutError, exclusive_lock, shared_lock
 
 __all__ = ["METADATA", "EnvironmentFabric", "ResolvedEnv", "console_script", "environment_key"]
 
@@ -324,8 +323,10 @@ class EnvironmentFabric(Block):
 
     @contextmanager
     def hold(self, key: str, timeout_s: float = 30.0) -> Iterator[ResolvedEnv]:
-        """Keep GC away from ``key`` while a run uses it."""
-        with shared_hold(self.hold_path(key), timeout_s):
+        """Keep GC away from ``key`` while a run uses it: GC evicts an env only after taking
+        its hold file exclusively without waiting, and the kernel drops the hold of a run
+        that dies. Waits only while GC holds it (a rename long)."""
+        with shared_lock(self.hold_path(key), timeout_s):
             if not self.ready(key):
                 raise EnvironmentBuildError(
                     f"environment {key} is no longer ready (evicted before the run held it); "

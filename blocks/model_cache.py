@@ -36,7 +36,7 @@ from pydantic import Field
 from blocks.object_store import ObjectInfo, ObjectStore, ObjectUri
 from blocks.transfer import file_digest
 from gpuflow.errors import IntegrityError, ModelCacheError
-from gpuflow.locks import LockTimeoutError, exclusive_lock
+from gpuflow.locks import LockTimeoutError, exclusive_lock, exclusive_lock_if_free
 from gpuflow.request import ModelRef
 
 MANIFEST = "gpuflow-manifest.json"
@@ -270,14 +270,13 @@ class ModelCache(Block):
     def _fill_lock(self, model: ModelRef, timeout_s: float | None = None) -> Iterator[None]:
         path = self.root / model.name / f"{model.revision}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with exclusive_lock(path, 0.0):
+        with exclusive_lock_if_free(path) as free:
+            if free:
                 _write_owner(path)
                 yield
                 return
-        except LockTimeoutError:
-            if timeout_s == 0.0:
-                raise ModelCacheError(f"{model.name}/{model.revision} is being filled") from None
+        if timeout_s == 0.0:
+            raise ModelCacheError(f"{model.name}/{model.revision} is being filled")
         _log.info("Waiting for %s/%s: %s", model.name, model.revision, _read_owner(path))
         wait_s = self.lock_timeout_s if timeout_s is None else timeout_s
         try:

@@ -11,7 +11,7 @@ import fcntl
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 
 
@@ -34,30 +34,42 @@ def _wait_for_flock(fd: int, mode: int, path: Path, timeout_s: float, poll_s: fl
 
 
 @contextmanager
-def exclusive_lock(path: Path, timeout_s: float, poll_s: float = 0.2) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if absent) for the ``with`` block."""
+def _flock_held(path: Path, mode: int, timeout_s: float, poll_s: float) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        _wait_for_flock(fd, fcntl.LOCK_EX, path, timeout_s, poll_s)
+        _wait_for_flock(fd, mode, path, timeout_s, poll_s)
         try:
             yield
         finally:
+            # Explicitly: a copy of the descriptor in a child process would keep it held.
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
 
 
-@contextmanager
-def shared_lock(path: Path, timeout_s: float, poll_s: float = 0.05) -> Iterator[None]:
+def exclusive_lock(
+    path: Path, timeout_s: float, poll_s: float = 0.2
+) -> AbstractContextManager[None]:
+    """Hold an exclusive lock on ``path`` (created if absent) for the ``with`` block."""
+    return _flock_held(path, fcntl.LOCK_EX, timeout_s, poll_s)
+
+
+def shared_lock(path: Path, timeout_s: float, poll_s: float = 0.05) -> AbstractContextManager[None]:
     """Hold ``path`` shared; waits only while someone holds it exclusively."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        _wait_for_flock(fd, fcntl.LOCK_SH, path, timeout_s, poll_s)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
+    return _flock_held(path, fcntl.LOCK_SH, timeout_s, poll_s)
+
+
+@contextmanager
+def exclusive_lock_if_free(path: Path) -> Iterator[bool]:
+    """Take ``path`` exclusively without waiting; yields whether it was free (and is held)."""
+    with ExitStack() as held:
+        try:
+            held.enter_context(exclusive_lock(path, timeout_s=0.0, poll_s=0.0))
+        except LockTimeoutError:
+            yield False
+            return
+        yield True
 
 
 def process_alive(pid: int) -> bool:

@@ -2,12 +2,12 @@
 
 An env is kept when it is pinned, when it is a job's current env (unless the
 policy says otherwise: evicting it makes the next run wait for a build), when a
-run holds it (``holds.py``), or when it is being built. Otherwise it goes when it
-has not been used for ``max_idle`` or was built more than ``max_age`` ago. An
-evicted env is first renamed into ``envs/.trash/`` under its hold and build
-locks, so no resolve can see it half-deleted; then the trash is emptied. The
-remains of builds that died (a directory without a ready marker whose build lock
-is free) go the same way.
+run holds it (a shared flock on its hold file, ``EnvironmentFabric.hold``), or
+when it is being built. Otherwise it goes when it has not been used for
+``max_idle`` or was built more than ``max_age`` ago. An evicted env is first
+renamed into ``envs/.trash/`` under its hold and build locks, so no resolve can
+see it half-deleted; then the trash is emptied. The remains of builds that died
+(a directory without a ready marker whose build lock is free) go the same way.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.environment import EnvironmentFabric
-from gpuflow.envs.holds import exclusive_if_free
 from gpuflow.envs.records import now as utc_now
+from gpuflow.locks import exclusive_lock_if_free
 
 
 class GcPolicy(BaseModel):
@@ -117,8 +117,8 @@ def collect_garbage(
             decisions.append(GcDecision(key, "kept", "recently used"))
             continue
         with (
-            exclusive_if_free(fabric.build_lock_path(key)) as not_building,
-            exclusive_if_free(fabric.hold_path(key)) as not_held,
+            exclusive_lock_if_free(fabric.build_lock_path(key)) as not_building,
+            exclusive_lock_if_free(fabric.hold_path(key)) as not_held,
         ):
             if not not_building:
                 decisions.append(GcDecision(key, "kept", "being built"))
