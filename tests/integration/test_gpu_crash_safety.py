@@ -30,6 +30,7 @@ from gpuflow.gpu_slots import LeaseLostError, held_gpu_slots
 from gpuflow.local_server import LocalServer, ensure_server, stop_server
 from gpuflow.reconcile import reconcile_gpu_slots
 from tests.gpu_probe import gpu_probe, start_record
+from tests.processes import running
 
 pytestmark = pytest.mark.integration
 
@@ -37,20 +38,9 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 LEASE_S = 60
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
-
-
 def _wait_until_dead(pid: int, timeout_s: float) -> float:
     started = time.monotonic()
-    while _alive(pid):
+    while running(pid):
         assert time.monotonic() - started < timeout_s, f"process {pid} still alive"
         time.sleep(0.05)
     return time.monotonic() - started

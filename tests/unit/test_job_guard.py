@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -12,18 +11,7 @@ from pathlib import Path
 
 from blocks.compute import JobSpec
 from blocks.local import LocalSubprocess
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead but still listed until its parent reaps it.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
+from tests.processes import running
 
 
 def test_kill_9_of_the_flow_process_kills_the_job_and_its_children(tmp_path: Path) -> None:
@@ -53,14 +41,14 @@ def test_kill_9_of_the_flow_process_kills_the_job_and_its_children(tmp_path: Pat
             assert time.monotonic() < deadline, "the job never started"
             time.sleep(0.05)
         job_pid, child_pid = map(int, pids.read_text().split())
-        assert _alive(job_pid) and _alive(child_pid)
+        assert running(job_pid) and running(child_pid)
         flow.kill()  # SIGKILL: no cleanup code of the flow runs
         flow.wait()
         killed_at = time.monotonic()
-        while (_alive(job_pid) or _alive(child_pid)) and time.monotonic() < killed_at + 5:
+        while (running(job_pid) or running(child_pid)) and time.monotonic() < killed_at + 5:
             time.sleep(0.02)
-        assert not _alive(job_pid), "the job outlived its flow process"
-        assert not _alive(child_pid), "the job's child outlived the flow process"
+        assert not running(job_pid), "the job outlived its flow process"
+        assert not running(child_pid), "the job's child outlived the flow process"
         # The device is free again for the next job (the kernel dropped the flow's flock).
         target = LocalSubprocess(devices=[0], lock_dir=tmp_path / "locks")
         spec = JobSpec(name="next", argv=[sys.executable, "-c", "pass"], workdir=tmp_path, gpus=1)

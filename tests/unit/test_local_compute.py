@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 from blocks.compute import JobSpec
 from blocks.local import LocalSubprocess
 from gpuflow.errors import GpuCapacityError
+from gpuflow.locks import process_alive
 
 
 def _spec(tmp_path: Path, code: str, gpus: int = 0, timeout_s: float = 60) -> JobSpec:
@@ -92,14 +92,6 @@ def test_asking_for_more_devices_than_exist_is_refused(tmp_path: Path) -> None:
         asyncio.run(_collect(target, _spec(tmp_path, "pass", gpus=2)))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_cancelling_stops_the_job_and_its_children(tmp_path: Path) -> None:
     target = LocalSubprocess(lock_dir=tmp_path / "locks")
     pids = tmp_path / "pids"
@@ -127,9 +119,9 @@ def test_cancelling_stops_the_job_and_its_children(tmp_path: Path) -> None:
     assert asyncio.run(main()) < 10
     parent, child = map(int, pids.read_text().split())
     deadline = time.monotonic() + 5
-    while (_alive(parent) or _alive(child)) and time.monotonic() < deadline:
+    while (process_alive(parent) or process_alive(child)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(parent) and not _alive(child)
+    assert not process_alive(parent) and not process_alive(child)
 
 
 def test_a_job_over_its_timeout_is_killed_as_a_resource_error(tmp_path: Path) -> None:
