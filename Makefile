@@ -6,13 +6,17 @@ UV_TOOLS := $(CURDIR)/.tools/uv
 UV ?= $(shell command -v uv 2>/dev/null || echo $(UV_TOOLS)/bin/uv)
 RUN := $(UV) run --frozen
 
-.PHONY: demo test lint typecheck unit sync server-stop clean
+.PHONY: demo test lint typecheck unit templates sync server-stop clean
 
 demo: sync
 	$(RUN) gpuflow demo
 
 test: sync lint typecheck
 	$(RUN) pytest
+
+# The tests that need no service (no Prefect server, database, emulator or uv build).
+unit: sync
+	$(RUN) pytest -m "not integration"
 
 lint: sync
 	$(RUN) ruff format --check .
@@ -26,6 +30,10 @@ sync: $(UV)
 
 $(UV_TOOLS)/bin/uv:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target $(UV_TOOLS) uv
+
+# Render the work-pool templates and RBAC in deployments/ from the code.
+templates: sync
+	$(RUN) python -m gpuflow.ops.pool_templates deployments
 
 server-stop:
 	$(RUN) gpuflow server stop

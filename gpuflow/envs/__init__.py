@@ -1,4 +1,4 @@
-"""Pieces of the environment fabric (``blocks/environment.py`` is its block).
+"""Pieces of the environment fabric (``gpuflow/envs/fabric.py`` is its block).
 
 ``key``: what an environment's content key hashes, and the stat index that makes a
 warm resolve cheap. ``records``: the files on the NAS (metadata, job pointers,

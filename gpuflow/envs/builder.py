@@ -22,10 +22,10 @@ from pathlib import Path
 
 import uv
 
+from gpuflow.core.errors import EnvironmentBuildError
 from gpuflow.envs import shared_bytecode
 from gpuflow.envs.key import local_package_names, platform_tag
 from gpuflow.envs.records import EnvMetadata, now
-from gpuflow.errors import EnvironmentBuildError
 
 logger = logging.getLogger("gpuflow.envs")
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from blocks.environment import EnvironmentFabric, ResolvedEnv
-from gpuflow.errors import EnvironmentBuildError
+from gpuflow.core.errors import EnvironmentBuildError
+from gpuflow.envs.fabric import EnvironmentFabric, ResolvedEnv
 
 
 @dataclass(frozen=True)

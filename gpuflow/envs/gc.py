@@ -20,9 +20,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from blocks.environment import EnvironmentFabric
+from gpuflow.core.locks import exclusive_lock_if_free
+from gpuflow.envs.fabric import EnvironmentFabric
 from gpuflow.envs.records import now as utc_now
-from gpuflow.locks import exclusive_lock_if_free
 
 
 class GcPolicy(BaseModel):

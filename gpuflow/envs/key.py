@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from gpuflow.errors import EnvironmentBuildError
+from gpuflow.core.errors import EnvironmentBuildError
 
 # Bump when the way environments are built changes: every key changes with it.
 BUILD_RECIPE = "uv-sync-frozen-no-dev-no-editable+shared-bytecode/2"

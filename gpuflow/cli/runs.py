@@ -1,0 +1,251 @@
+"""``gpuflow submit``, ``status`` and ``logs``: runs of a deployment, from a terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+from uuid import UUID
+
+import typer
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.sorting import LogSort
+from prefect.states import Cancelling
+
+from gpuflow.cli.support import ExitCode, fail, load_data_file, prefect_api
+from gpuflow.core.request import Priority, parse_request
+from gpuflow.ops.embedded import default_state_dir
+from gpuflow.ops.run_watch import RunSnapshot, parse_run_id, read_run, snapshot
+from gpuflow.pipeline.submission import (
+    DEFAULT_DEPLOYMENT,
+    find_deployment,
+    output_uri,
+    submit_request,
+)
+
+_BAR_WIDTH = 30
+_LOG_PAGE = 200
+
+StateDir = Annotated[
+    Path,
+    typer.Option(
+        default_factory=default_state_dir,
+        envvar="GPUFLOW_STATE_DIR",
+        help="The embedded default's state (its local server answers when PREFECT_API_URL "
+        "is unset).",
+    ),
+]
+Stack = Annotated[str, typer.Option(help="Name of the saved gpuflow-stack block.")]
+
+
+def _exit_code(snap: RunSnapshot) -> ExitCode:
+    if not snap.finished:
+        return ExitCode.RUN_NOT_FINISHED
+    if snap.state_type == StateType.COMPLETED:
+        return ExitCode.OK
+    if snap.state_type == StateType.CANCELLED:
+        return ExitCode.RUN_CANCELLED
+    return ExitCode.RUN_FAILED
+
+
+def _describe(snap: RunSnapshot) -> str:
+    parts = [snap.state_name]
+    if snap.step and not snap.finished:
+        parts.append(f"step {snap.step}")
+    if snap.progress:
+        parts.append(snap.progress)
+    return " · ".join(parts)
+
+
+def _bar(percent: float | None) -> str:
+    filled = round(_BAR_WIDTH * (percent or 0.0) / 100)
+    return f"[{'#' * filled}{'.' * (_BAR_WIDTH - filled)}] {percent or 0.0:5.1f}%"
+
+
+async def _finish_line(snap: RunSnapshot) -> None:
+    stack = str(snap.run.parameters.get("stack", "default"))
+    if snap.state_type == StateType.COMPLETED:
+        typer.echo(f"Output: {await output_uri(stack, str(snap.run.id))}")
+    elif snap.run.state is not None and snap.run.state.message:
+        typer.echo(f"{snap.state_name}: {snap.run.state.message}", err=True)
+
+
+async def _follow(run_id: UUID, poll_s: float) -> RunSnapshot:
+    """Show the run's progress until it finishes: a redrawn bar on a terminal, one line per
+    change otherwise (logs, CI)."""
+    interactive = sys.stdout.isatty()
+    shown = ""
+    async with get_client() as client:
+        while True:
+            snap = await snapshot(client, run_id)
+            line = f"{_bar(snap.percent)} {_describe(snap)}"
+            if line != shown:
+                if interactive:
+                    typer.echo(f"\r\x1b[2K{line}", nl=False)
+                else:
+                    typer.echo(line)
+                shown = line
+            if snap.finished:
+                if interactive:
+                    typer.echo()
+                return snap
+            await asyncio.sleep(poll_s)
+
+
+async def _cancel(run_id: UUID) -> None:
+    async with get_client() as client:
+        await client.set_flow_run_state(run_id, Cancelling(message="cancelled from gpuflow submit"))
+
+
+def _request_fields(file: Path | None, options: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    fields: dict[str, Any] = load_data_file(file) if file else {}
+    fields.update({name: value for name, value in options.items() if value is not None})
+    for assignment in sets:
+        name, sep, value = assignment.partition("=")
+        if not sep or not name:
+            raise fail(f"--set {assignment!r} is not FIELD=VALUE")
+        parent, _, child = name.partition(".")
+        if child:
+            fields.setdefault(parent, {})[child] = value
+        else:
+            fields[name] = value
+    return fields
+
+
+def submit(
+    state_dir: StateDir,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", "-f", help="JSON or YAML file with the request's fields."),
+    ] = None,
+    prompt: Annotated[str | None, typer.Option(help="What should happen in the video.")] = None,
+    image_uri: Annotated[
+        str | None, typer.Option(help="Object URI of the input image (s3://…, file:///…).")
+    ] = None,
+    resolution: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT, multiples of 16.")] = None,
+    num_frames: Annotated[int | None, typer.Option(help="Frames to generate (4n+1).")] = None,
+    fps: Annotated[int | None, typer.Option(help="Frames per second.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    priority: Annotated[
+        Priority | None, typer.Option(help="Work queue the run waits in (high first).")
+    ] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs the job needs.")] = None,
+    gpu_type: Annotated[str | None, typer.Option(help="GPU type, e.g. h100.")] = None,
+    set_fields: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Any request field as FIELD=VALUE (model.name=…)."),
+    ] = None,
+    deployment: Annotated[
+        str, typer.Option(help="Deployment to run (flow-name/deployment-name).")
+    ] = DEFAULT_DEPLOYMENT,
+    stack: Stack = "default",
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Show progress until the run ends (Ctrl-C to stop).")
+    ] = False,
+    poll_s: Annotated[float, typer.Option(help="Seconds between progress updates.")] = 1.0,
+) -> None:
+    """Create a run of a deployment for one request (as the Prefect UI does).
+
+    Options override the file's fields. Prints the run id; with --follow, shows a live
+    progress bar and the current step, and the output URI at the end.
+    """
+    options = {
+        "prompt": prompt,
+        "image_uri": image_uri,
+        "resolution": resolution,
+        "num_frames": num_frames,
+        "fps": fps,
+        "seed": seed,
+        "priority": priority.value if priority else None,
+        "gpus": gpus,
+        "gpu_type": gpu_type,
+    }
+    request = parse_request(_request_fields(file, options, set_fields or []))
+    with prefect_api(state_dir) as api_url:
+
+        async def create() -> UUID:
+            async with get_client() as client:
+                target = await find_deployment(client, deployment)
+                run = await submit_request(client, target, request, stack)
+                return run.id
+
+        run_id = asyncio.run(create())
+        typer.echo(f"Submitted run {run_id} of {deployment} ({request.priority.value} queue)")
+        typer.echo(f"  {api_url.removesuffix('/api')}/runs/flow-run/{run_id}")
+        if not follow:
+            return
+        try:
+            snap = asyncio.run(_follow(run_id, poll_s))
+        except KeyboardInterrupt:
+            typer.echo()
+            if typer.confirm(f"Cancel run {run_id}?", default=False, err=True):
+                asyncio.run(_cancel(run_id))
+                typer.echo(f"Cancelling run {run_id}.", err=True)
+            else:
+                typer.echo(f"Run {run_id} goes on: `gpuflow status {run_id}`.", err=True)
+            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+        asyncio.run(_finish_line(snap))
+        raise typer.Exit(int(_exit_code(snap)))
+
+
+def status(
+    run: Annotated[str, typer.Argument(help="Flow run id.")],
+    state_dir: StateDir,
+) -> None:
+    """A run's state, current step, progress and (once completed) output URI.
+
+    Exit code: 0 completed, 4 failed or crashed, 5 cancelled, 6 not finished, 3 no such run.
+    """
+    run_id = parse_run_id(run)
+    with prefect_api(state_dir):
+
+        async def read() -> RunSnapshot:
+            async with get_client() as client:
+                return await snapshot(client, run_id)
+
+        snap = asyncio.run(read())
+        typer.echo(f"{snap.run.name} ({run_id}): {_describe(snap)}")
+        if snap.percent is not None:
+            typer.echo(_bar(snap.percent))
+        asyncio.run(_finish_line(snap))
+    raise typer.Exit(int(_exit_code(snap)))
+
+
+def logs(
+    run: Annotated[str, typer.Argument(help="Flow run id.")],
+    state_dir: StateDir,
+    tail: Annotated[int | None, typer.Option(help="Only the last N lines.", min=1)] = None,
+) -> None:
+    """A run's logs (flow and tasks), oldest first."""
+    run_id = parse_run_id(run)
+    with prefect_api(state_dir):
+
+        async def read() -> list[str]:
+            lines: list[str] = []
+            async with get_client() as client:
+                await read_run(client, run_id)
+                offset = 0
+                while True:
+                    page = await client.read_logs(
+                        LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
+                        limit=_LOG_PAGE,
+                        offset=offset,
+                        sort=LogSort.TIMESTAMP_ASC,
+                    )
+                    for record in page:
+                        stamp = record.timestamp.strftime("%H:%M:%S")
+                        level = _LEVELS.get(record.level, str(record.level))
+                        lines.append(f"{stamp} {level:<8} {record.message}")
+                    if len(page) < _LOG_PAGE:
+                        return lines
+                    offset += _LOG_PAGE
+
+        lines = asyncio.run(read())
+    for line in lines[-tail:] if tail else lines:
+        typer.echo(line)
+
+
+_LEVELS = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}

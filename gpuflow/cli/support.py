@@ -1,0 +1,73 @@
+"""What every ``gpuflow`` command shares: exit codes, errors, reaching the Prefect API."""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+
+from gpuflow.ops.local_server import read_server
+
+
+class ExitCode(enum.IntEnum):
+    """Exit codes scripts can rely on (docs/daily-use.md lists them)."""
+
+    OK = 0
+    ERROR = 1  # bad input, configuration or an API error: nothing was run
+    USAGE = 2  # bad command line (Click's own code)
+    NOT_FOUND = 3  # no such run, server or deployment
+    RUN_FAILED = 4  # the run (or some runs of a batch) failed or crashed
+    RUN_CANCELLED = 5
+    RUN_NOT_FINISHED = 6  # `status`: the run is still scheduled, pending or running
+    INTERRUPTED = 130  # Ctrl-C
+
+
+def fail(message: str, code: ExitCode = ExitCode.ERROR) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(int(code))
+
+
+@contextmanager
+def prefect_api(state_dir: Path) -> Iterator[str]:
+    """The Prefect API the command talks to: PREFECT_API_URL (or the profile's), else the
+    embedded default's local server. Never the ephemeral in-process server, whose runs no
+    worker would see."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    configured = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+    if configured:
+        yield str(configured)
+        return
+    server = read_server(state_dir)
+    if server is None:
+        raise fail(
+            "no Prefect API: set PREFECT_API_URL, or start the local server with "
+            "`gpuflow server start`",
+            ExitCode.NOT_FOUND,
+        )
+    with temporary_settings({PREFECT_API_URL: server.api_url}):
+        yield server.api_url
+
+
+def load_data_file(path: Path) -> dict[str, Any]:
+    """A JSON or YAML mapping from a file, or an error naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise fail(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = (
+            yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+        )
+    except (yaml.YAMLError, ValueError) as exc:
+        raise fail(f"{path} is not valid JSON/YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise fail(f"{path} must hold a mapping of fields, not {type(data).__name__}")
+    return data

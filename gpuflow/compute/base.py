@@ -1,0 +1,60 @@
+"""Compute targets: where a GPU job runs.
+
+``ComputeTarget`` is the interface; ``gpuflow.compute.backends`` registers the
+implementations (a local subprocess, a Kubernetes PyTorchJob, an ECS task). A target receives a
+``JobSpec`` — argv and environment as data, never a shell string — runs it, hands
+every output line to the caller, and returns the exit code. Cancelling the
+awaiting task stops the job.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from prefect.blocks.core import Block
+from pydantic import BaseModel, ConfigDict, Field
+
+LineHandler = Callable[[str], Awaitable[None]]
+
+
+class JobSpec(BaseModel):
+    """One job to run: argv as a list (each element reaches the job verbatim)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    argv: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    workdir: Path
+    gpus: int = Field(ge=0)
+    gpu_type: str | None = Field(default=None, description="GPU type to run on; any when unset.")
+    timeout_s: float = Field(default=3600.0, gt=0)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    exit_code: int
+    duration_s: float
+    devices: tuple[str, ...]
+    last_lines: tuple[str, ...]
+
+
+class ComputeTarget(Block, ABC):
+    """Where a job runs. Implementations: local subprocess, Kubernetes, ECS."""
+
+    _block_schema_capabilities: ClassVar[list[str]] = ["compute-target"]
+    # The interpreter that runs gpuflow's own job modules (postprocess) where jobs run:
+    # the image's, for targets that run containers.
+    gpuflow_python: ClassVar[str] = "python"
+
+    def require_nas_at(self, nas_root: Path, step: str) -> None:
+        """Refuse a target whose jobs would see the NAS elsewhere than at ``nas_root``:
+        venvs on the NAS are not relocatable. Local jobs share the flow's filesystem."""
+
+    @abstractmethod
+    async def run(self, job: JobSpec, on_line: LineHandler) -> JobResult:
+        """Run ``job`` to completion, calling ``on_line`` for each line it prints."""

@@ -1,0 +1,80 @@
+"""The ``ecs`` work pool's base job template: prefect-aws's default plus the NAS and roles.
+
+Flow runs in an ``ecs`` work pool run as ECS tasks (usually Fargate). gpuflow's flows
+need the NAS mounted at the same path as every job (venvs are not relocatable) and a
+task role (to reach S3, EFS and ECS for the job steps), so this template adds to the
+ECS worker's own default: an EFS volume, its mount point and the task role in the task
+definition, with their variables. ``gpuflow bootstrap`` installs it from this code; the
+copy in the repository's ``deployments/`` is rendered by ``gpuflow.ops.pool_templates``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from prefect_aws.workers.ecs_worker import ECSWorker
+
+from gpuflow.compute.ecs.taskdef import (
+    NAS_VOLUME_NAME,
+    EfsAuthorization,
+    EfsVolumeConfiguration,
+    MountPoint,
+    Volume,
+)
+
+DEFAULT_NAS_MOUNT_PATH = "/mnt/nas"  # the same path as the Kubernetes template and Terraform
+
+_VARIABLES: dict[str, dict[str, Any]] = {
+    "efs_file_system_id": {
+        "title": "EFS file system ID",
+        "description": "The NAS: models, uv environments and workspaces (fs-...).",
+        "type": "string",
+        "pattern": "^fs-[0-9a-f]+$",
+    },
+    "efs_access_point_id": {
+        "title": "EFS access point ID",
+        "description": "Access point to mount through (fsap-...); leave empty for the root.",
+        "type": "string",
+        "pattern": "^fsap-[0-9a-f]+$",
+    },
+    "nas_mount_path": {
+        "title": "NAS mount path",
+        "description": "Where the NAS is mounted: the same path in every pod, task and job.",
+        "type": "string",
+        "default": DEFAULT_NAS_MOUNT_PATH,
+    },
+}
+_REQUIRED = ("efs_file_system_id", "execution_role_arn", "task_role_arn")
+
+
+def _placeholder(variable: str) -> str:
+    return "{{ " + variable + " }}"
+
+
+def ecs_base_job_template() -> dict[str, Any]:
+    """prefect-aws's default ECS template with the EFS NAS volume, its mount and the roles."""
+    template = copy.deepcopy(ECSWorker.get_default_base_job_template())
+    variables = template["variables"]
+    variables["properties"].update(copy.deepcopy(_VARIABLES))
+    variables["required"] = sorted({*variables.get("required", []), *_REQUIRED})
+
+    task_definition = template["job_configuration"]["task_definition"]
+    volume = Volume(
+        name=NAS_VOLUME_NAME,
+        efs_volume_configuration=EfsVolumeConfiguration(
+            file_system_id=_placeholder("efs_file_system_id"),
+            authorization_config=EfsAuthorization(
+                access_point_id=_placeholder("efs_access_point_id"), iam="ENABLED"
+            ),
+        ),
+    )
+    task_definition["volumes"] = [volume.to_api()]
+    task_definition["taskRoleArn"] = _placeholder("task_role_arn")
+    [container] = task_definition["containerDefinitions"]
+    container["mountPoints"] = [
+        MountPoint(
+            source_volume=NAS_VOLUME_NAME, container_path=_placeholder("nas_mount_path")
+        ).to_api()
+    ]
+    return template

@@ -1,0 +1,160 @@
+"""The logs of a PyTorchJob's pods: every pod's into ``<workdir>/logs/``, the Master's
+into the job's line handler, each resumed after a dropped connection without repeats."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp
+from kubernetes_asyncio.client import CoreV1Api
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from gpuflow.compute.base import LineHandler
+from gpuflow.compute.kubernetes.api import API_FAILURES_TOLERATED, transient
+from gpuflow.compute.kubernetes.manifest import CONTAINER_NAME, OPERATOR_ROLE_LABEL
+from gpuflow.compute.kubernetes.status import container_exit, container_started
+from gpuflow.core.logs import RunLogger
+
+# Reconnect after this long without a line, in case the link died quietly.
+_LOG_SILENCE_S = 300
+
+
+class PodLogs:
+    """One log follower per pod (by uid: a restarted replica keeps its pod name)."""
+
+    def __init__(
+        self,
+        core: CoreV1Api,
+        namespace: str,
+        log_dir: Path,
+        on_line: LineHandler,
+        tail: collections.deque[str],
+        *,
+        poll_interval_s: float,
+        log: RunLogger,
+    ) -> None:
+        self.core = core
+        self.namespace = namespace
+        self.log_dir = log_dir
+        self.on_line = on_line
+        self.tail = tail
+        self.poll_interval_s = poll_interval_s
+        self.log = log
+        self.followers: dict[str, asyncio.Task[None]] = {}
+
+    def follow(self, pods: list[Any]) -> None:
+        """Start following every pod of ``pods`` whose container has logs to read."""
+        for pod in pods:
+            uid, name = pod.metadata.uid, pod.metadata.name
+            if uid in self.followers or not container_started(pod, CONTAINER_NAME):
+                continue
+            is_master = (pod.metadata.labels or {}).get(OPERATOR_ROLE_LABEL, "").lower() == "master"
+            task = asyncio.create_task(self._follow(name, is_master), name=f"log {name}")
+            self.followers[uid] = task
+
+    def raise_failure(self) -> None:
+        """Surface an error of a log stream (the line handler raising, the API refusing)."""
+        for task in self.followers.values():
+            if task.done() and not task.cancelled() and (error := task.exception()) is not None:
+                raise error
+
+    async def finish(self, pods: list[Any], drain_s: float) -> None:
+        """Let the streams of finished containers reach their end; the copies of pods still
+        running (the operator stops them after a failure) end where they are."""
+        self.follow(pods)
+        still_running = {
+            pod.metadata.uid for pod in pods if container_exit(pod, CONTAINER_NAME) is None
+        }
+        draining = []
+        for uid, task in self.followers.items():
+            if uid in still_running:
+                task.cancel()
+            else:
+                draining.append(task)
+        if draining:
+            _, late = await asyncio.wait(draining, timeout=drain_s)
+            for task in late:
+                task.cancel()
+        self.raise_failure()
+
+    async def stop(self) -> None:
+        for task in self.followers.values():
+            task.cancel()
+        await asyncio.gather(*self.followers.values(), return_exceptions=True)
+
+    async def _follow(self, pod: str, is_master: bool) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        last_stamp: tuple[str, int] | None = None
+        last_seen = time.time()
+        failures = 0
+        with (self.log_dir / f"{pod}.log").open("a", encoding="utf-8") as copy:
+            while True:
+                # After a drop, resume a little before the last line; duplicates are skipped.
+                resume: dict[str, Any] = {}
+                if last_stamp:
+                    resume["since_seconds"] = int(time.time() - last_seen) + 2
+                try:
+                    response = cast(
+                        aiohttp.ClientResponse,
+                        await self.core.read_namespaced_pod_log(
+                            pod,
+                            self.namespace,
+                            container=CONTAINER_NAME,
+                            follow=True,
+                            timestamps=True,
+                            _preload_content=False,
+                            _request_timeout=aiohttp.ClientTimeout(sock_read=_LOG_SILENCE_S),
+                            **resume,
+                        ),
+                    )
+                except (ApiException, aiohttp.ClientError, TimeoutError) as error:
+                    if isinstance(error, ApiException) and error.status in (400, 404):
+                        return  # pod gone, or its container never started
+                    if not transient(error):
+                        raise
+                    failures += 1
+                    if failures > API_FAILURES_TOLERATED:
+                        # The job goes on; only this copy of its log stops here.
+                        self.log.warning("Giving up on the log of %s: %s", pod, error)
+                        return
+                    await asyncio.sleep(min(1.0, self.poll_interval_s))
+                    continue
+                failures = 0
+                try:
+                    async for raw in response.content:
+                        stamp_text, _, text = (
+                            raw.decode("utf-8", errors="replace").rstrip("\r\n").partition(" ")
+                        )
+                        stamp = parse_stamp(stamp_text)
+                        if last_stamp is not None and stamp <= last_stamp:
+                            continue  # already copied before the reconnect
+                        last_stamp, last_seen = stamp, time.time()
+                        copy.write(text + "\n")
+                        copy.flush()
+                        if is_master:
+                            self.tail.append(text)
+                            await self.on_line(text)
+                except (aiohttp.ClientError, TimeoutError) as error:
+                    self.log.info("Log stream of %s dropped (%s): resuming", pod, error)
+                finally:
+                    response.release()
+                if await self._container_done(pod):
+                    return
+                await asyncio.sleep(min(1.0, self.poll_interval_s))
+
+    async def _container_done(self, pod: str) -> bool:
+        try:
+            current = await self.core.read_namespaced_pod(pod, self.namespace)
+        except ApiException:
+            return True
+        return container_exit(current, CONTAINER_NAME) is not None
+
+
+def parse_stamp(text: str) -> tuple[str, int]:
+    """An RFC3339Nano timestamp as a comparable (seconds part, nanoseconds) pair."""
+    seconds, _, rest = text.rstrip("Z").partition(".")
+    return seconds, int(rest.ljust(9, "0")[:9]) if rest.isdigit() else 0

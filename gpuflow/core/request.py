@@ -1,0 +1,125 @@
+"""The request a user makes: validated at the edge, before anything is downloaded."""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gpuflow.core.errors import RequestError
+
+_RESOLUTION = re.compile(r"^(\d{2,5})x(\d{2,5})$")
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+class Priority(enum.StrEnum):
+    HIGH = "high"
+    NORMAL = "normal"
+    BATCH = "batch"
+
+
+class ModelRef(BaseModel):
+    """A model in the cache: ``models/<name>/<revision>/`` on the NAS."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: Annotated[str, Field(pattern=_NAME, description="Model name, e.g. wan2.2-i2v-a14b.")]
+    revision: Annotated[str, Field(pattern=_NAME, description="Model revision or version tag.")]
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.revision}"
+
+
+class VideoRequest(BaseModel):
+    """One image-to-video request."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt: Annotated[
+        str, Field(min_length=1, max_length=4000, description="What should happen in the video.")
+    ]
+    image_uri: Annotated[
+        str,
+        Field(
+            min_length=1,
+            description="Object URI of the input image, e.g. s3://bucket/cat.png or file:///...",
+        ),
+    ]
+    resolution: Annotated[
+        str,
+        Field(
+            description="WIDTHxHEIGHT, both multiples of 16 between 64 and 1920 (e.g. 832x480).",
+        ),
+    ] = "320x192"
+    num_frames: Annotated[
+        int,
+        Field(ge=1, le=241, description="Frames to generate: 4n+1 as Wan-style models need."),
+    ] = 17
+    fps: Annotated[int, Field(ge=1, le=60, description="Frames per second of the video.")] = 16
+    seed: Annotated[int, Field(ge=0, lt=2**32, description="Random seed.")] = 0
+    priority: Priority = Priority.NORMAL
+    gpus: Annotated[
+        int, Field(ge=1, le=64, description="GPUs the job needs, all replicas together.")
+    ] = 1
+    gpu_type: Annotated[
+        str | None,
+        Field(pattern=_NAME, description="GPU type (e.g. h100); any type when unset."),
+    ] = None
+    job: Annotated[
+        str, Field(pattern=_NAME, description="Job definition: a uv project under jobs/.")
+    ] = "i2v"
+    model: ModelRef = ModelRef(name="wan2.2-i2v-standin", revision="v1")
+
+    @field_validator("resolution")
+    @classmethod
+    def _check_resolution(cls, value: str) -> str:
+        match = _RESOLUTION.match(value)
+        if not match:
+            raise ValueError(f"resolution {value!r} is not WIDTHxHEIGHT (e.g. 832x480)")
+        for axis, pixels in zip(("width", "height"), map(int, match.groups()), strict=True):
+            if not 64 <= pixels <= 1920 or pixels % 16:
+                raise ValueError(
+                    f"resolution {value!r}: {axis} {pixels} must be a multiple of 16 "
+                    "between 64 and 1920"
+                )
+        return value
+
+    @field_validator("num_frames")
+    @classmethod
+    def _check_frames(cls, value: int) -> int:
+        if (value - 1) % 4:
+            raise ValueError(
+                f"num_frames {value} is not of the form 4n+1 (e.g. {value - (value - 1) % 4} "
+                f"or {value - (value - 1) % 4 + 4})"
+            )
+        return value
+
+    @property
+    def width(self) -> int:
+        return int(self.resolution.split("x")[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.resolution.split("x")[1])
+
+    @property
+    def duration_s(self) -> float:
+        return self.num_frames / self.fps
+
+
+def parse_request(data: object) -> VideoRequest:
+    """A validated request, or a ``RequestError`` that names every bad field and value."""
+    from pydantic import ValidationError
+
+    if isinstance(data, VideoRequest):
+        return data
+    try:
+        return VideoRequest.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}={err.get('input')!r}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise RequestError(f"invalid request: {problems}") from None

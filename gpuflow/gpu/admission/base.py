@@ -1,0 +1,73 @@
+"""Where the admission queue is stored: the interface of its backends, and their rows."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from gpuflow.core.errors import GpuflowError
+from gpuflow.gpu.admission.policy import QueueEntry, Ticket
+
+
+class AdmissionError(GpuflowError):
+    """The admission queue is misconfigured or unreachable."""
+
+    retryable = True  # an unreachable database is infrastructure trouble
+
+
+class AdmissionConfigError(GpuflowError, ValueError):
+    """The admission queue's URL names no supported database."""
+
+
+class AdmissionQueue(ABC):
+    """Storage of the queue; every method is one short transaction."""
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the queue lives, without credentials (for logs and in-process wake-ups)."""
+
+    @abstractmethod
+    async def enqueue(self, ticket: Ticket, capacity: dict[str, int], ttl_s: float) -> None:
+        """Add ``ticket`` at the back of its priority and record the pools' sizes."""
+
+    @abstractmethod
+    async def try_admit(self, ticket_id: str, ttl_s: float) -> bool | None:
+        """Renew the ticket's deadline and admit it if it is admissible now.
+
+        ``None`` when the ticket is no longer queued (its deadline passed)."""
+
+    @abstractmethod
+    async def heartbeat(self, ticket_id: str, ttl_s: float) -> bool:
+        """Push the ticket's deadline out; False when it is no longer queued."""
+
+    @abstractmethod
+    async def leave(self, ticket_id: str) -> None:
+        """Remove the ticket (done, failed or cancelled)."""
+
+    @abstractmethod
+    async def entries(self) -> list[QueueEntry]:
+        """Every live entry, expired ones dropped first."""
+
+
+# Pool names are limit names ("gpu", "gpu:h100"); they never contain a newline.
+POOL_SEPARATOR = "\n"
+
+
+def entry_from_row(row: Any) -> QueueEntry:
+    return QueueEntry(
+        ticket_id=str(row[0]),
+        pools=tuple(str(row[1]).split(POOL_SEPARATOR)),
+        slots=int(row[2]),
+        rank=int(row[3]),
+        seq=int(row[4]),
+        holder=str(row[5]),
+        admitted=bool(row[6]),
+        expires_at=float(row[7]),
+    )
+
+
+SELECT_ENTRIES = (
+    "SELECT ticket_id, pools, slots, rank, seq, holder, admitted, expires_at "
+    "FROM gpuflow_admission_ticket ORDER BY rank, seq"
+)

@@ -1,0 +1,104 @@
+"""Waiting for admission: join the queue, wait to be admitted, hold it for the GPU job."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+
+from gpuflow.gpu.admission.base import AdmissionError, AdmissionQueue
+from gpuflow.gpu.admission.policy import Ticket
+
+logger = logging.getLogger(__name__)
+
+
+class _Wakeups:
+    """Wakes the waiters of this process when a ticket of the same queue leaves, so freed
+    slots are taken at once; waiters in other processes notice on their next poll."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+
+    @contextlib.contextmanager
+    def register(self, location: str) -> Iterator[asyncio.Event]:
+        token = (asyncio.get_running_loop(), asyncio.Event())
+        self._waiting.setdefault(location, set()).add(token)
+        try:
+            yield token[1]
+        finally:
+            self._waiting[location].discard(token)
+
+    def notify(self, location: str) -> None:
+        for loop, event in list(self._waiting.get(location, ())):
+            with contextlib.suppress(RuntimeError):  # its loop has closed
+                loop.call_soon_threadsafe(event.set)
+
+
+_wakeups = _Wakeups()
+
+
+@contextlib.asynccontextmanager
+async def admitted(
+    queue: AdmissionQueue,
+    ticket: Ticket,
+    capacity: dict[str, int],
+    ttl_s: float = 30.0,
+    poll_s: float = 0.5,
+) -> AsyncIterator[float]:
+    """Wait in ``queue`` until ``ticket`` is admissible; hold the admission for the body.
+
+    Yields the seconds spent waiting. The ticket leaves the queue on any exit."""
+    started = time.monotonic()
+    await queue.enqueue(ticket, capacity, ttl_s)
+    try:
+        with _wakeups.register(queue.location) as wakeup:
+            while True:
+                wakeup.clear()
+                verdict = await queue.try_admit(ticket.ticket_id, ttl_s)
+                if verdict:
+                    break
+                if verdict is None:
+                    # Our deadline passed (this process stalled): queue again at the back.
+                    logger.warning("Admission ticket %s expired; queueing again", ticket.ticket_id)
+                    await queue.enqueue(ticket, capacity, ttl_s)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wakeup.wait(), poll_s)
+        waited = time.monotonic() - started
+        heartbeat = asyncio.create_task(_beat(queue, ticket.ticket_id, ttl_s))
+        try:
+            yield waited
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+    finally:
+        # Shielded: a cancelled request must still leave the queue, or it blocks it until
+        # its deadline passes.
+        await asyncio.shield(_leave(queue, ticket.ticket_id))
+
+
+async def _leave(queue: AdmissionQueue, ticket_id: str) -> None:
+    try:
+        await queue.leave(ticket_id)
+    except AdmissionError as exc:
+        logger.warning("Could not leave the admission queue (%s); the entry expires", exc)
+    finally:
+        _wakeups.notify(queue.location)
+
+
+async def _beat(queue: AdmissionQueue, ticket_id: str, ttl_s: float) -> None:
+    while True:
+        await asyncio.sleep(ttl_s / 3)
+        try:
+            if not await queue.heartbeat(ticket_id, ttl_s):
+                logger.warning(
+                    "Admission ticket %s expired while holding GPUs; the Prefect limit "
+                    "still caps them, but admission order is lost for this job",
+                    ticket_id,
+                )
+                return
+        except AdmissionError as exc:
+            logger.warning("Admission heartbeat failed (%s); retrying", exc)

@@ -1,0 +1,72 @@
+"""The GPU cap in one place: everything a GPU job holds while it runs.
+
+``gpu_hold`` takes, in order, and gives back on any exit (success, failure, crash by
+lease expiry, cancellation):
+
+1. the capacity check: a request for more GPUs than a limit holds fails at once;
+2. fair admission (optional): a place in the queue by priority, then arrival;
+3. the Prefect slots of every limit, under one renewed lease;
+4. the job's record in the registry of running jobs (for reconciliation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+
+from gpuflow.core.events import GpuflowEvent, emit_run_event
+from gpuflow.core.request import Priority
+from gpuflow.gpu.admission.base import AdmissionQueue
+from gpuflow.gpu.admission.policy import Ticket
+from gpuflow.gpu.admission.waiting import admitted
+from gpuflow.gpu.capacity import check_gpu_capacity
+from gpuflow.gpu.leases import GpuLease, held_gpu_slots
+from gpuflow.gpu.registry import JobRegistry, RunningJob
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Where and how a request waits for its turn."""
+
+    queue: AdmissionQueue
+    priority: Priority
+    ttl_s: float
+
+
+@dataclass(frozen=True)
+class GpuHold:
+    lease: GpuLease
+    waited_s: float  # in the admission queue
+
+
+@contextlib.asynccontextmanager
+async def gpu_hold(
+    limits: list[str],
+    slots: int,
+    *,
+    job_name: str,
+    run_id: str | None,
+    lease_s: float,
+    registry: JobRegistry,
+    admission: Admission | None = None,
+    holder: ConcurrencyLeaseHolder | None = None,
+) -> AsyncIterator[GpuHold]:
+    """Hold ``slots`` of each of ``limits`` for the body; see the module's steps."""
+    capacity = await check_gpu_capacity(limits, slots)
+    async with contextlib.AsyncExitStack() as held:
+        waited = 0.0
+        if admission is not None:
+            ticket = Ticket(tuple(limits), slots, admission.priority, holder=run_id or job_name)
+            waited = await held.enter_async_context(
+                admitted(admission.queue, ticket, capacity, ttl_s=admission.ttl_s)
+            )
+        lease = await held.enter_async_context(held_gpu_slots(limits, slots, lease_s, holder))
+        if run_id is not None:
+            emit_run_event(GpuflowEvent.GPU_ADMITTED, run_id, job=job_name)
+        held.enter_context(
+            registry.recorded(RunningJob.here(str(lease.lease_id), limits, slots, job_name, run_id))
+        )
+        yield GpuHold(lease, waited)

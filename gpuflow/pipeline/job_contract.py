@@ -1,0 +1,53 @@
+"""The job contract: the command line every job gets, and the files it writes.
+
+A job is a uv project with one console script (``jobs/<name>/``); it is called with the
+same arguments whatever it is (the reference stand-in, a diffusers model) and writes
+``RAW_OUTPUT`` into the workspace's outputs, which postprocessing turns into
+``OUTPUT_NAME``. Exit codes and progress lines are ``gpuflow_progress``'s
+(``jobs/progress/README.md``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gpuflow.compute.base import JobSpec
+from gpuflow.core.request import VideoRequest
+from gpuflow.core.workspace import Workspace
+from gpuflow.envs.fabric import ResolvedEnv, console_script
+from gpuflow.storage.model_cache import CachedModel
+
+RAW_OUTPUT = "raw.mp4"  # what the job writes
+OUTPUT_NAME = "video.mp4"  # what the run uploads under <outputs_uri>/<run-id>/
+
+
+def job_spec(
+    request: VideoRequest,
+    job_dir: Path,
+    env: ResolvedEnv,
+    model: CachedModel,
+    image: Path,
+    workspace: Workspace,
+    timeout_s: float,
+) -> JobSpec:
+    """The job's command line for ``request``; every value is one argv element, verbatim."""
+    argv = [
+        str(env.script(console_script(job_dir))),
+        "--model-dir", str(model.path),
+        "--image", str(image),
+        "--prompt", request.prompt,
+        "--width", str(request.width),
+        "--height", str(request.height),
+        "--frames", str(request.num_frames),
+        "--fps", str(request.fps),
+        "--seed", str(request.seed),
+        "--output", str(workspace.output_path(RAW_OUTPUT)),
+    ]  # fmt: skip
+    return JobSpec(
+        name=f"{request.job}-{workspace.root.name}",
+        argv=argv,
+        workdir=workspace.root,
+        gpus=request.gpus,
+        gpu_type=request.gpu_type,
+        timeout_s=timeout_s,
+    )

@@ -1,0 +1,80 @@
+"""Creating runs of a gpuflow deployment through the Prefect API, as the UI does.
+
+A request's priority picks the work queue of the deployment's pool (``high``, ``normal``,
+``batch``, created by ``gpuflow bootstrap``), so workers serve urgent runs first.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.responses import DeploymentResponse
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+from gpuflow.core.errors import GpuflowError, NotFoundError
+from gpuflow.core.request import VideoRequest
+from gpuflow.pipeline.job_contract import OUTPUT_NAME
+from gpuflow.pipeline.stack import GpuflowStack
+from gpuflow.storage.uri import ObjectUri
+
+DEFAULT_DEPLOYMENT = "generate-video/generate-video-process"
+
+
+class SubmissionError(GpuflowError):
+    """The run could not be created (no such queue, or parameters refused)."""
+
+
+class DeploymentNotFoundError(SubmissionError, NotFoundError):
+    """No deployment of that flow-name/deployment-name on the server."""
+
+
+async def find_deployment(client: PrefectClient, name: str) -> DeploymentResponse:
+    try:
+        if "/" in name:
+            return await client.read_deployment_by_name(name)
+        return await client.read_deployment(UUID(name))
+    except (ObjectNotFound, ValueError):
+        raise DeploymentNotFoundError(
+            f"no deployment {name!r} on {client.api_url}: deploy with "
+            "`prefect --no-prompt deploy --all` (names look like flow-name/deployment-name)"
+        ) from None
+
+
+async def submit_request(
+    client: PrefectClient,
+    deployment: DeploymentResponse,
+    request: VideoRequest,
+    stack: str,
+    tags: list[str] | None = None,
+) -> FlowRun:
+    """One flow run of ``deployment`` for ``request`` on the queue of its priority."""
+    parameters: dict[str, Any] = {"request": request.model_dump(mode="json"), "stack": stack}
+    queue = request.priority.value if deployment.work_pool_name else None
+    try:
+        return await client.create_flow_run_from_deployment(
+            deployment.id, parameters=parameters, tags=tags or [], work_queue_name=queue
+        )
+    except PrefectHTTPStatusError as exc:
+        status = exc.response.status_code
+        detail = exc.response.json().get("detail", exc.response.text)
+        if status == 404 and queue:
+            raise SubmissionError(
+                f"work pool {deployment.work_pool_name!r} has no work queue {queue!r} for "
+                f"priority {queue!r}: create the queues with `gpuflow bootstrap`"
+            ) from None
+        raise SubmissionError(
+            f"the server refused a run of {deployment.name!r} ({status}): {detail}"
+        ) from None
+
+
+async def output_uri(stack: str, run_id: str) -> str:
+    """Where a completed run of ``generate-video`` put its video."""
+    pipeline = cast(GpuflowStack, await GpuflowStack.aload(stack))
+    return output_uri_in(pipeline, run_id)
+
+
+def output_uri_in(pipeline: GpuflowStack, run_id: str) -> str:
+    return str(ObjectUri.parse(pipeline.outputs_uri).join(run_id, OUTPUT_NAME))

@@ -1,0 +1,247 @@
+"""Read-only ``https://`` (and ``http://``) sources for public model files.
+
+Files download with the same parallel, resumable, ranged machinery as S3, pinned to
+the file's ETag (``If-Range``: a changed file answers 200 instead of 206 and the
+download stops rather than mixing versions). HTTP has no listing, so a prefix is
+listed through an index file beside the files: the model cache's own manifest
+format (``{"files": [{"path", "size", "sha256"}]}``), so a model directory of one
+cache published by any web server is a source for another.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import http.client
+import json
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import quote, urljoin, urlsplit
+
+import urllib3
+from pydantic import Field, PrivateAttr, SecretStr
+
+from gpuflow.core.errors import (
+    GpuflowError,
+    IntegrityError,
+    ObjectNotFoundError,
+    StoreAccessError,
+    StoreError,
+)
+from gpuflow.storage.base import ObjectStore
+from gpuflow.storage.transfer import Part, PartReader, TransferSettings, download_ranges, plan_parts
+from gpuflow.storage.uri import ObjectInfo, safe_relative_path
+
+
+class HttpSource(ObjectStore):
+    """Files on a web server (a model hub, nginx, a CDN), read with parallel ranges."""
+
+    _block_type_name = "gpuflow http source"
+    _block_type_slug = "gpuflow-http-source"
+    _description = "Read-only https:// source of model files: parallel, resumable ranged GETs."
+    schemes: ClassVar[tuple[str, ...]] = ("https", "http")
+    writable: ClassVar[bool] = False
+
+    bearer_token: SecretStr | None = Field(
+        default=None, description="Sent as 'Authorization: Bearer …' (e.g. a hub token)."
+    )
+    index_name: str = Field(
+        default="gpuflow-manifest.json",
+        description="File under a prefix that lists its files (HTTP has no listing).",
+    )
+    verify_tls: bool = True
+    timeout_s: float = Field(default=60.0, gt=0, description="Connect and read timeout.")
+    transfer: TransferSettings = Field(default_factory=TransferSettings)
+
+    _pool: urllib3.PoolManager | None = PrivateAttr(default=None)
+    _connections: _ThreadConnections = PrivateAttr(default_factory=lambda: _ThreadConnections())
+    _pool_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    @classmethod
+    def for_scheme(cls, scheme: str) -> HttpSource | None:
+        # A public file needs no token: any stack can read an https:// input.
+        return cls() if scheme in cls.schemes else None
+
+    @property
+    def pool(self) -> urllib3.PoolManager:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = urllib3.PoolManager(
+                    maxsize=self.transfer.max_concurrency * 2,
+                    cert_reqs="CERT_REQUIRED" if self.verify_tls else "CERT_NONE",
+                    timeout=urllib3.Timeout(connect=self.timeout_s, read=self.timeout_s),
+                    retries=urllib3.Retry(total=3, backoff_factor=0.5, redirect=5),
+                )
+            return self._pool
+
+    def stat(self, uri: str) -> ObjectInfo:
+        response = self._request(uri, "HEAD")
+        length = response.headers.get("Content-Length")
+        if length is None:
+            raise StoreError(f"{uri}: the server sent no Content-Length")
+        return ObjectInfo(uri, int(length), etag=response.headers.get("ETag"))
+
+    def list(self, prefix_uri: str) -> Iterator[ObjectInfo]:
+        prefix = self.check_uri(prefix_uri)
+        index_uri = str(prefix.join(self.index_name))
+        try:
+            response = self._request(index_uri, "GET")
+        except ObjectNotFoundError:
+            raise ObjectNotFoundError(
+                prefix_uri, f"no {self.index_name} under this prefix (https sources list by it)"
+            ) from None
+        try:
+            files = json.loads(response.data)["files"]
+            entries = [
+                (str(entry["path"]), int(entry["size"]), entry.get("sha256")) for entry in files
+            ]
+        except (ValueError, KeyError, TypeError) as error:
+            raise StoreError(f"{index_uri}: not a file index ({error!r})") from None
+        if not entries:
+            raise ObjectNotFoundError(prefix_uri, "its index lists no files")
+        for path, size, sha256 in sorted(entries):
+            relative = safe_relative_path(path, f"{index_uri} entry {path}")
+            yield ObjectInfo(str(prefix.join(*relative.parts)), size, sha256=sha256)
+
+    def download(self, uri: str, destination: Path) -> ObjectInfo:
+        head = self._request(uri, "HEAD")
+        if "Content-Length" not in head.headers:
+            raise StoreError(f"{uri}: the server sent no Content-Length")
+        size = int(head.headers["Content-Length"])
+        validator = head.headers.get("ETag") or head.headers.get("Last-Modified") or ""
+        ranged = head.headers.get("Accept-Ranges", "").lower() == "bytes" and bool(validator)
+        settings = self.transfer
+        parts = plan_parts(size, settings) if ranged else [Part(1, 0, size)]
+
+        # Ranges go to where the HEAD was redirected (a hub sends files to its CDN).
+        location = urljoin(self._url(uri), head.geturl() or "")
+
+        @contextlib.contextmanager
+        def stream(part: Part, whole: bool) -> Iterator[PartReader]:
+            headers = {"Accept-Encoding": "identity", **self._auth_headers()}
+            if not whole:
+                headers["Range"] = f"bytes={part.offset}-{part.end}"
+                headers["If-Range"] = validator
+            connection, response = self._connections.get(location, headers, self)
+            try:
+                if response.status >= 400:
+                    raise _status_error(uri, response.status)
+                if response.status != (200 if whole else 206):
+                    raise IntegrityError(uri, "the file changed during the download")
+                yield _SocketReader(uri, response)
+            finally:
+                if not response.isclosed():
+                    connection.close()  # not read to the end: unusable for the next request
+
+        result = download_ranges(
+            uri,
+            destination,
+            size=size,
+            version=validator,
+            parts=parts,
+            stream=stream,
+            settings=settings,
+        )
+        return ObjectInfo(uri, result.size, etag=head.headers.get("ETag"))
+
+    def upload(self, source: Path, uri: str) -> ObjectInfo:
+        raise StoreAccessError(uri, "https sources are read-only")
+
+    def upload_prefix(
+        self, source: Path, prefix_uri: str, concurrency: int = 8
+    ) -> builtins.list[ObjectInfo]:
+        raise StoreAccessError(prefix_uri, "https sources are read-only")
+
+    def _url(self, uri: str) -> str:
+        parsed = self.check_uri(uri)
+        return f"{parsed.scheme}://{parsed.bucket}/{quote(parsed.key)}"
+
+    def _auth_headers(self) -> dict[str, str]:
+        if self.bearer_token is None:
+            return {}
+        return {"Authorization": f"Bearer {self.bearer_token.get_secret_value()}"}
+
+    def _request(
+        self, uri: str, method: str, headers: dict[str, str] | None = None, stream: bool = False
+    ) -> Any:
+        url = self._url(uri)
+        all_headers = {**(headers or {}), **self._auth_headers()}
+        try:
+            response = self.pool.request(
+                method, url, headers=all_headers, preload_content=not stream, redirect=True
+            )
+        except urllib3.exceptions.HTTPError as error:
+            raise StoreError(f"{uri}: request failed: {type(error).__name__}") from None
+        if response.status < 400:
+            return response
+        response.drain_conn()
+        response.release_conn()
+        raise _status_error(uri, response.status)
+
+
+class _ThreadConnections(threading.local):
+    """One kept-alive connection per origin and worker thread, for the ranged GETs.
+
+    The ranges use ``http.client`` itself: its ``readinto`` fills the caller's buffer
+    from the socket directly, where urllib3's copies through an intermediate bytes object.
+    """
+
+    def __init__(self) -> None:
+        self.by_origin: dict[tuple[str, str], http.client.HTTPConnection] = {}
+
+    def get(
+        self, url: str, headers: dict[str, str], source: HttpSource
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        parts = urlsplit(url)
+        origin = (parts.scheme, parts.netloc)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        for attempt in (1, 2):
+            connection = self.by_origin.get(origin)
+            if connection is None:
+                connection = _connect(parts.scheme, parts.netloc, source)
+                self.by_origin[origin] = connection
+            try:
+                connection.request("GET", target, headers=headers)
+                return connection, connection.getresponse()
+            except (http.client.HTTPException, OSError):
+                # The server may have closed a kept-alive connection: one more, fresh.
+                connection.close()
+                del self.by_origin[origin]
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+
+def _connect(scheme: str, netloc: str, source: HttpSource) -> http.client.HTTPConnection:
+    if scheme == "http":
+        return http.client.HTTPConnection(netloc, timeout=source.timeout_s)
+    context = ssl.create_default_context()
+    if not source.verify_tls:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return http.client.HTTPSConnection(netloc, timeout=source.timeout_s, context=context)
+
+
+class _SocketReader:
+    def __init__(self, uri: str, response: http.client.HTTPResponse) -> None:
+        self._uri = uri
+        self._response = response
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        try:
+            return self._response.readinto(buffer)
+        except (http.client.HTTPException, OSError) as error:
+            raise StoreError(f"{self._uri}: connection lost mid-part: {error!r}") from None
+
+
+def _status_error(uri: str, status: int) -> GpuflowError:
+    if status == 404:
+        return ObjectNotFoundError(uri)
+    if status in (401, 403):
+        return StoreAccessError(uri, f"access denied (HTTP {status}): check the bearer token")
+    if status == 416:
+        return IntegrityError(uri, "the server refused the byte range (the file shrank?)")
+    return StoreError(f"{uri}: the server answered HTTP {status}")

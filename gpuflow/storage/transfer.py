@@ -1,0 +1,483 @@
+"""Transfer machinery shared by the object stores, free of any protocol.
+
+A store hands in a function that streams one byte range (downloads) or sends one
+part (uploads); this module plans the parts, runs them in parallel, checksums
+them, journals finished parts so a killed download resumes where it stopped, and
+publishes a download at its final path only once it is complete and verified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import threading
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gpuflow.core.errors import GpuflowError, IntegrityError, StoreError
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+# S3's limits: parts of 5 MiB to 5 GiB (the last may be smaller), at most 10,000 of them.
+S3_MIN_PART = 5 * MiB
+S3_MAX_PART = 5 * GiB
+S3_MAX_PARTS = 10_000
+_JOURNAL_FORMAT = 1
+
+DigestName = Literal["md5", "sha256", "crc32"]
+T = TypeVar("T")
+
+
+class TransferSettings(BaseModel):
+    """How an object is cut into parts and how many move at once."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_concurrency: int = Field(
+        default=8, ge=1, le=64, description="Parts (or files) in flight at once."
+    )
+    single_stream_below: int = Field(
+        default=16 * MiB,
+        ge=0,
+        description="Objects up to this size move in one request: below it, parallel "
+        "parts cost more in requests than they gain.",
+    )
+    min_part_size: int = Field(default=8 * MiB, ge=S3_MIN_PART, le=S3_MAX_PART)
+    max_part_size: int = Field(default=32 * MiB, ge=S3_MIN_PART, le=S3_MAX_PART)
+    chunk_size: int = Field(
+        default=256 * 1024,
+        ge=16 * 1024,
+        description="Bytes read from the network per call (small enough to stay in CPU cache).",
+    )
+    part_attempts: int = Field(
+        default=3, ge=1, le=10, description="Tries per part before the transfer fails."
+    )
+
+
+@dataclass(frozen=True)
+class Part:
+    """One byte range of an object; ``number`` counts from 1 as S3's part numbers do."""
+
+    number: int
+    offset: int
+    length: int
+
+    @property
+    def end(self) -> int:
+        """The last byte's offset, inclusive (as HTTP ranges count)."""
+        return self.offset + self.length - 1
+
+
+def plan_parts(size: int, settings: TransferSettings, align: int | None = None) -> list[Part]:
+    """Cut ``size`` bytes into parts sized for ``settings``' concurrency.
+
+    Small objects move in one stream. Larger ones get about two parts per worker
+    (so a slow part does not leave the others idle at the end), within the part
+    size bounds and S3's 10,000-part limit. ``align`` makes every part boundary a
+    multiple of it: a download aligned to the object's upload parts can check each
+    part's MD5 against the multipart ETag without a second pass over the file.
+    """
+    if size < 0:
+        raise ValueError(f"size {size} is negative")
+    if size <= settings.single_stream_below or size <= settings.min_part_size:
+        return [Part(1, 0, size)]
+    part_size = math.ceil(size / (settings.max_concurrency * 2))
+    part_size = min(max(part_size, settings.min_part_size), settings.max_part_size)
+    part_size = max(part_size, math.ceil(size / S3_MAX_PARTS))
+    part_size = math.ceil(part_size / MiB) * MiB
+    if align:
+        part_size = max(1, math.ceil(part_size / align)) * align
+    return [
+        Part(number, offset, min(part_size, size - offset))
+        for number, offset in enumerate(range(0, size, part_size), start=1)
+    ]
+
+
+class Digest(Protocol):
+    def update(self, data: bytes | memoryview, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+class _Crc32:
+    """zlib's CRC-32 behind hashlib's interface: the cheapest check for a resume journal."""
+
+    def __init__(self) -> None:
+        self._value = 0
+
+    def update(self, data: bytes | memoryview, /) -> None:
+        self._value = zlib.crc32(data, self._value)
+
+    def hexdigest(self) -> str:
+        return f"{self._value:08x}"
+
+
+def new_digest(name: DigestName) -> Digest:
+    if name == "crc32":
+        return _Crc32()
+    return hashlib.new(name, usedforsecurity=False) if name == "md5" else hashlib.sha256()
+
+
+def file_digest(path: Path, name: DigestName, offset: int = 0, length: int | None = None) -> str:
+    """Digest of ``length`` bytes of ``path`` from ``offset`` (the whole rest by default)."""
+    digest = new_digest(name)
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        remaining = length if length is not None else math.inf
+        while remaining > 0:
+            chunk = handle.read(int(min(8 * MiB, remaining)))
+            if not chunk:
+                break
+            digest.update(chunk)
+            remaining -= len(chunk)
+    return digest.hexdigest()
+
+
+def multipart_etag(part_md5s: Sequence[str]) -> str:
+    """S3's ETag of a multipart object: MD5 of the parts' binary MD5s, then ``-<count>``."""
+    joined = b"".join(bytes.fromhex(md5) for md5 in part_md5s)
+    return f"{hashlib.md5(joined, usedforsecurity=False).hexdigest()}-{len(part_md5s)}"
+
+
+class _BlockDigester:
+    """Digests of consecutive ``block_size`` blocks of a part (one digest when unset)."""
+
+    def __init__(self, name: DigestName, length: int, block_size: int | None) -> None:
+        self._name = name
+        self._block_size = block_size or max(length, 1)
+        self._current = new_digest(name)
+        self._filled = 0
+        self.digests: list[str] = []
+
+    def update(self, data: memoryview) -> None:
+        while data:
+            room = self._block_size - self._filled
+            piece, data = data[:room], data[room:]
+            self._current.update(piece)
+            self._filled += len(piece)
+            if self._filled == self._block_size:
+                self._close_block()
+
+    def finish(self) -> list[str]:
+        if self._filled or not self.digests:
+            self._close_block()
+        return self.digests
+
+    def _close_block(self) -> None:
+        self.digests.append(self._current.hexdigest())
+        self._current = new_digest(self._name)
+        self._filled = 0
+
+
+class PartReader(Protocol):
+    """The body of one part's response, read into the caller's buffer."""
+
+    def readinto(self, buffer: memoryview, /) -> int: ...
+
+
+RangeStream = Callable[[Part, bool], contextlib.AbstractContextManager[PartReader]]
+"""Opens the response for a part; the flag is True when the part is the whole object."""
+
+Verifier = Callable[[Path, list[str]], None]
+"""Checks the downloaded file and its block digests; raises ``IntegrityError`` on a mismatch."""
+
+
+def partial_path(destination: Path) -> Path:
+    return destination.with_name(f".{destination.name}.gpuflow-partial")
+
+
+def journal_path(destination: Path) -> Path:
+    return destination.with_name(f".{destination.name}.gpuflow-journal")
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    size: int
+    digests: list[str]
+    bytes_fetched: int
+    parts_resumed: int
+
+
+def download_ranges(
+    uri: str,
+    destination: Path,
+    *,
+    size: int,
+    version: str,
+    parts: list[Part],
+    stream: RangeStream,
+    settings: TransferSettings,
+    digest: DigestName = "crc32",
+    block_size: int | None = None,
+    verify: Verifier | None = None,
+) -> DownloadResult:
+    """Fetch ``parts`` of ``uri`` in parallel into ``destination``, resuming a killed run.
+
+    Bytes land in a hidden ``.<name>.gpuflow-partial`` file beside the destination; a
+    journal beside it records each finished part with its digest. A rerun for the
+    same object ``version`` and size re-checks the journaled parts on disk and
+    fetches only the rest. The destination appears only after every part arrived,
+    ``verify`` accepted the file and the data reached the disk. One destination has
+    one writer at a time (callers hold a lock or own the directory).
+    """
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = partial_path(destination)
+    journal = journal_path(destination)
+    header = {
+        "format": _JOURNAL_FORMAT,
+        "uri": uri,
+        "size": size,
+        "version": version,
+        "digest": digest,
+        "block_size": block_size,
+        "parts": [[part.offset, part.length] for part in parts],
+    }
+    resumable = len(parts) > 1
+    done = _resume(partial, journal, header, parts, digest, block_size) if resumable else {}
+    if not done:
+        _start_fresh(partial, journal, header if resumable else None, size)
+    todo = [part for part in parts if part.number not in done]
+    fetched = 0
+    fd = os.open(partial, os.O_RDWR)
+    try:
+        with (
+            journal.open("a") if resumable else contextlib.nullcontext() as journal_file,
+            ThreadPoolExecutor(
+                max_workers=max(1, min(settings.max_concurrency, len(todo))),
+                thread_name_prefix="gpuflow-download",
+            ) as pool,
+        ):
+            journal_lock = threading.Lock()
+            cancelled = threading.Event()
+
+            def fetch(part: Part) -> list[str]:
+                if cancelled.is_set():
+                    raise _Stopped(f"{uri}: download stopped after another part failed")
+                try:
+                    digests = _fetch_part(
+                        uri, fd, part, len(parts) == 1, stream, settings, digest, block_size,
+                        cancelled,
+                    )  # fmt: skip
+                except BaseException:
+                    cancelled.set()  # before this worker picks up the next queued part
+                    raise
+                if journal_file is not None:
+                    with journal_lock:
+                        journal_file.write(json.dumps({"part": part.number, "digests": digests}))
+                        journal_file.write("\n")
+                        journal_file.flush()
+                return digests
+
+            futures = {part.number: pool.submit(fetch, part) for part in todo}
+            _wait_all(futures.values(), cancelled)
+            for number, future in futures.items():
+                done[number] = future.result()
+                fetched += next(part.length for part in parts if part.number == number)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    digests = [block for part in parts for block in done[part.number]]
+    if partial.stat().st_size != size:
+        _discard(partial, journal)
+        raise IntegrityError(uri, f"expected {size} bytes, wrote {partial.stat().st_size}")
+    try:
+        if verify is not None:
+            verify(partial, digests)
+    except IntegrityError:
+        _discard(partial, journal)
+        raise
+    partial.replace(destination)
+    journal.unlink(missing_ok=True)
+    return DownloadResult(size, digests, fetched, len(parts) - len(todo))
+
+
+class _Stopped(StoreError):
+    """A part given up because another part failed first."""
+
+
+def _wait_all(futures: Iterable[Future[T]], cancelled: threading.Event) -> None:
+    """Wait for every future; on the first failure stop the others and raise it."""
+    pending = list(futures)
+    finished, _ = wait(pending, return_when=FIRST_EXCEPTION)
+    if any(future.exception() is not None for future in finished):
+        cancelled.set()
+        for future in pending:
+            future.cancel()  # parts not started yet never start
+        started = [future for future in pending if not future.cancelled()]
+        wait(started)
+        errors = [error for future in started if (error := future.exception()) is not None]
+        # The failure that stopped the others, not one of the stops it caused.
+        raise next((error for error in errors if not isinstance(error, _Stopped)), errors[0])
+
+
+def _fetch_part(
+    uri: str,
+    fd: int,
+    part: Part,
+    whole: bool,
+    stream: RangeStream,
+    settings: TransferSettings,
+    digest: DigestName,
+    block_size: int | None,
+    cancelled: threading.Event,
+) -> list[str]:
+    for attempt in range(1, settings.part_attempts + 1):
+        digester = _BlockDigester(digest, part.length, block_size)
+        try:
+            with stream(part, whole) as reader:
+                received = _read_part(uri, fd, part, reader, digester, settings, cancelled)
+                if received < part.length:
+                    raise IntegrityError(
+                        uri, f"part {part.number} ended after {received} of {part.length} bytes"
+                    )
+                if reader.readinto(memoryview(bytearray(1))):
+                    raise IntegrityError(uri, f"part {part.number} sent more than {part.length} B")
+            return digester.finish()
+        except GpuflowError as error:
+            if not error.retryable or cancelled.is_set() or attempt == settings.part_attempts:
+                raise
+        except OSError as error:
+            # Network resets surface as OSError subclasses; a full disk is final.
+            if isinstance(error, FileNotFoundError | PermissionError) or attempt == (
+                settings.part_attempts
+            ):
+                raise StoreError(f"{uri}: part {part.number} failed: {error}") from error
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _read_part(
+    uri: str,
+    fd: int,
+    part: Part,
+    reader: PartReader,
+    digester: _BlockDigester,
+    settings: TransferSettings,
+    cancelled: threading.Event,
+) -> int:
+    # One small buffer per part, reused: it stays in the CPU cache between the copy
+    # from the socket and the copy into the file (mapping the file instead costs a
+    # page fault and a zero-fill per page).
+    buffer = memoryview(bytearray(min(settings.chunk_size, max(part.length, 1))))
+    received = 0
+    while received < part.length:
+        if cancelled.is_set():
+            raise _Stopped(f"{uri}: download stopped after another part failed")
+        count = reader.readinto(buffer[: part.length - received])
+        if not count:
+            break
+        chunk = buffer[:count]
+        digester.update(chunk)
+        written = 0
+        while written < count:
+            written += os.pwrite(fd, chunk[written:], part.offset + received + written)
+        received += count
+    return received
+
+
+def _start_fresh(partial: Path, journal: Path, header: dict[str, object] | None, size: int) -> None:
+    journal.unlink(missing_ok=True)
+    with partial.open("wb") as handle:
+        handle.truncate(size)
+    if header is not None:
+        journal.write_text(json.dumps(header) + "\n")
+
+
+def _resume(
+    partial: Path,
+    journal: Path,
+    header: dict[str, object],
+    parts: list[Part],
+    digest: DigestName,
+    block_size: int | None,
+) -> dict[int, list[str]]:
+    """Parts a previous run finished whose bytes on disk still match their digests."""
+    try:
+        lines = journal.read_text().splitlines()
+        if json.loads(lines[0]) != header or partial.stat().st_size != header["size"]:
+            return {}
+        records = [json.loads(line) for line in lines[1:] if line.endswith("}")]
+    except (OSError, ValueError, IndexError):
+        return {}
+    by_number = {part.number: part for part in parts}
+    done: dict[int, list[str]] = {}
+    for record in records:
+        part = by_number.get(record.get("part"))
+        if part is None:
+            continue
+        on_disk = _BlockDigester(digest, part.length, block_size)
+        with partial.open("rb") as handle:
+            handle.seek(part.offset)
+            remaining = part.length
+            while remaining:
+                chunk = handle.read(min(8 * MiB, remaining))
+                if not chunk:
+                    break
+                on_disk.update(memoryview(chunk))
+                remaining -= len(chunk)
+        if on_disk.finish() == record.get("digests"):
+            done[part.number] = record["digests"]
+    return done
+
+
+def _discard(partial: Path, journal: Path) -> None:
+    partial.unlink(missing_ok=True)
+    journal.unlink(missing_ok=True)
+
+
+def upload_parts(
+    uri: str,
+    source: Path,
+    parts: list[Part],
+    send: Callable[[Part, bytes], T],
+    settings: TransferSettings,
+) -> list[T]:
+    """Read each part of ``source`` and ``send`` it, in parallel; results in part order."""
+    fd = os.open(source, os.O_RDONLY)
+    cancelled = threading.Event()
+
+    def read_and_send(part: Part) -> T:
+        for attempt in range(1, settings.part_attempts + 1):
+            if cancelled.is_set():
+                raise _Stopped(f"{uri}: upload stopped after another part failed")
+            data = _pread_all(fd, part)
+            try:
+                return send(part, data)
+            except GpuflowError as error:
+                if not error.retryable or attempt == settings.part_attempts:
+                    raise
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    try:
+        with ThreadPoolExecutor(
+            max_workers=max(1, min(settings.max_concurrency, len(parts))),
+            thread_name_prefix="gpuflow-upload",
+        ) as pool:
+            futures = [pool.submit(read_and_send, part) for part in parts]
+            _wait_all(futures, cancelled)
+            return [future.result() for future in futures]
+    finally:
+        os.close(fd)
+
+
+def _pread_all(fd: int, part: Part) -> bytes:
+    data = os.pread(fd, part.length, part.offset)
+    if len(data) == part.length:
+        return data
+    chunks = [data]
+    received = len(data)
+    while received < part.length:
+        chunk = os.pread(fd, part.length - received, part.offset + received)
+        if not chunk:
+            raise StoreError(f"file shrank while uploading: part {part.number} is short")
+        chunks.append(chunk)
+        received += len(chunk)
+    return b"".join(chunks)
