@@ -13,13 +13,38 @@ from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from blocks.environment import ResolvedEnv
-from deployments.bootstrap import bootstrap
-from gpuflow.embedded import EmbeddedLayout, repository_jobs_root
-from gpuflow.local_server import LocalServer, ensure_server, stop_server
+from gpuflow.envs.fabric import ResolvedEnv
+from gpuflow.ops.bootstrap import bootstrap
+from gpuflow.ops.embedded import EmbeddedLayout, repository_jobs_root
+from gpuflow.ops.local_server import LocalServer, ensure_server, stop_server
 
 # `deployed`: gpuflow bootstrapped, `prefect deploy --all`, a process worker (one per session).
-pytest_plugins = ["tests.integration.deployed"]
+pytest_plugins = ["tests.support.deployed"]
+
+# Fixtures that start or need a real service; a test using one is an integration test.
+SERVICE_FIXTURES = frozenset(
+    {"prefect_server", "i2v_env", "deployed", "moto_server", "moto_url", "wheelhouse"}
+)
+# Helpers a test module imports to reach a service from the test's body.
+SERVICE_HELPERS = frozenset({"fresh_database", "ensure_server"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a test that needs a service but is not marked ``integration``: `make unit`
+    (``-m "not integration"``) must never start a server or reach a database."""
+    unmarked = []
+    for item in items:
+        if item.get_closest_marker("integration") is not None:
+            continue
+        fixtures = set(getattr(item, "fixturenames", ())) & SERVICE_FIXTURES
+        module = getattr(item, "module", None)
+        helpers = {name for name in SERVICE_HELPERS if hasattr(module, name)}
+        if fixtures or helpers:
+            unmarked.append(f"{item.nodeid} (uses {', '.join(sorted(fixtures | helpers))})")
+    if unmarked:
+        raise pytest.UsageError(
+            "tests that need a service must be marked integration:\n  " + "\n  ".join(unmarked)
+        )
 
 
 @pytest.fixture(scope="session")

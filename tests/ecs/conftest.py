@@ -18,9 +18,9 @@ import pytest
 from moto.server import ThreadedMotoServer
 from prefect_aws import AwsCredentials
 
-from blocks.ecs import EcsTask
-from blocks.ecs_taskdef import EfsNas
-from tests.ecs.answers_proxy import AnswersProxy
+from gpuflow.compute.ecs.target import EcsTask
+from gpuflow.compute.ecs.taskdef import EfsNas
+from tests.support.ecs_answers import AnswersProxy
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"

@@ -20,8 +20,8 @@ import boto3
 import pytest
 from prefect_aws import AwsCredentials
 
-from blocks.compute import JobSpec
-from blocks.ecs import EcsTask
+from gpuflow.compute.base import JobSpec
+from gpuflow.compute.ecs.target import EcsTask
 
 _NEEDED = ("GPUFLOW_ECS_CLUSTER", "GPUFLOW_ECS_SUBNETS", "GPUFLOW_ECS_EXECUTION_ROLE_ARN")
 _missing = [name for name in _NEEDED if not os.environ.get(name)]

@@ -19,15 +19,15 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Running
 from prefect_aws import AwsCredentials
 
-from blocks.compute import JobSpec
-from blocks.ecs import EcsTask
-from blocks.ecs_reconcile import stop_orphaned_tasks
-from blocks.ecs_taskdef import FLOW_RUN_TAG
-from flows.reconcile_ecs import reconcile_ecs_tasks
-from gpuflow.embedded import EmbeddedLayout
-from gpuflow.local_server import LocalServer
-from tests.ecs.answers_proxy import AnswersProxy
+from gpuflow.compute.base import JobSpec
+from gpuflow.compute.ecs.orphans import stop_orphaned_tasks
+from gpuflow.compute.ecs.target import EcsTask
+from gpuflow.compute.ecs.taskdef import FLOW_RUN_TAG
+from gpuflow.ops.embedded import EmbeddedLayout
+from gpuflow.ops.local_server import LocalServer
+from gpuflow.pipeline.ecs_orphans import stop_orphaned_ecs_tasks
 from tests.ecs.conftest import NAS, all_tasks, ecs_client, recorded
+from tests.support.ecs_answers import AnswersProxy
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +106,7 @@ def test_the_reconcile_flow_checks_the_stacks_ecs_clusters(
     job = JobSpec(name="postprocess", argv=["python"], workdir=Path("/mnt/gpuflow-nas"), gpus=0)
     orphan = target.start_task(job, asyncio.run(_flow_run_in(Completed())))
 
-    assert asyncio.run(reconcile_ecs_tasks(stack=stack_name)) == [orphan]
+    assert asyncio.run(stop_orphaned_ecs_tasks(stack=stack_name)) == [orphan]
     assert ecs_client(aws).list_tasks(cluster=cluster, desiredStatus="RUNNING")["taskArns"] == []
 
 

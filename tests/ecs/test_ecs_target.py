@@ -25,12 +25,16 @@ from botocore.validate import ParamValidator
 from gpuflow_progress import ExitCode, Progress, encode
 from prefect_aws import AwsCredentials
 
-from blocks.compute import JobResult, JobSpec
-from blocks.ecs import EcsTask
-from blocks.ecs_outcome import EcsCapacityError, EcsTaskError
-from blocks.ecs_taskdef import FINGERPRINT_TAG, FLOW_RUN_TAG, EcsConfigError, log_stream_name
-from gpuflow.errors import JobFailedError
-from tests.ecs.answers_proxy import AnswersProxy
+from gpuflow.compute.base import JobResult, JobSpec
+from gpuflow.compute.ecs.outcome import EcsCapacityError, EcsTaskError
+from gpuflow.compute.ecs.target import EcsTask
+from gpuflow.compute.ecs.taskdef import (
+    FINGERPRINT_TAG,
+    FLOW_RUN_TAG,
+    EcsConfigError,
+    log_stream_name,
+)
+from gpuflow.core.errors import JobFailedError
 from tests.ecs.conftest import (
     REGION,
     all_tasks,
@@ -38,6 +42,9 @@ from tests.ecs.conftest import (
     ecs_client,
     recorded,
 )
+from tests.support.ecs_answers import AnswersProxy
+
+pytestmark = pytest.mark.integration
 
 HOLD = {"progression": "manual", "times": 10**9}
 RELEASE = {"progression": "immediate"}

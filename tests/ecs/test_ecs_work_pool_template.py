@@ -11,16 +11,10 @@ import pytest
 from botocore.validate import ParamValidator
 from prefect_aws.workers.ecs_worker import ECSJobConfiguration
 
-from deployments.ecs_template import TEMPLATE_PATH, ecs_base_job_template, render
-from gpuflow.local_server import LocalServer
+from gpuflow.compute.ecs.pool import ecs_base_job_template
+from gpuflow.ops.local_server import LocalServer
 
 ROLE = "arn:aws:iam::123456789012:role/"
-
-
-def test_committed_template_is_the_generated_one() -> None:
-    assert TEMPLATE_PATH.read_text() == render(), (
-        "deployments/base_job_templates/ecs.json is stale: run python -m deployments.ecs_template"
-    )
 
 
 def test_new_variables_are_required_where_the_flow_cannot_work_without_them() -> None:

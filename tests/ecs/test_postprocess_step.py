@@ -11,17 +11,20 @@ from typing import Any, cast
 
 import pytest
 
-from blocks.ecs import EcsTask
-from blocks.local import LocalSubprocess
-from blocks.postprocess_job import postprocess_job_spec, run_postprocess
-from blocks.stack import GpuflowStack
-from blocks.watermark import PostprocessError, Watermark, ffmpeg_binary
-from gpuflow.embedded import EmbeddedLayout
-from gpuflow.errors import JobFailedError
-from gpuflow.local_server import LocalServer
-from tests.ecs.answers_proxy import AnswersProxy
+from gpuflow.compute.ecs.target import EcsTask
+from gpuflow.compute.local import LocalSubprocess
+from gpuflow.core.errors import JobFailedError
+from gpuflow.ops.embedded import EmbeddedLayout
+from gpuflow.ops.local_server import LocalServer
+from gpuflow.pipeline.stack import GpuflowStack
+from gpuflow.postprocess.base import PostprocessError
+from gpuflow.postprocess.job import postprocess_job_spec, run_postprocess
+from gpuflow.postprocess.watermark import Watermark, ffmpeg_binary
 from tests.ecs.conftest import NAS, recorded
-from tests.media import probe
+from tests.support.ecs_answers import AnswersProxy
+from tests.support.media import probe
+
+pytestmark = pytest.mark.integration
 
 
 class _Lines:
@@ -48,7 +51,7 @@ def test_postprocess_runs_as_a_job_on_a_compute_target(raw_video: Path, tmp_path
     destination = tmp_path / "video.mp4"
     lines = _Lines()
     written = asyncio.run(
-        run_postprocess(compute, Watermark(text="ecs"), raw_video, destination, tmp_path, lines)
+        run_postprocess(compute, [Watermark(text="ecs")], raw_video, destination, tmp_path, lines)
     )
     assert written == destination
     facts = probe(destination)
@@ -62,7 +65,7 @@ def test_a_missing_logo_fails_the_job_as_a_config_error(raw_video: Path, tmp_pat
     with pytest.raises(JobFailedError, match=r"no-such-logo\.png") as caught:
         asyncio.run(
             run_postprocess(
-                compute, Watermark(text=None, logo=logo), raw_video, tmp_path / "v.mp4",
+                compute, [Watermark(text=None, logo=logo)], raw_video, tmp_path / "v.mp4",
                 tmp_path, _Lines(),
             )
         )  # fmt: skip
@@ -80,21 +83,20 @@ def test_postprocess_on_fargate_runs_the_job_module_in_the_image(
 ) -> None:
     fargate = make_target(launch_type="FARGATE")
     raw, destination = tmp_path / "raw.mp4", tmp_path / "video.mp4"
-    spec = postprocess_job_spec(fargate, Watermark(), raw, destination, tmp_path)
+    spec = postprocess_job_spec(fargate, [Watermark()], raw, destination, tmp_path)
     fargate.refuse_impossible(spec)  # CPU-only: Fargate takes it
     command = fargate.run_task_request(spec, "arn:td", None, "t").overrides.container_overrides[0]
     assert command.command is not None
-    assert command.command[4:7] == ["python", "-m", "blocks.postprocess_job"]
+    assert command.command[4:7] == ["python", "-m", "gpuflow.postprocess.job"]
     assert command.command[-2:] == [str(raw), str(destination)]
 
     # moto runs no container, so nothing is written: the step says where it looked.
     task_transitions({"progression": "immediate"})
     answers.on_stop(cluster, recorded("stopped_exit_0"))
     with pytest.raises(PostprocessError, match=r"wrote no .*video\.mp4.*NAS mounted"):
-        asyncio.run(run_postprocess(fargate, Watermark(), raw, destination, tmp_path, _Lines()))
+        asyncio.run(run_postprocess(fargate, [Watermark()], raw, destination, tmp_path, _Lines()))
 
 
-@pytest.mark.integration
 def test_a_stack_with_ecs_steps_saves_and_loads(
     prefect_server: LocalServer, layout: EmbeddedLayout, make_target: Callable[..., EcsTask]
 ) -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from blocks.environment import EnvironmentFabric
-from tests.envs.kit import build_wheelhouse, make_job
+from gpuflow.envs.fabric import EnvironmentFabric
+from tests.support.env_kit import build_wheelhouse, make_job
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from blocks.environment import EnvironmentFabric
-from gpuflow.errors import EnvironmentBuildError
+from gpuflow.core.errors import EnvironmentBuildError
+from gpuflow.envs.fabric import EnvironmentFabric
 
 
 def main() -> None:

@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration
+
 GPUFLOW = Path(sys.executable).parent / "gpuflow"
 
 

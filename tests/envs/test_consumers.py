@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from blocks.environment import EnvironmentFabric, ResolvedEnv
+from gpuflow.core.errors import EnvironmentBuildError
 from gpuflow.envs.consumers import container_env, ray_runtime_env
-from gpuflow.errors import EnvironmentBuildError
+from gpuflow.envs.fabric import EnvironmentFabric, ResolvedEnv
+
+pytestmark = pytest.mark.integration
 
 
 def test_ray_runtime_env_interpreter_runs_in_the_env(fabric: EnvironmentFabric, job: Path) -> None:

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from blocks.environment import METADATA, EnvironmentFabric
-from gpuflow.errors import EnvironmentBuildError
-from tests.envs.kit import GatedWheelServer, lock_job, make_job, set_source_marker
+from gpuflow.core.errors import EnvironmentBuildError
+from gpuflow.envs.fabric import METADATA, EnvironmentFabric
+from tests.support.env_kit import GatedWheelServer, lock_job, make_job, set_source_marker
+
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 

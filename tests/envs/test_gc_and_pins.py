@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from blocks.environment import METADATA, EnvironmentFabric
+from gpuflow.core.errors import EnvironmentBuildError
+from gpuflow.envs.fabric import METADATA, EnvironmentFabric
 from gpuflow.envs.gc import GcPolicy, collect_garbage
-from gpuflow.errors import EnvironmentBuildError
-from tests.envs.kit import set_source_marker
+from tests.support.env_kit import set_source_marker
+
+pytestmark = pytest.mark.integration
 
 _MONTH_S = 30 * 24 * 3600
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from gpuflow.core.errors import EnvironmentBuildError
 from gpuflow.envs.key import StatIndex, environment_key
-from gpuflow.errors import EnvironmentBuildError
 
 LOCK = """version = 1
 requires-python = ">=3.10"

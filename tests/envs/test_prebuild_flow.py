@@ -9,11 +9,11 @@ import pytest
 from prefect.client.schemas.objects import State
 from prefect.states import get_state_exception
 
-from flows.prebuild import prebuild_environments
-from gpuflow.embedded import EmbeddedLayout
-from gpuflow.errors import EnvironmentBuildError
-from gpuflow.local_server import LocalServer
-from tests.envs.kit import make_job, set_source_marker
+from gpuflow.core.errors import EnvironmentBuildError
+from gpuflow.ops.embedded import EmbeddedLayout
+from gpuflow.ops.local_server import LocalServer
+from gpuflow.pipeline.prebuild import prebuild_environments
+from tests.support.env_kit import make_job, set_source_marker
 
 pytestmark = pytest.mark.integration
 

@@ -635,6 +635,7 @@ def _failures(report: dict[str, Any]) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+@pytest.mark.integration
 def test_checkov_passes() -> None:
     report = run_checkov(TF_ROOT)
     summary = report["summary"]
@@ -652,6 +653,7 @@ def test_checkov_passes() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+@pytest.mark.integration
 def test_checkov_flags_bad_configuration(tmp_path: Path) -> None:
     (tmp_path / "main.tf").write_text(
         'resource "aws_efs_file_system" "bad" {\n  encrypted = false\n}\n\n'

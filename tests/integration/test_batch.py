@@ -18,12 +18,12 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun
 
-from blocks.object_store import LocalObjectStore
-from flows.batch import BATCH_TAG, BatchFailedError, BatchSummary, batch_generate
-from gpuflow.embedded import EmbeddedLayout
-from gpuflow.manifest import ManifestError
-from tests.integration.deployed import Deployed
+from gpuflow.core.batch_manifest import BatchManifestError
+from gpuflow.ops.embedded import EmbeddedLayout
+from gpuflow.pipeline.batch import BATCH_TAG, BatchFailedError, BatchSummary, batch_generate
+from gpuflow.storage.local import LocalObjectStore
 from tests.integration.test_deployments import request_fields
+from tests.support.deployed import Deployed
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,7 @@ def test_an_invalid_manifest_runs_nothing(
     manifest = tmp_path / "requests.jsonl"
     _write_manifest(manifest, layout, with_invalid=True)
     batch = f"invalid-{uuid.uuid4().hex[:6]}"
-    with pytest.raises(ManifestError) as refused:
+    with pytest.raises(BatchManifestError) as refused:
         _run_batch(manifest, deployed, batch)
     assert "line 2: invalid request: num_frames=10" in str(refused.value)
     assert asyncio.run(_batch_runs(batch)) == []

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gpuflow.local_server import LocalServer
-from tests.media import probe
+from gpuflow.ops.local_server import LocalServer
+from tests.support.media import probe
 
 pytestmark = pytest.mark.integration
 

@@ -15,11 +15,11 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 
-from gpuflow.embedded import EmbeddedLayout
-from gpuflow.local_server import LocalServer
-from tests.integration.deployed import GPUFLOW, Deployed, cli_env
+from gpuflow.ops.embedded import EmbeddedLayout
+from gpuflow.ops.local_server import LocalServer
 from tests.integration.test_deployments import request_fields
-from tests.media import probe
+from tests.support.deployed import GPUFLOW, Deployed, cli_env
+from tests.support.media import probe
 
 pytestmark = pytest.mark.integration
 

@@ -15,12 +15,12 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 from prefect.exceptions import PrefectHTTPStatusError
 
-from blocks.object_store import ObjectUri
-from deployments.work_pools import PRIORITY_QUEUES, default_base_job_template
-from gpuflow.embedded import EmbeddedLayout
-from gpuflow.local_server import LocalServer
-from tests.integration.deployed import GPUFLOW, Deployed, cli_env
-from tests.media import probe
+from gpuflow.ops.embedded import EmbeddedLayout
+from gpuflow.ops.local_server import LocalServer
+from gpuflow.ops.work_pools import PRIORITY_QUEUES, base_job_template
+from gpuflow.storage.uri import ObjectUri
+from tests.support.deployed import GPUFLOW, Deployed, cli_env
+from tests.support.media import probe
 
 pytestmark = pytest.mark.integration
 
@@ -90,9 +90,7 @@ def test_bootstrap_created_pools_with_templates_and_priority_queues(deployed: De
 
     pool, queues = asyncio.run(read())
     assert pool.type == "kubernetes"
-    shipped = Path(__file__).resolve().parents[2] / "deployments/base_job_templates/kubernetes.json"
-    if not shipped.is_file():
-        assert pool.base_job_template == default_base_job_template("kubernetes")
+    assert pool.base_job_template == base_job_template("kubernetes")
     priorities = {queue.name: queue.priority for queue in queues}
     assert {name: priorities[name] for name in PRIORITY_QUEUES} == PRIORITY_QUEUES
 

@@ -17,15 +17,16 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.client.schemas.objects import State
 
-from blocks.environment import METADATA, environment_key
-from blocks.model_cache import MANIFEST
-from blocks.object_store import LocalObjectStore, ObjectUri
-from flows.generate_video import generate_video
-from gpuflow.embedded import DEFAULT_MODEL, EmbeddedLayout, repository_jobs_root
-from gpuflow.errors import GpuCapacityError, JobFailedError, ObjectNotFoundError
-from gpuflow.request import VideoRequest
-from gpuflow.workspace import kept_until
-from tests.media import frame, probe
+from gpuflow.core.errors import GpuCapacityError, JobFailedError, ObjectNotFoundError
+from gpuflow.core.request import VideoRequest
+from gpuflow.core.workspace import kept_until
+from gpuflow.envs.fabric import METADATA, environment_key
+from gpuflow.ops.embedded import DEFAULT_MODEL, EmbeddedLayout, repository_jobs_root
+from gpuflow.pipeline.generate_video import generate_video
+from gpuflow.storage.local import LocalObjectStore
+from gpuflow.storage.model_cache import MANIFEST
+from gpuflow.storage.uri import ObjectUri
+from tests.support.media import frame, probe
 
 pytestmark = pytest.mark.integration
 

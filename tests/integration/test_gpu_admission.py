@@ -17,16 +17,17 @@ from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from pydantic import SecretStr
 
-from blocks.local import LocalSubprocess
-from blocks.stack import GpuflowStack
-from deployments.bootstrap import bootstrap
-from gpuflow.admission import Ticket, admitted
-from gpuflow.embedded import EmbeddedLayout
-from gpuflow.gpu_slots import held_gpu_slots
-from gpuflow.local_server import LocalServer, ensure_server, stop_server
-from gpuflow.request import Priority
-from tests.gpu_probe import gpu_probe, read_records
-from tests.postgres import fresh_database
+from gpuflow.compute.local import LocalSubprocess
+from gpuflow.core.request import Priority
+from gpuflow.gpu.admission.policy import Ticket
+from gpuflow.gpu.admission.waiting import admitted
+from gpuflow.gpu.leases import held_gpu_slots
+from gpuflow.ops.bootstrap import bootstrap
+from gpuflow.ops.embedded import EmbeddedLayout
+from gpuflow.ops.local_server import LocalServer, ensure_server, stop_server
+from gpuflow.pipeline.stack import GpuflowStack
+from tests.support.gpu_probe import gpu_probe, read_records
+from tests.support.postgres import fresh_database
 
 pytestmark = pytest.mark.integration
 

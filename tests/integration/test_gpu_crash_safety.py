@@ -20,17 +20,17 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 from prefect.states import Cancelling
 
-from blocks.local import LocalSubprocess
-from blocks.stack import GpuflowStack
-from deployments.bootstrap import bootstrap
-from gpuflow.capacity import ensure_gpu_limits
-from gpuflow.embedded import EmbeddedLayout
-from gpuflow.errors import GpuCapacityError
-from gpuflow.gpu_slots import LeaseLostError, held_gpu_slots
-from gpuflow.local_server import LocalServer, ensure_server, stop_server
-from gpuflow.reconcile import reconcile_gpu_slots
-from tests.gpu_probe import gpu_probe, start_record
-from tests.processes import running
+from gpuflow.compute.local import LocalSubprocess
+from gpuflow.core.errors import GpuCapacityError
+from gpuflow.gpu.capacity import ensure_gpu_limits
+from gpuflow.gpu.leases import LeaseLostError, held_gpu_slots
+from gpuflow.gpu.reconcile import reconcile_gpu_slots
+from gpuflow.ops.bootstrap import bootstrap
+from gpuflow.ops.embedded import EmbeddedLayout
+from gpuflow.ops.local_server import LocalServer, ensure_server, stop_server
+from gpuflow.pipeline.stack import GpuflowStack
+from tests.support.gpu_probe import gpu_probe, start_record
+from tests.support.processes import running
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +92,7 @@ def _start_flow_process(
 ) -> subprocess.Popen[bytes]:
     code = (
         "import asyncio\n"
-        "from tests.gpu_probe import gpu_probe\n"
+        "from tests.support.gpu_probe import gpu_probe\n"
         f"asyncio.run(gpu_probe({stack_name!r}, {job!r}, 1, 600, {str(record_dir)!r}))\n"
     )
     return subprocess.Popen(
@@ -126,19 +126,25 @@ def test_kill_9_of_a_flow_process_stops_its_job_and_frees_its_slots(
     for job in jobs:
         _wait_until_dead(job["pid"], timeout_s=5)
 
-    report = asyncio.run(reconcile_gpu_slots([repaired.gpu_limit], repair=True, stack=repaired))
+    report = asyncio.run(
+        reconcile_gpu_slots([repaired.gpu_limit], repair=True, registry=repaired.job_registry)
+    )
     assert [job.job_name for job in report.dead_jobs] == ["repaired"]
     assert len(report.released_leases) == 1 and report.consistent, report.summary()
     assert asyncio.run(_active_slots(repaired.gpu_limit)) == 0
 
-    report = asyncio.run(reconcile_gpu_slots([expiring.gpu_limit], repair=False, stack=expiring))
+    report = asyncio.run(
+        reconcile_gpu_slots([expiring.gpu_limit], repair=False, registry=expiring.job_registry)
+    )
     assert not report.consistent
     assert report.limits[0].active_slots == 1 and report.limits[0].accounted_slots == 0
     assert "dead holder: job expiring" in report.summary()
 
     _wait_for_slots(expiring.gpu_limit, 0, timeout_s=LEASE_S + 20 - (time.monotonic() - killed_at))
     # The stale record goes on repair; the admission entries expired with their holders.
-    report = asyncio.run(reconcile_gpu_slots([expiring.gpu_limit], repair=True, stack=expiring))
+    report = asyncio.run(
+        reconcile_gpu_slots([expiring.gpu_limit], repair=True, registry=expiring.job_registry)
+    )
     assert report.consistent, report.summary()
     assert expiring.job_registry.jobs() == ([], [])
     assert asyncio.run(expiring.admission_queue().entries()) == []
@@ -184,7 +190,8 @@ def test_cancelling_a_served_run_through_the_api_stops_its_job_and_frees_its_slo
     stack, stack_name = _saved_stack(layout, slots=1)
     deployment = f"cancel-{uuid.uuid4().hex[:6]}"
     serve = (
-        f"from tests.gpu_probe import gpu_probe\ngpu_probe.serve(name={deployment!r}, limit=2)\n"
+        "from tests.support.gpu_probe import gpu_probe\n"
+        f"gpu_probe.serve(name={deployment!r}, limit=2)\n"
     )
     flow_processes.append(
         subprocess.Popen(

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from gpuflow_progress import ExitCode, Output, Progress, parse_line
 
-from blocks.environment import ResolvedEnv
-from gpuflow import samples
-from tests.media import frame, probe
+from gpuflow.envs.fabric import ResolvedEnv
+from gpuflow.ops import samples
+from tests.support.media import frame, probe
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture

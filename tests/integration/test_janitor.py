@@ -15,12 +15,12 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State, StateType
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
-from deployments.bootstrap import bootstrap
-from flows.janitor import JanitorPolicy, JanitorReport, janitor
-from gpuflow.embedded import EmbeddedLayout
-from gpuflow.janitor import NasUnavailableError
-from gpuflow.local_server import LocalServer
-from gpuflow.workspace import Workspace
+from gpuflow.core.workspace import Workspace, run_id_for
+from gpuflow.ops.bootstrap import bootstrap
+from gpuflow.ops.embedded import EmbeddedLayout
+from gpuflow.ops.local_server import LocalServer
+from gpuflow.pipeline.housekeeping import NasUnavailableError
+from gpuflow.pipeline.janitor import JanitorPolicy, JanitorReport, janitor
 
 pytestmark = pytest.mark.integration
 
@@ -101,6 +101,12 @@ def test_janitor_removes_only_stale_workspaces_of_finished_runs(
     young = [str(uuid.uuid4()) for _ in range(50)]
     for run_id in young:
         _workspace(nas, run_id, age_s=HOUR)
+    # Runs outside Prefect have no flow run to ask about: their files alone decide.
+    old_local, young_local = run_id_for(None), run_id_for(None)
+    _workspace(nas, old_local, age_s=30 * HOUR)
+    _workspace(nas, young_local, age_s=HOUR)
+    expected_removed.add(old_local)
+    young.append(young_local)
     (nas / "workspaces" / "lost+found").mkdir()
     (nas / "workspaces" / "notes.txt").write_text("not a workspace")
 
@@ -110,11 +116,11 @@ def test_janitor_removes_only_stale_workspaces_of_finished_runs(
     assert remaining == {*active, failed_kept[0], *young, "lost+found", "notes.txt"}
     assert set(report.workspaces.removed_run_ids) == expected_removed
     cleanup = report.workspaces
-    assert cleanup.scanned == len(active) + len(finished) + 1 + 20 + 200 + 50
+    assert cleanup.scanned == len(active) + len(finished) + 1 + 20 + 200 + 52
     assert cleanup.removed == len(expected_removed)
     assert cleanup.bytes_freed >= PAYLOAD * len(expected_removed)
     assert cleanup.bytes_freed < (PAYLOAD + 1000) * len(expected_removed)
-    assert (cleanup.kept_active, cleanup.kept_young, cleanup.kept_failed) == (4, 50, 1)
+    assert (cleanup.kept_active, cleanup.kept_young, cleanup.kept_failed) == (4, 51, 1)
     assert cleanup.unrecognised == 2
     assert not report.disk_warning
     assert [(s.name, s.active_slots, s.limit) for s in report.gpu_slots] == [

@@ -24,8 +24,8 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.exceptions import PrefectHTTPStatusError
 
-from gpuflow.local_server import LocalServer, ensure_server, stop_server
-from tests.postgres import fresh_database
+from gpuflow.ops.local_server import LocalServer, ensure_server, stop_server
+from tests.support.postgres import fresh_database
 
 pytestmark = pytest.mark.integration
 

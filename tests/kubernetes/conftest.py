@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from prefect_kubernetes.credentials import KubernetesClusterConfig
 
-from blocks.kubernetes import KubernetesPyTorchJob
-from blocks.pytorchjob_manifest import PyTorchJobConfig
-from tests.kubernetes.api_server import KubeApiServer
-from tests.kubernetes.schemas import load_pytorchjob_crd
+from gpuflow.compute.kubernetes.manifest import PyTorchJobConfig
+from gpuflow.compute.kubernetes.target import KubernetesPyTorchJob
+from tests.support.crd import load_pytorchjob_crd
+from tests.support.kube_api_server import KubeApiServer
 
 
 @pytest.fixture

@@ -14,15 +14,15 @@ import pytest
 from prefect.client.schemas.objects import State
 from prefect_kubernetes.credentials import KubernetesClusterConfig
 
-from blocks.kubernetes import KubernetesPyTorchJob
-from blocks.pytorchjob_manifest import PyTorchJobConfig
-from blocks.stack import GpuflowStack
-from deployments.bootstrap import bootstrap
-from flows.generate_video import generate_video
-from gpuflow.embedded import EmbeddedLayout
-from gpuflow.local_server import LocalServer
-from gpuflow.request import VideoRequest
-from tests.kubernetes.api_server import KubeApiServer, run_containers_locally
+from gpuflow.compute.kubernetes.manifest import PyTorchJobConfig
+from gpuflow.compute.kubernetes.target import KubernetesPyTorchJob
+from gpuflow.core.request import VideoRequest
+from gpuflow.ops.bootstrap import bootstrap
+from gpuflow.ops.embedded import EmbeddedLayout
+from gpuflow.ops.local_server import LocalServer
+from gpuflow.pipeline.generate_video import generate_video
+from gpuflow.pipeline.stack import GpuflowStack
+from tests.support.kube_api_server import KubeApiServer, run_containers_locally
 
 pytestmark = pytest.mark.integration
 

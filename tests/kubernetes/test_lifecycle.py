@@ -11,11 +11,11 @@ import pytest
 from gpuflow_progress import Progress, encode, parse_line
 from pydantic import SecretStr
 
-from blocks.compute import JobSpec
-from blocks.kubernetes import KubernetesPyTorchJob
-from blocks.pytorchjob_manifest import ManifestError
-from blocks.pytorchjob_status import JobStartError
-from tests.kubernetes.api_server import KubeApiServer, RecordedRequest
+from gpuflow.compute.base import JobSpec
+from gpuflow.compute.kubernetes.manifest import KubernetesConfigError
+from gpuflow.compute.kubernetes.status import JobStartError
+from gpuflow.compute.kubernetes.target import KubernetesPyTorchJob
+from tests.support.kube_api_server import KubeApiServer, RecordedRequest
 
 pytestmark = pytest.mark.anyio
 
@@ -520,7 +520,9 @@ async def test_an_interpreter_outside_the_nas_is_refused_before_anything_is_sent
 ) -> None:
     job = i2v_job(nas).model_copy(update={"argv": ["/home/me/.venv/bin/i2v", "--prompt", "x"]})
 
-    with pytest.raises(ManifestError, match=r"interpreter '/home/me/.venv/bin/i2v' is not under"):
+    with pytest.raises(
+        KubernetesConfigError, match=r"interpreter '/home/me/.venv/bin/i2v' is not under"
+    ):
         await target.run(job, Lines())
 
     assert kube_api.requests == []
@@ -531,7 +533,9 @@ async def test_a_nul_byte_no_process_could_receive_is_refused_naming_the_argumen
 ) -> None:
     job = i2v_job(nas, prompt="before\x00after")
 
-    with pytest.raises(ManifestError, match=r"argv\[2\] of job 'i2v-run-1' holds a NUL byte"):
+    with pytest.raises(
+        KubernetesConfigError, match=r"argv\[2\] of job 'i2v-run-1' holds a NUL byte"
+    ):
         await target.run(job, Lines())
 
     assert kube_api.requests == []
@@ -542,7 +546,7 @@ async def test_gpus_that_do_not_fit_the_replica_shape_are_refused_naming_both(
 ) -> None:
     config = target.pytorchjob.model_copy(update={"gpus_per_replica": 4})
 
-    with pytest.raises(ManifestError, match=r"job needs 6 GPUs.*gpus_per_replica \(4\)"):
+    with pytest.raises(KubernetesConfigError, match=r"job needs 6 GPUs.*gpus_per_replica \(4\)"):
         await _target(target, pytorchjob=config).run(i2v_job(nas, gpus=6), Lines())
 
     assert not kube_api.requests_to("POST", "/pytorchjobs")
@@ -639,7 +643,7 @@ async def test_missing_credentials_name_where_they_were_looked_for(
     without = _target(target, cluster_config=None)
 
     with pytest.raises(
-        ManifestError, match=f"no usable Kubernetes credentials from KUBECONFIG='{missing}'"
+        KubernetesConfigError, match=f"no usable Kubernetes credentials from KUBECONFIG='{missing}'"
     ):
         await without.run(i2v_job(nas), Lines())
 

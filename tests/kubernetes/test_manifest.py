@@ -14,11 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blocks.compute import JobSpec
-from blocks.pytorchjob_manifest import (
+from gpuflow.compute.base import JobSpec
+from gpuflow.compute.kubernetes.crd import crd_schema, validate_against_crd
+from gpuflow.compute.kubernetes.manifest import (
     CONTAINER_NAME,
     HamiVgpu,
-    ManifestError,
+    KubernetesConfigError,
     OwnerReference,
     PyTorchJobConfig,
     RunPolicy,
@@ -26,9 +27,7 @@ from blocks.pytorchjob_manifest import (
     SecretEnvVar,
     Toleration,
     build_pytorchjob,
-    crd_schema,
     job_name,
-    validate_against_crd,
 )
 
 KUBERNETES_VERSION = "1.33"
@@ -293,7 +292,7 @@ def test_the_crd_check_names_wrong_types_and_fields_the_server_would_drop(
         "comand"
     ] = ["x"]
 
-    with pytest.raises(ManifestError) as caught:
+    with pytest.raises(KubernetesConfigError) as caught:
         validate_against_crd(broken, crd_schema(pytorchjob_crd))
 
     assert "spec.runPolicy.backoffLimit: 'three' is not of type 'integer'" in str(caught.value)
@@ -309,7 +308,7 @@ def test_a_job_whose_gpus_do_not_match_a_fixed_shape_names_both() -> None:
     fixed = config.model_copy(update={"worker_replicas": 3})
 
     with pytest.raises(
-        ManifestError, match=r"job needs 4 GPUs but .* 1 master \+ 3 workers x 2 GPUs = 8"
+        KubernetesConfigError, match=r"job needs 4 GPUs but .* 1 master \+ 3 workers x 2 GPUs = 8"
     ):
         build_pytorchjob(fixed, job, name="i2v-run-abc123")
 

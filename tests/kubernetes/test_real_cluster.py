@@ -29,9 +29,8 @@ from kubernetes_asyncio.client import (
 from kubernetes_asyncio.client.exceptions import ApiException
 from prefect_kubernetes.credentials import KubernetesClusterConfig
 
-from blocks.compute import JobSpec
-from blocks.kubernetes import KubernetesPyTorchJob
-from blocks.pytorchjob_manifest import (
+from gpuflow.compute.base import JobSpec
+from gpuflow.compute.kubernetes.manifest import (
     CRD_NAME,
     GROUP,
     JOB_LABEL,
@@ -39,6 +38,7 @@ from blocks.pytorchjob_manifest import (
     VERSION,
     PyTorchJobConfig,
 )
+from gpuflow.compute.kubernetes.target import KubernetesPyTorchJob
 from tests.kubernetes.test_lifecycle import INJECTIONS, Lines
 
 pytestmark = [

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from prefect_aws import AwsCredentials
 
-from blocks.s3 import S3ObjectStore
-from blocks.transfer import MiB, TransferSettings
-from tests.storage.servers import CountingProxy, MotoServer, RangeFileServer
+from gpuflow.storage.s3 import S3ObjectStore
+from gpuflow.storage.transfer import MiB, TransferSettings
+from tests.support.s3_servers import CountingProxy, MotoServer, RangeFileServer
 
 # A secret that must never show up in a log line, an error or a saved document.
 SECRET = "sEcReT-never-log-7f3a9c"

@@ -12,14 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from blocks.http_source import HttpSource
-from blocks.model_cache import MANIFEST, ModelCache
-from blocks.s3 import S3ObjectStore
-from blocks.transfer import MiB
-from gpuflow.errors import IntegrityError
-from gpuflow.request import ModelRef
-from tests.storage.helpers import random_file, sha256_of
-from tests.storage.servers import CountingProxy, RangeFileServer
+from gpuflow.core.errors import IntegrityError
+from gpuflow.core.request import ModelRef
+from gpuflow.storage.https import HttpSource
+from gpuflow.storage.model_cache import MANIFEST, ModelCache
+from gpuflow.storage.s3 import S3ObjectStore
+from gpuflow.storage.transfer import MiB
+from tests.support.files import random_file, sha256_of
+from tests.support.s3_servers import CountingProxy, RangeFileServer
+
+pytestmark = pytest.mark.integration
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 MODEL_FILES = {
@@ -52,9 +54,9 @@ _ENSURE = """
 import json, sys
 from pathlib import Path
 from prefect_aws import AwsCredentials
-from blocks.model_cache import ModelCache
-from blocks.s3 import S3ObjectStore
-from gpuflow.request import ModelRef
+from gpuflow.storage.model_cache import ModelCache
+from gpuflow.storage.s3 import S3ObjectStore
+from gpuflow.core.request import ModelRef
 store = S3ObjectStore(
     endpoint_url=sys.argv[1], region_name="us-east-1", addressing_style="path",
     credentials=AwsCredentials(aws_access_key_id="testing", aws_secret_access_key="x"),
@@ -152,7 +154,8 @@ def test_a_lock_left_by_a_killed_process_does_not_block(
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from gpuflow.locks import exclusive_lock\n"
+            "import sys, time; from pathlib import Path\n"
+            "from gpuflow.core.locks import exclusive_lock\n"
             "with exclusive_lock(Path(sys.argv[1]), 5):\n"
             "    print('locked', flush=True); time.sleep(600)",
             str(lock),

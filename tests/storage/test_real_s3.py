@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from blocks.s3 import S3ObjectStore
-from blocks.transfer import MiB
-from tests.storage.helpers import random_file, sha256_of
+from gpuflow.storage.s3 import S3ObjectStore
+from gpuflow.storage.transfer import MiB
+from tests.support.files import random_file, sha256_of
 
 PREFIX = os.environ.get("GPUFLOW_TEST_S3_URI")
 

@@ -16,17 +16,19 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from prefect_aws import AwsCredentials
 
-from blocks.local import LocalSubprocess
-from blocks.s3 import S3ObjectStore
-from blocks.stack import GpuflowStack
-from blocks.transfer import MiB, journal_path, partial_path
-from flows.generate_video import stage_inputs
-from gpuflow.errors import ObjectNotFoundError, StoreAccessError, UriError, WorkspacePathError
-from gpuflow.request import VideoRequest
-from gpuflow.workspace import Workspace
+from gpuflow.compute.local import LocalSubprocess
+from gpuflow.core.errors import ObjectNotFoundError, StoreAccessError, UriError, WorkspacePathError
+from gpuflow.core.request import VideoRequest
+from gpuflow.core.workspace import Workspace
+from gpuflow.pipeline.generate_video import stage_inputs
+from gpuflow.pipeline.stack import GpuflowStack
+from gpuflow.storage.s3 import S3ObjectStore
+from gpuflow.storage.transfer import MiB, journal_path, partial_path
 from tests.storage.conftest import SECRET, SMALL_PARTS
-from tests.storage.helpers import random_file, sha256_of
-from tests.storage.servers import CountingProxy, MotoServer
+from tests.support.files import random_file, sha256_of
+from tests.support.s3_servers import CountingProxy, MotoServer
+
+pytestmark = pytest.mark.integration
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -191,8 +193,8 @@ def test_traversal_keys_are_refused_before_anything_is_written(
 _KILLABLE_DOWNLOAD = """
 import sys
 from prefect_aws import AwsCredentials
-from blocks.s3 import S3ObjectStore
-from blocks.transfer import MiB, TransferSettings
+from gpuflow.storage.s3 import S3ObjectStore
+from gpuflow.storage.transfer import MiB, TransferSettings
 store = S3ObjectStore(
     endpoint_url=sys.argv[1], region_name="us-east-1", addressing_style="path",
     credentials=AwsCredentials(aws_access_key_id="testing", aws_secret_access_key="x"),

@@ -11,11 +11,11 @@ from prefect.client.orchestration import get_client
 from prefect_aws import AwsCredentials
 from pydantic import SecretStr
 
-from blocks.http_source import HttpSource
-from blocks.local import LocalSubprocess
-from blocks.s3 import S3ObjectStore
-from blocks.stack import GpuflowStack
-from gpuflow.local_server import LocalServer
+from gpuflow.compute.local import LocalSubprocess
+from gpuflow.ops.local_server import LocalServer
+from gpuflow.pipeline.stack import GpuflowStack
+from gpuflow.storage.https import HttpSource
+from gpuflow.storage.s3 import S3ObjectStore
 from tests.storage.conftest import SECRET
 
 pytestmark = pytest.mark.integration
@@ -55,6 +55,6 @@ def test_stack_with_s3_store_and_https_models_round_trips_without_showing_secret
     assert loaded.object_store.endpoint_url == "https://oss-cn-hangzhou.aliyuncs.com"
     assert loaded.object_store.credentials.aws_secret_access_key is not None
     assert loaded.object_store.credentials.aws_secret_access_key.get_secret_value() == SECRET
-    assert isinstance(loaded.models_store, HttpSource)
+    assert isinstance(loaded.store_for(loaded.models_uri), HttpSource)
     assert SECRET not in stored_view
     assert SECRET not in repr(loaded)

@@ -1,8 +1,5 @@
-"""Where the tests find the real PyTorchJob CRD: ``../shared/k8s-schemas/`` beside the project.
-
-``GPUFLOW_K8S_SCHEMAS`` points at another copy of that folder. Without one, the tests
-that need it skip and say why.
-"""
+"""The real PyTorchJob CRD (``tests/support/schemas/``, see its README for its source and
+version), or the copy in the folder ``GPUFLOW_K8S_SCHEMAS`` names."""
 
 from __future__ import annotations
 
@@ -11,26 +8,25 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS_ENV = "GPUFLOW_K8S_SCHEMAS"
 CRD_FILE = "kubeflow.org_pytorchjobs.yaml"
+BUNDLED = Path(__file__).resolve().parent / "schemas"
 
 
 def schemas_dir() -> Path:
     configured = os.environ.get(SCHEMAS_ENV)
-    return Path(configured) if configured else PROJECT_ROOT.parent / "shared" / "k8s-schemas"
+    return Path(configured) if configured else BUNDLED
 
 
 def load_pytorchjob_crd() -> dict[str, Any]:
-    """The PyTorchJob CRD document, or a skip naming where it was looked for."""
+    """The PyTorchJob CRD document; a missing copy is an error, never a skip."""
     path = schemas_dir() / CRD_FILE
     if not path.is_file():
-        pytest.skip(
-            f"PyTorchJob CRD not found at {path}: put the shared k8s-schemas folder beside the "
-            f"project or set {SCHEMAS_ENV} to a folder holding {CRD_FILE}"
+        raise FileNotFoundError(
+            f"PyTorchJob CRD not found at {path}: unset {SCHEMAS_ENV} to use the bundled copy "
+            f"in {BUNDLED}, or point it at a folder holding {CRD_FILE}"
         )
     return _parse(path)
 

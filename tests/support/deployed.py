@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuflow.local_server import LocalServer, stop_process
+from gpuflow.ops.local_server import LocalServer, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 GPUFLOW = str(Path(sys.executable).with_name("gpuflow"))

@@ -13,11 +13,10 @@ from typing import Any, cast
 
 from prefect import flow
 
-from blocks.compute import JobSpec
-from blocks.stack import GpuflowStack
-from flows.generate_video import run_gpu_job
-from gpuflow.capacity import check_gpu_capacity
-from gpuflow.request import Priority
+from gpuflow.compute.base import JobSpec
+from gpuflow.core.request import Priority
+from gpuflow.pipeline.generate_video import run_gpu_job
+from gpuflow.pipeline.stack import GpuflowStack
 
 # Writes a start record at once (pid, devices), waits while <name>.hold exists (a test's
 # handle on how long the job runs), sleeps, then writes the full record.
@@ -60,10 +59,8 @@ async def gpu_probe(
     """Run one probe job under the stack's GPU limit, the way ``generate_video`` does."""
     flow_started = time.time()
     pipeline = cast(GpuflowStack, await GpuflowStack.aload(stack))
-    limits = pipeline.gpu_limits(None)
-    await check_gpu_capacity(limits, gpus)
     result = await run_gpu_job(
-        pipeline, probe_spec(name, gpus, seconds, Path(record_dir)), limits, priority
+        pipeline, probe_spec(name, gpus, seconds, Path(record_dir)), priority
     )
     return {"flow_started": flow_started, "exit_code": result.exit_code}
 

@@ -29,7 +29,8 @@ from typing import Any
 
 from aiohttp import web
 
-from blocks.pytorchjob_manifest import ManifestError, crd_schema, validate_against_crd
+from gpuflow.compute.kubernetes.crd import crd_schema, validate_against_crd
+from gpuflow.compute.kubernetes.manifest import KubernetesConfigError
 
 JobScript = Callable[["KubeApiServer", dict[str, Any]], Coroutine[Any, Any, None]]
 
@@ -216,7 +217,7 @@ class KubeApiServer:
             # As kube-apiserver does: the CRD's schema, unknown fields refused (Strict).
             try:
                 validate_against_crd(job, crd_schema(self.crd))
-            except ManifestError as error:
+            except KubernetesConfigError as error:
                 return _status(422, "Invalid", str(error))
         name = job["metadata"]["name"]
         if (namespace, name) in self.jobs:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from blocks.watermark import ffmpeg_binary, ffprobe_binary
+from gpuflow.postprocess.watermark import ffmpeg_binary, ffprobe_binary
 
 
 @dataclass(frozen=True)

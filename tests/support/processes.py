@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gpuflow.locks import process_alive
+from gpuflow.core.locks import process_alive
 
 
 def running(pid: int) -> bool:

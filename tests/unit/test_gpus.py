@@ -7,8 +7,8 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from blocks.local import LocalSubprocess
-from gpuflow.gpus import discover_gpu_indices
+from gpuflow.compute.local import LocalSubprocess
+from gpuflow.gpu.discovery import discover_gpu_indices
 
 
 def _nvml_device_count() -> int | None:

@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from blocks.compute import JobSpec
-from blocks.local import LocalSubprocess
-from tests.processes import running
+from gpuflow.compute.base import JobSpec
+from gpuflow.compute.local import LocalSubprocess
+from tests.support.processes import running
 
 
 def test_kill_9_of_the_flow_process_kills_the_job_and_its_children(tmp_path: Path) -> None:
@@ -25,8 +25,8 @@ def test_kill_9_of_the_flow_process_kills_the_job_and_its_children(tmp_path: Pat
     flow_code = (
         "import asyncio, sys\n"
         "from pathlib import Path\n"
-        "from blocks.compute import JobSpec\n"
-        "from blocks.local import LocalSubprocess\n"
+        "from gpuflow.compute.base import JobSpec\n"
+        "from gpuflow.compute.local import LocalSubprocess\n"
         f"job = JobSpec(name='j', argv=[sys.executable, '-c', {job_code!r}], "
         f"workdir=Path({str(tmp_path)!r}), gpus=1)\n"
         f"target = LocalSubprocess(devices=[0], lock_dir=Path({str(tmp_path / 'locks')!r}))\n"

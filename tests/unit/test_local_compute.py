@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from blocks.compute import JobSpec
-from blocks.local import LocalSubprocess
-from gpuflow.errors import GpuCapacityError
-from gpuflow.locks import process_alive
+from gpuflow.compute.base import JobSpec
+from gpuflow.compute.local import LocalSubprocess
+from gpuflow.core.errors import GpuCapacityError
+from gpuflow.core.locks import process_alive
 
 
 def _spec(tmp_path: Path, code: str, gpus: int = 0, timeout_s: float = 60) -> JobSpec:

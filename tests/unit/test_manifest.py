@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gpuflow.manifest import ManifestError, manifest_format, parse_manifest
+from gpuflow.core.batch_manifest import BatchManifestError, manifest_format, parse_manifest
 
 GOOD = {"prompt": "zoom in", "image_uri": "file:///store/cat.png"}
 
@@ -29,7 +29,7 @@ def test_jsonl_reports_every_bad_line_with_its_number() -> None:
     assert "num_frames 12 is not of the form 4n+1" in problems[4]
     assert "expected a JSON object" in problems[5]
     assert "colour" in problems[7]
-    with pytest.raises(ManifestError) as refused:
+    with pytest.raises(BatchManifestError) as refused:
         manifest.require_valid("batch.jsonl")
     text = str(refused.value)
     assert "4 invalid line(s); nothing was run" in text
@@ -60,10 +60,10 @@ def test_identical_requests_get_distinct_stable_keys() -> None:
 
 @pytest.mark.parametrize("name", ["batch.txt", "batch", "s3://b/batch.json"])
 def test_unknown_formats_are_named(name: str) -> None:
-    with pytest.raises(ManifestError, match="unknown format"):
+    with pytest.raises(BatchManifestError, match="unknown format"):
         manifest_format(name)
 
 
 def test_an_empty_manifest_is_an_error() -> None:
-    with pytest.raises(ManifestError, match="no requests"):
+    with pytest.raises(BatchManifestError, match="no requests"):
         parse_manifest("\n\n", "jsonl")

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from blocks.model_cache import MANIFEST, ModelCache
-from blocks.object_store import LocalObjectStore, ObjectInfo
-from gpuflow import samples
-from gpuflow.errors import ObjectNotFoundError
-from gpuflow.request import ModelRef
+from gpuflow.core.errors import ObjectNotFoundError
+from gpuflow.core.request import ModelRef
+from gpuflow.ops import samples
+from gpuflow.storage.local import LocalObjectStore
+from gpuflow.storage.model_cache import MANIFEST, ModelCache
+from gpuflow.storage.uri import ObjectInfo
 
 MODEL = ModelRef(name="standin", revision="v1")
 

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from blocks.object_store import LocalObjectStore, ObjectUri, copy_atomically
-from gpuflow.errors import ObjectNotFoundError, UriError
+from gpuflow.core.errors import ObjectNotFoundError, UriError
+from gpuflow.storage.local import LocalObjectStore, copy_atomically
+from gpuflow.storage.uri import ObjectUri
 
 
 @pytest.mark.parametrize(

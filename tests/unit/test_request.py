@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from gpuflow.errors import RequestError
-from gpuflow.request import VideoRequest, parse_request
+from gpuflow.core.errors import RequestError
+from gpuflow.core.request import VideoRequest, parse_request
 
 GOOD = {"prompt": "a cat", "image_uri": "file:///srv/cat.png"}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect.blocks.core import Block
 
-from blocks.stack import GpuflowStack
+from gpuflow.pipeline.stack import GpuflowStack
 
 
 def test_cached_schema_is_the_one_prefect_generates() -> None:

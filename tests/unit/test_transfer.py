@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from blocks.object_store import safe_relative_path
-from blocks.transfer import (
+from gpuflow.core.errors import IntegrityError, UriError
+from gpuflow.storage.transfer import (
     S3_MAX_PARTS,
     GiB,
     MiB,
@@ -25,7 +25,7 @@ from blocks.transfer import (
     partial_path,
     plan_parts,
 )
-from gpuflow.errors import IntegrityError, UriError
+from gpuflow.storage.uri import safe_relative_path
 
 SETTINGS = TransferSettings(max_concurrency=4, single_stream_below=5 * MiB, min_part_size=5 * MiB)
 

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from blocks.watermark import Corner, PostprocessError, Watermark
+from gpuflow.postprocess.base import PostprocessError
+from gpuflow.postprocess.watermark import Corner, Watermark
 
 
 def test_exactly_one_of_text_and_logo(tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from gpuflow.errors import WorkspacePathError
-from gpuflow.workspace import Workspace
+from gpuflow.core.errors import WorkspacePathError
+from gpuflow.core.workspace import Workspace
 
 
 def test_workspace_layout(tmp_path: Path) -> None:

@@ -1,0 +1,179 @@
+"""The admission queue's storage and waiting: order, expiry, cancellation, other processes,
+on SQLite and on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gpuflow.core.request import Priority
+from gpuflow.gpu.admission.base import AdmissionConfigError, AdmissionError, AdmissionQueue
+from gpuflow.gpu.admission.policy import QueueEntry, Ticket
+from gpuflow.gpu.admission.queues import admission_queue
+from gpuflow.gpu.admission.waiting import admitted
+from tests.support.postgres import fresh_database
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def queue(request: pytest.FixtureRequest, tmp_path: Path) -> AdmissionQueue:
+    if request.param == "sqlite":
+        return admission_queue(f"sqlite:///{tmp_path / 'admission.sqlite3'}")
+    url: str = request.getfixturevalue("postgresql_url_with_clean_tables")
+    return admission_queue(url)
+
+
+@pytest.fixture
+def postgresql_url_with_clean_tables(postgres_url: str) -> str:
+    import asyncpg
+
+    async def clean() -> None:
+        connection = await asyncpg.connect(postgres_url)
+        try:
+            await connection.execute("DROP TABLE IF EXISTS gpuflow_admission_ticket")
+            await connection.execute("DROP TABLE IF EXISTS gpuflow_admission_pool")
+        finally:
+            await connection.close()
+
+    asyncio.run(clean())
+    return postgres_url
+
+
+def test_concurrent_waiters_are_served_in_order_and_never_over_capacity(
+    queue: AdmissionQueue,
+) -> None:
+    capacity = {"gpu": 2}
+    order: list[str] = []
+    holding = 0
+    peak = 0
+
+    async def request(name: str, slots: int, priority: Priority) -> None:
+        nonlocal holding, peak
+        ticket = Ticket(("gpu",), slots, priority, holder=name)
+        async with admitted(queue, ticket, capacity, ttl_s=10, poll_s=0.05):
+            order.append(name)
+            holding += slots
+            peak = max(peak, holding)
+            await asyncio.sleep(0.5)
+            holding -= slots
+
+    async def arrive(name: str, slots: int, priority: Priority) -> asyncio.Task[None]:
+        """Start a request and return once it is queued, so arrivals have a known order."""
+        queued = len(await queue.entries())
+        started = asyncio.create_task(request(name, slots, priority))
+        for _ in range(500):
+            if len(await queue.entries()) > queued:
+                break
+            await asyncio.sleep(0.01)
+        return started
+
+    async def main() -> None:
+        requests = [
+            await arrive("first", 2, Priority.NORMAL),  # saturates the pool
+            await arrive("batch-1", 2, Priority.BATCH),
+            await arrive("batch-2", 1, Priority.BATCH),
+            await arrive("big", 2, Priority.NORMAL),
+            await arrive("small", 1, Priority.NORMAL),
+            await arrive("urgent", 1, Priority.HIGH),
+        ]
+        await asyncio.gather(*requests)
+
+    asyncio.run(main())
+    assert peak <= 2
+    # High first, then normal by arrival (the 2-GPU request is not overtaken by the 1-GPU
+    # one behind it while one slot is free), then batch by arrival (likewise).
+    assert order == ["first", "urgent", "big", "small", "batch-1", "batch-2"]
+    assert asyncio.run(queue.entries()) == []
+
+
+def test_a_dead_waiter_stops_blocking_the_queue_after_its_deadline(queue: AdmissionQueue) -> None:
+    async def main() -> float:
+        # A 2-GPU request whose process died while waiting: it never polls again.
+        dead = Ticket(("gpu",), 2, Priority.HIGH, holder="dead")
+        await queue.enqueue(dead, {"gpu": 2}, ttl_s=1.0)
+        started = time.monotonic()
+        alive = Ticket(("gpu",), 1, Priority.BATCH, holder="alive")
+        async with admitted(queue, alive, {"gpu": 2}, ttl_s=10, poll_s=0.1):
+            return time.monotonic() - started
+
+    waited = asyncio.run(main())
+    assert 0.5 < waited < 5
+
+
+def test_cancelling_a_waiter_removes_its_entry(queue: AdmissionQueue) -> None:
+    async def main() -> list[QueueEntry]:
+        holder = Ticket(("gpu",), 1, Priority.NORMAL, holder="holder")
+        async with admitted(queue, holder, {"gpu": 1}, ttl_s=10):
+            waiter = asyncio.create_task(
+                admitted(queue, Ticket(("gpu",), 1, Priority.NORMAL, "w"), {"gpu": 1}).__aenter__()
+            )
+            await asyncio.sleep(0.3)
+            waiter.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+            return await queue.entries()
+
+    remaining = asyncio.run(main())
+    assert [entry.holder for entry in remaining] == ["holder"]
+
+
+def test_waiters_in_other_processes_share_the_queue(tmp_path: Path) -> None:
+    """Admission state is in the database, not in one process: a waiter in another
+    process queues behind a holder here, and gets in once it leaves."""
+    url = f"sqlite:///{tmp_path / 'admission.sqlite3'}"
+    queue = admission_queue(url)
+    stamp = tmp_path / "admitted-at"
+    code = (
+        "import asyncio, sys, time\n"
+        "from gpuflow.gpu.admission.policy import Ticket\n"
+        "from gpuflow.gpu.admission.queues import admission_queue\n"
+        "from gpuflow.gpu.admission.waiting import admitted\n"
+        "from gpuflow.core.request import Priority\n"
+        "async def main():\n"
+        f"    q = admission_queue({url!r})\n"
+        "    async with admitted(q, Ticket(('gpu',), 1, Priority.NORMAL, 'child'), {'gpu': 1},"
+        " poll_s=0.1):\n"
+        f"        open({str(stamp)!r}, 'w').write(repr(time.time()))\n"
+        "asyncio.run(main())\n"
+    )
+
+    async def main() -> tuple[float, float]:
+        async with admitted(queue, Ticket(("gpu",), 1, Priority.NORMAL, "parent"), {"gpu": 1}):
+            child = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
+            deadline = time.monotonic() + 15
+            while not [e for e in await queue.entries() if e.holder == "child"]:
+                assert time.monotonic() < deadline, "the child never queued"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.3)
+            assert not stamp.exists(), "the child got in while the only slot was held"
+            released = time.time()
+        assert await asyncio.wait_for(child.wait(), 15) == 0
+        return released, float(stamp.read_text())
+
+    released, child_admitted = asyncio.run(main())
+    assert released <= child_admitted < released + 2
+
+
+def test_an_unknown_queue_url_is_refused_naming_the_scheme() -> None:
+    with pytest.raises(AdmissionConfigError, match="'redis'"):
+        admission_queue("redis://127.0.0.1:6379/0")
+
+
+def test_an_unreachable_postgresql_is_a_clear_error() -> None:
+    queue = admission_queue("postgresql://gpuflow:secret-pw@127.0.0.1:1/none")
+    ticket = Ticket(("gpu",), 1, Priority.NORMAL, "x")
+    with pytest.raises(AdmissionError, match=r"postgresql://127\.0\.0\.1:1/none") as failure:
+        asyncio.run(queue.enqueue(ticket, {"gpu": 1}, 10))
+    assert "secret-pw" not in str(failure.value)
