@@ -33,7 +33,7 @@ from pathlib import Path
 
 import uv
 
-from blocks.environment import EnvironmentFabric
+from gpuflow.envs.fabric import EnvironmentFabric
 from gpuflow.envs.key import environment_key
 
 TORCH = "torch==2.13.0"

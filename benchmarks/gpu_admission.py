@@ -32,12 +32,12 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from blocks.local import LocalSubprocess
-from deployments.bootstrap import bootstrap
-from gpuflow.capacity import ensure_gpu_limits
-from gpuflow.embedded import EmbeddedLayout
-from gpuflow.local_server import ensure_server, stop_server
-from tests.gpu_probe import PROBE_JOB, gpu_probe, read_records
+from gpuflow.compute.local import LocalSubprocess
+from gpuflow.gpu.capacity import ensure_gpu_limits
+from gpuflow.ops.bootstrap import bootstrap
+from gpuflow.ops.embedded import EmbeddedLayout
+from gpuflow.ops.local_server import ensure_server, stop_server
+from tests.support.gpu_probe import PROBE_JOB, gpu_probe, read_records
 
 
 @flow(name="bare-concurrency-probe")

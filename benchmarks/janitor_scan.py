@@ -28,9 +28,9 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from gpuflow.janitor import clean_workspaces, scan_workspaces
-from gpuflow.local_server import ensure_server, stop_server
-from gpuflow.workspace import FAILURE_MARKER, Workspace
+from gpuflow.core.workspace import FAILURE_MARKER, Workspace
+from gpuflow.ops.local_server import ensure_server, stop_server
+from gpuflow.pipeline.housekeeping import clean_workspaces, scan_workspaces
 
 _NAIVE_SAMPLE = 300
 

@@ -31,10 +31,10 @@ from prefect_aws import AwsCredentials
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
-from blocks.http_source import HttpSource  # noqa: E402
-from blocks.s3 import S3ObjectStore  # noqa: E402
-from blocks.transfer import MiB  # noqa: E402
-from tests.storage.servers import MotoServer, free_port  # noqa: E402
+from gpuflow.storage.https import HttpSource  # noqa: E402
+from gpuflow.storage.s3 import S3ObjectStore  # noqa: E402
+from gpuflow.storage.transfer import MiB  # noqa: E402
+from tests.support.s3_servers import MotoServer, free_port  # noqa: E402
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}  # moto's
 CURL = shutil.which("curl") or "/usr/bin/curl"
