@@ -633,7 +633,6 @@ def _failures(report: dict[str, Any]) -> list[str]:
     ]
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.integration
 def test_checkov_passes() -> None:
@@ -651,7 +650,6 @@ def test_checkov_passes() -> None:
     assert summary["failed"] == 0
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.integration
 def test_checkov_flags_bad_configuration(tmp_path: Path) -> None:
