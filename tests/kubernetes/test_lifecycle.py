@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,7 @@ async def test_unschedulable_job_fails_at_the_pending_deadline_with_the_schedule
     assert "FailedScheduling" in str(caught.value)  # the pod's warning events come along
     assert caught.value.retryable
     assert _foreground_deletes(kube_api) == ["Foreground"]
+    await kube_api.garbage_collected()  # Foreground: the job goes once its pods are gone
     assert not kube_api.jobs
 
 
@@ -308,6 +310,7 @@ async def test_cancelling_the_run_deletes_the_job_in_the_foreground(
         await run
 
     assert _foreground_deletes(kube_api) == ["Foreground"]
+    await kube_api.garbage_collected()  # Foreground: the job goes once its pods are gone
     assert not kube_api.jobs and not kube_api.pods
 
 
@@ -323,6 +326,7 @@ async def test_a_failing_flow_deletes_its_job(
         await target.run(i2v_job(nas), broken_handler)
 
     assert _foreground_deletes(kube_api) == ["Foreground"]
+    await kube_api.garbage_collected()  # Foreground: the job goes once its pods are gone
     assert not kube_api.jobs
 
 
@@ -479,7 +483,9 @@ async def test_secret_values_reach_the_job_through_a_secret_never_the_manifest(
         "valueFrom": {"secretKeyRef": {"name": f"{name}-env", "key": "HF_TOKEN"}},
     } in container["env"]
     secret = kube_api.secrets[("default", f"{name}-env")]
-    assert secret["stringData"] == {"HF_TOKEN": token}
+    # stringData is write-only: the API server keeps it as base64 data.
+    assert "stringData" not in secret
+    assert base64.b64decode(secret["data"]["HF_TOKEN"]).decode() == token
     (owner,) = secret["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["name"], owner["uid"]) == (
         "PyTorchJob",
