@@ -147,13 +147,16 @@ async def test_failing_image_pull_gets_a_grace_period_then_fails_retryably(
 ) -> None:
     message = "Back-off pulling image: dial tcp 10.0.0.5:443: i/o timeout"
     kube_api.script = _stuck(lambda api, pod: api.waiting(pod, "ImagePullBackOff", message))
+    # The grace (0.3 s) ends it, not the pending deadline: set that far off, so the upper
+    # bound below, which is the behaviour, holds on a loaded machine.
+    graced = _target(target, pending_deadline_s=60.0)
     started = asyncio.get_running_loop().time()
 
     with pytest.raises(JobStartError) as caught:
-        await target.run(i2v_job(nas), Lines())
+        await graced.run(i2v_job(nas), Lines())
 
     elapsed = asyncio.get_running_loop().time() - started
-    assert target.image_pull_grace_s <= elapsed < target.pending_deadline_s
+    assert graced.image_pull_grace_s <= elapsed < 30
     assert "image pull failing" in str(caught.value) and message in str(caught.value)
     assert caught.value.retryable
     assert _foreground_deletes(kube_api) == ["Foreground"]
@@ -212,7 +215,9 @@ async def test_problems_that_never_clear_fail_at_once_and_are_not_retried(
     with pytest.raises(JobStartError) as caught:
         await patient.run(i2v_job(nas), Lines())
 
-    assert asyncio.get_running_loop().time() - started < 5
+    # The bound is the behaviour: a permanent image error fails now, not after the 30 s
+    # grace; 15 s keeps a loaded machine well inside the difference.
+    assert asyncio.get_running_loop().time() - started < 15
     assert expected in str(caught.value) and message in str(caught.value)
     assert f"event Failed: Error: {message}" in str(caught.value)
     assert not caught.value.retryable
