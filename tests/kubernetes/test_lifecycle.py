@@ -304,11 +304,12 @@ async def test_cancelling_the_run_deletes_the_job_in_the_foreground(
     kube_api.script = _runs_until_deleted
     lines = Lines()
     run = asyncio.create_task(target.run(i2v_job(nas), lines))
-    for _ in range(200):
-        if len(lines.lines) >= 3:
-            break
+    # The job is running once its lines arrive; a minute without them means never.
+    deadline = asyncio.get_running_loop().time() + 60
+    while len(lines.lines) < 3:
+        assert not run.done(), "the run ended before it was cancelled"
+        assert asyncio.get_running_loop().time() < deadline, "the job's lines never came"
         await asyncio.sleep(0.02)
-    assert len(lines.lines) >= 3
 
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
