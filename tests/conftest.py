@@ -65,6 +65,15 @@ def prefect_server(state_dir: Path) -> Iterator[LocalServer]:
             # Deliver queued logs and events while the server still listens.
             APILogWorker.drain_all(timeout=10)
             EventsWorker.drain_all(timeout=10)
+            # A server-side traceback (a scheduler loop that breaks, a route that crashes) fails
+            # no request a test makes: only the server's log shows it.
+            server_log = (state_dir / "server.log").read_text(errors="replace")
+            if "Traceback" in server_log:
+                start = server_log.index("Traceback")
+                pytest.fail(
+                    "the session's Prefect server logged a traceback:\n"
+                    + server_log[max(0, start - 500) : start + 3000]
+                )
     finally:
         if previous is None:
             os.environ.pop("PREFECT_API_URL", None)
