@@ -5,26 +5,19 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
 import typer
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-from prefect.client.schemas.objects import StateType
-from prefect.client.schemas.sorting import LogSort
-from prefect.states import Cancelling
 
 from gpuflow.cli.support import ExitCode, fail, load_data_file, prefect_api
 from gpuflow.core.request import Priority, parse_request
 from gpuflow.ops.embedded import default_state_dir
-from gpuflow.ops.run_watch import RunSnapshot, parse_run_id, read_run, snapshot
-from gpuflow.pipeline.submission import (
-    DEFAULT_DEPLOYMENT,
-    find_deployment,
-    output_uri,
-    submit_request,
-)
+from gpuflow.pipeline.submission import DEFAULT_DEPLOYMENT
+
+# Prefect's client is imported in the commands' bodies, so that `--help` answers at once.
+if TYPE_CHECKING:
+    from gpuflow.ops.run_watch import RunSnapshot
 
 _BAR_WIDTH = 30
 _LOG_PAGE = 200
@@ -42,6 +35,8 @@ Stack = Annotated[str, typer.Option(help="Name of the saved gpuflow-stack block.
 
 
 def _exit_code(snap: RunSnapshot) -> ExitCode:
+    from prefect.client.schemas.objects import StateType
+
     if not snap.finished:
         return ExitCode.RUN_NOT_FINISHED
     if snap.state_type == StateType.COMPLETED:
@@ -66,6 +61,10 @@ def _bar(percent: float | None) -> str:
 
 
 async def _finish_line(snap: RunSnapshot) -> None:
+    from prefect.client.schemas.objects import StateType
+
+    from gpuflow.pipeline.submission import output_uri
+
     stack = str(snap.run.parameters.get("stack", "default"))
     if snap.state_type == StateType.COMPLETED:
         typer.echo(f"Output: {await output_uri(stack, str(snap.run.id))}")
@@ -76,6 +75,10 @@ async def _finish_line(snap: RunSnapshot) -> None:
 async def _follow(run_id: UUID, poll_s: float) -> RunSnapshot:
     """Show the run's progress until it finishes: a redrawn bar on a terminal, one line per
     change otherwise (logs, CI)."""
+    from prefect.client.orchestration import get_client
+
+    from gpuflow.ops.run_watch import snapshot
+
     interactive = sys.stdout.isatty()
     shown = ""
     async with get_client() as client:
@@ -96,6 +99,9 @@ async def _follow(run_id: UUID, poll_s: float) -> RunSnapshot:
 
 
 async def _cancel(run_id: UUID) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
     async with get_client() as client:
         await client.set_flow_run_state(run_id, Cancelling(message="cancelled from gpuflow submit"))
 
@@ -163,6 +169,10 @@ def submit(
         "gpus": gpus,
         "gpu_type": gpu_type,
     }
+    from prefect.client.orchestration import get_client
+
+    from gpuflow.pipeline.submission import find_deployment, submit_request
+
     request = parse_request(_request_fields(file, options, set_fields or []))
     with prefect_api(state_dir) as api_url:
 
@@ -199,6 +209,10 @@ def status(
 
     Exit code: 0 completed, 4 failed or crashed, 5 cancelled, 6 not finished, 3 no such run.
     """
+    from prefect.client.orchestration import get_client
+
+    from gpuflow.ops.run_watch import parse_run_id, snapshot
+
     run_id = parse_run_id(run)
     with prefect_api(state_dir):
 
@@ -220,6 +234,12 @@ def logs(
     tail: Annotated[int | None, typer.Option(help="Only the last N lines.", min=1)] = None,
 ) -> None:
     """A run's logs (flow and tasks), oldest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    from gpuflow.ops.run_watch import parse_run_id, read_run
+
     run_id = parse_run_id(run)
     with prefect_api(state_dir):
 

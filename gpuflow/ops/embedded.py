@@ -13,12 +13,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gpuflow.compute.local import LocalSubprocess
 from gpuflow.core.request import ModelRef
-from gpuflow.ops import samples
-from gpuflow.pipeline.stack import GpuflowStack
-from gpuflow.storage.local import LocalObjectStore
+
+if TYPE_CHECKING:
+    from gpuflow.pipeline.stack import GpuflowStack
 
 DEFAULT_MODEL = ModelRef(name="wan2.2-i2v-standin", revision="v1")
 SAMPLE_IMAGE_KEY = "samples/landscape.png"
@@ -46,6 +46,12 @@ class EmbeddedLayout:
         return self.state_dir / "store"
 
     def stack(self, gpu_devices: list[int] | None = None) -> GpuflowStack:
+        # Imported here: the stack imports every backend, and the command line reads the
+        # layout's paths in commands that must answer at once.
+        from gpuflow.compute.local import LocalSubprocess
+        from gpuflow.pipeline.stack import GpuflowStack
+        from gpuflow.storage.local import LocalObjectStore
+
         store = LocalObjectStore(root=self.store_root)
         return GpuflowStack(
             nas_root=self.nas_root,
@@ -59,6 +65,9 @@ class EmbeddedLayout:
 
     def seed_samples(self, model: ModelRef = DEFAULT_MODEL) -> str:
         """Put the sample image and model artifact into the store; returns the image URI."""
+        from gpuflow.ops import samples
+        from gpuflow.storage.local import LocalObjectStore
+
         store = LocalObjectStore(root=self.store_root)
         model_dir = self.store_root / "models" / model.name / model.revision
         if not (model_dir / "weights.npz").is_file():

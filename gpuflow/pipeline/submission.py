@@ -6,19 +6,21 @@ A request's priority picks the work queue of the deployment's pool (``high``, ``
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
-
-from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.objects import FlowRun
-from prefect.client.schemas.responses import DeploymentResponse
-from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
 from gpuflow.core.errors import GpuflowError, NotFoundError
 from gpuflow.core.request import VideoRequest
-from gpuflow.pipeline.job_contract import OUTPUT_NAME
-from gpuflow.pipeline.stack import GpuflowStack
 from gpuflow.storage.uri import ObjectUri
+
+# Prefect's client, the stack (which imports every backend) and the job contract are imported
+# where they are used: the command line imports this module in commands that must answer at once.
+if TYPE_CHECKING:
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.client.schemas.responses import DeploymentResponse
+
+    from gpuflow.pipeline.stack import GpuflowStack
 
 DEFAULT_DEPLOYMENT = "generate-video/generate-video-process"
 
@@ -32,6 +34,8 @@ class DeploymentNotFoundError(SubmissionError, NotFoundError):
 
 
 async def find_deployment(client: PrefectClient, name: str) -> DeploymentResponse:
+    from prefect.exceptions import ObjectNotFound
+
     try:
         if "/" in name:
             return await client.read_deployment_by_name(name)
@@ -51,6 +55,8 @@ async def submit_request(
     tags: list[str] | None = None,
 ) -> FlowRun:
     """One flow run of ``deployment`` for ``request`` on the queue of its priority."""
+    from prefect.exceptions import PrefectHTTPStatusError
+
     parameters: dict[str, Any] = {"request": request.model_dump(mode="json"), "stack": stack}
     queue = request.priority.value if deployment.work_pool_name else None
     try:
@@ -72,9 +78,13 @@ async def submit_request(
 
 async def output_uri(stack: str, run_id: str) -> str:
     """Where a completed run of ``generate-video`` put its video."""
+    from gpuflow.pipeline.stack import GpuflowStack
+
     pipeline = cast(GpuflowStack, await GpuflowStack.aload(stack))
     return output_uri_in(pipeline, run_id)
 
 
 def output_uri_in(pipeline: GpuflowStack, run_id: str) -> str:
+    from gpuflow.pipeline.job_contract import OUTPUT_NAME
+
     return str(ObjectUri.parse(pipeline.outputs_uri).join(run_id, OUTPUT_NAME))
