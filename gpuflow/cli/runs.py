@@ -121,6 +121,19 @@ def _request_fields(file: Path | None, options: dict[str, Any], sets: list[str])
     return fields
 
 
+def _local_image(image_uri: object) -> Path | None:
+    """The local file an ``image_uri`` without a scheme names (uploaded before the run is
+    created, since a worker cannot read this machine's paths), or None for an object URI."""
+    if not isinstance(image_uri, str) or "://" in image_uri:
+        return None
+    path = Path(image_uri).expanduser()
+    if not path.is_file():
+        raise fail(
+            f"image_uri {image_uri!r} is neither an object URI (s3://…, file:///…) nor a local file"
+        )
+    return path.resolve()
+
+
 def submit(
     state_dir: StateDir,
     file: Annotated[
@@ -129,7 +142,11 @@ def submit(
     ] = None,
     prompt: Annotated[str | None, typer.Option(help="What should happen in the video.")] = None,
     image_uri: Annotated[
-        str | None, typer.Option(help="Object URI of the input image (s3://…, file:///…).")
+        str | None,
+        typer.Option(
+            help="The input image: an object URI (s3://…, file:///…) or a local file, which "
+            "is uploaded into the stack's object store first."
+        ),
     ] = None,
     resolution: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT, multiples of 16.")] = None,
     num_frames: Annotated[int | None, typer.Option(help="Frames to generate (4n+1).")] = None,
@@ -171,10 +188,18 @@ def submit(
     }
     from prefect.client.orchestration import get_client
 
-    from gpuflow.pipeline.submission import find_deployment, submit_request
+    from gpuflow.pipeline.submission import find_deployment, submit_request, upload_local_input
 
-    request = parse_request(_request_fields(file, options, set_fields or []))
+    fields = _request_fields(file, options, set_fields or [])
+    local_image = _local_image(fields.get("image_uri"))
+    if local_image is not None:
+        fields["image_uri"] = "file:///uploaded-before-the-run"  # validated now, replaced below
+    request = parse_request(fields)
     with prefect_api(state_dir) as api_url:
+        if local_image is not None:
+            uploaded = asyncio.run(upload_local_input(stack, local_image))
+            request = request.model_copy(update={"image_uri": uploaded})
+            typer.echo(f"Uploaded {local_image} to {uploaded}")
 
         async def create() -> UUID:
             async with get_client() as client:

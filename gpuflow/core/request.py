@@ -58,7 +58,8 @@ class VideoRequest(BaseModel):
             min_length=1,
             description=(
                 "Object URI of the input image that the stack's stores serve: s3://bucket/cat.png, "
-                "https://host/cat.png, or file:///... inside the embedded store."
+                "https://host/cat.png, or file:///... inside the embedded store "
+                "(`gpuflow submit --image-uri ./cat.png` uploads a local file first)."
             ),
             json_schema_extra=_URI_SCHEMA,
         ),

@@ -6,6 +6,8 @@ A request's priority picks the work queue of the deployment's pool (``high``, ``
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
@@ -74,6 +76,20 @@ async def submit_request(
         raise SubmissionError(
             f"the server refused a run of {deployment.name!r} ({status}): {detail}"
         ) from None
+
+
+async def upload_local_input(stack: str, path: Path) -> str:
+    """Put a local file into the stack's object store, where every worker can read it, and
+    return its URI: ``<outputs_uri>/uploads/<sha256>/<name>``, so a resubmission of the same
+    file names the same object."""
+    from gpuflow.pipeline.stack import GpuflowStack
+    from gpuflow.storage.base import sha256_file
+
+    pipeline = cast(GpuflowStack, await GpuflowStack.aload(stack))
+    digest = await asyncio.to_thread(sha256_file, path)
+    uri = str(ObjectUri.parse(pipeline.outputs_uri).join("uploads", digest, path.name))
+    await asyncio.to_thread(pipeline.object_store.upload, path, uri)
+    return uri
 
 
 async def output_uri(stack: str, run_id: str) -> str:

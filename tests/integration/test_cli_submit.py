@@ -1,0 +1,68 @@
+"""`gpuflow submit` where the user is: a local picture is uploaded for the run."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import get_client
+
+from gpuflow.ops.embedded import EmbeddedLayout
+from gpuflow.ops.local_server import LocalServer
+from gpuflow.storage.uri import ObjectUri
+from tests.support.deployed import GPUFLOW, Deployed, cli_env
+
+pytestmark = pytest.mark.integration
+
+
+def _gpuflow(
+    prefect_server: LocalServer, state_dir: Path, cwd: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [GPUFLOW, *args], env=cli_env(state_dir, prefect_server), cwd=cwd,
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def test_a_local_image_is_uploaded_and_the_run_reads_it(
+    deployed: Deployed,
+    layout: EmbeddedLayout,
+    prefect_server: LocalServer,
+    state_dir: Path,
+    tmp_path: Path,
+) -> None:
+    picture = tmp_path / "cat.png"
+    picture.write_bytes(Path(ObjectUri.parse(layout.seed_samples()).key).read_bytes())
+    done = _gpuflow(
+        prefect_server, state_dir, tmp_path, "submit", "--prompt", "a cat looks up",
+        "--image-uri", "./cat.png", "--resolution", "128x96", "--num-frames", "5",
+        "--stack", deployed.stack, "--follow", "--poll-s", "0.5",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    uploaded_line = next(line for line in done.stdout.splitlines() if line.startswith("Uploaded"))
+    uploaded = uploaded_line.split(" to ")[1]
+    assert uploaded.endswith("/cat.png")
+    assert Path(ObjectUri.parse(uploaded).key).read_bytes() == picture.read_bytes()
+    run_id = UUID(
+        next(ln for ln in done.stdout.splitlines() if ln.startswith("Submitted")).split()[2]
+    )
+
+    async def image_uri_of_run() -> object:
+        async with get_client() as client:
+            return (await client.read_flow_run(run_id)).parameters["request"]["image_uri"]
+
+    assert asyncio.run(image_uri_of_run()) == uploaded
+
+
+def test_a_path_that_is_no_file_is_refused_before_anything_is_sent(
+    prefect_server: LocalServer, state_dir: Path, tmp_path: Path
+) -> None:
+    done = _gpuflow(
+        prefect_server, state_dir, tmp_path, "submit", "--prompt", "x", "--image-uri", "dog.png"
+    )
+    assert done.returncode == 1
+    assert "image_uri 'dog.png' is neither an object URI" in done.stderr
+    assert "Submitted" not in done.stdout
