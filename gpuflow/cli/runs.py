@@ -17,6 +17,7 @@ from gpuflow.pipeline.submission import DEFAULT_DEPLOYMENT
 
 # Prefect's client is imported in the commands' bodies, so that `--help` answers at once.
 if TYPE_CHECKING:
+    from gpuflow.core.request import VideoRequest
     from gpuflow.ops.run_watch import RunSnapshot
 
 _BAR_WIDTH = 30
@@ -188,7 +189,12 @@ def submit(
     }
     from prefect.client.orchestration import get_client
 
-    from gpuflow.pipeline.submission import find_deployment, submit_request, upload_local_input
+    from gpuflow.pipeline.submission import (
+        check_capacity_for,
+        find_deployment,
+        submit_request,
+        upload_local_input,
+    )
 
     fields = _request_fields(file, options, set_fields or [])
     local_image = _local_image(fields.get("image_uri"))
@@ -196,18 +202,19 @@ def submit(
         fields["image_uri"] = "file:///uploaded-before-the-run"  # validated now, replaced below
     request = parse_request(fields)
     with prefect_api(state_dir) as api_url:
-        if local_image is not None:
-            uploaded = asyncio.run(upload_local_input(stack, local_image))
-            request = request.model_copy(update={"image_uri": uploaded})
-            typer.echo(f"Uploaded {local_image} to {uploaded}")
 
-        async def create() -> UUID:
+        async def create(request: VideoRequest) -> UUID:
             async with get_client() as client:
                 target = await find_deployment(client, deployment)
+                await check_capacity_for(client, stack, request)
+                if local_image is not None:
+                    uploaded = await upload_local_input(stack, local_image)
+                    request = request.model_copy(update={"image_uri": uploaded})
+                    typer.echo(f"Uploaded {local_image} to {uploaded}")
                 run = await submit_request(client, target, request, stack)
                 return run.id
 
-        run_id = asyncio.run(create())
+        run_id = asyncio.run(create(request))
         typer.echo(f"Submitted run {run_id} of {deployment} ({request.priority.value} queue)")
         typer.echo(f"  {api_url.removesuffix('/api')}/runs/flow-run/{run_id}")
         if not follow:

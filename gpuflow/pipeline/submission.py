@@ -78,6 +78,27 @@ async def submit_request(
         ) from None
 
 
+async def check_capacity_for(client: PrefectClient, stack: str, request: VideoRequest) -> None:
+    """Refuse a request for more GPUs than the stack's limits hold, naming the limit and its
+    size, before a run is created. Reads the stack's saved document rather than loading the
+    block, which would import every backend."""
+    from prefect.exceptions import ObjectNotFound
+
+    from gpuflow.gpu.capacity import check_gpu_capacity, gpu_limit_names
+
+    try:
+        document = await client.read_block_document_by_name(
+            stack, "gpuflow-stack", include_secrets=False
+        )
+    except ObjectNotFound:
+        raise SubmissionError(
+            f"no gpuflow-stack block {stack!r} on {client.api_url}: save one with "
+            "`gpuflow bootstrap --stack-name NAME`"
+        ) from None
+    gpu_limit = str(document.data.get("gpu_limit", "gpu"))
+    await check_gpu_capacity(gpu_limit_names(gpu_limit, request.gpu_type), request.gpus)
+
+
 async def upload_local_input(stack: str, path: Path) -> str:
     """Put a local file into the stack's object store, where every worker can read it, and
     return its URI: ``<outputs_uri>/uploads/<sha256>/<name>``, so a resubmission of the same

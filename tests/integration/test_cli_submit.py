@@ -66,3 +66,16 @@ def test_a_path_that_is_no_file_is_refused_before_anything_is_sent(
     assert done.returncode == 1
     assert "image_uri 'dog.png' is neither an object URI" in done.stderr
     assert "Submitted" not in done.stdout
+
+
+def test_more_gpus_than_the_limit_holds_are_refused_naming_the_cap(
+    deployed: Deployed, layout: EmbeddedLayout, prefect_server: LocalServer, state_dir: Path
+) -> None:
+    # The deployed stack's GPU limit `gpu` has 2 slots (tests/support/deployed.py).
+    done = _gpuflow(
+        prefect_server, state_dir, state_dir, "submit", "--prompt", "x",
+        "--image-uri", layout.seed_samples(), "--gpus", "3", "--stack", deployed.stack,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "gpus=3 but the limit 'gpu' has only 2 GPU slots" in done.stderr
+    assert "Submitted" not in done.stdout
