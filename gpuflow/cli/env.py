@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from gpuflow.envs.fabric import EnvironmentFabric
 
 env_app = typer.Typer(
-    help="Prebuilt, content-addressed job environments on the NAS.", no_args_is_help=True
+    help="Prebuilt, content-addressed job environments on the NAS.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 

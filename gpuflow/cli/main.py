@@ -22,13 +22,18 @@ from gpuflow.ops.local_server import (
     stop_server,
 )
 
+# Plain help (no rich markup): rendering it with rich costs more start-up than the rest of
+# `gpuflow --help` together.
 app = typer.Typer(
     help="Run GPU batch jobs (image-to-video) as Prefect flows.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 server_app = typer.Typer(
-    help="The local Prefect server of the embedded default.", no_args_is_help=True
+    help="The local Prefect server of the embedded default.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(server_app, name="server")
 app.add_typer(env_app, name="env")

@@ -6,7 +6,6 @@ import asyncio
 import time
 import uuid
 from datetime import timedelta
-from pathlib import Path
 
 import httpx
 import pytest
@@ -25,9 +24,7 @@ def test_the_ui_calls_the_api_of_the_server_that_serves_it(prefect_server: Local
     assert settings["api_url"] == prefect_server.api_url
 
 
-def test_an_interval_schedule_produces_scheduled_runs(
-    prefect_server: LocalServer, state_dir: Path
-) -> None:
+def test_an_interval_schedule_produces_scheduled_runs(prefect_server: LocalServer) -> None:
     async def scheduled_runs_of_a_new_deployment() -> int:
         async with get_client() as client:
             flow_id = await client.create_flow_from_name(f"scheduled-{uuid.uuid4().hex[:8]}")
@@ -53,6 +50,6 @@ def test_an_interval_schedule_produces_scheduled_runs(
                 await asyncio.sleep(1)
             return 0
 
+    # A broken scheduler loop creates no runs; its tracebacks in the server's log fail the
+    # session (the `prefect_server` fixture checks the log when it stops the server).
     assert asyncio.run(scheduled_runs_of_a_new_deployment()) > 0
-    server_log = (state_dir / "server.log").read_text(errors="replace")
-    assert "Traceback" not in server_log, server_log[-3000:]
