@@ -50,7 +50,7 @@ def _root(
 
 def main() -> None:
     """The console script: errors as one line and an exit code, tracebacks only with --debug."""
-    from gpuflow.cli.support import ExitCode
+    from gpuflow.cli.support import ExitCode, unreachable_api
     from gpuflow.core.errors import NotFoundError
 
     try:
@@ -60,6 +60,10 @@ def main() -> None:
     except Exception as exc:
         if "--debug" in sys.argv[1:] or os.environ.get("GPUFLOW_DEBUG"):
             raise
+        import httpx
+
+        if isinstance(exc, httpx.TransportError):  # the server went away during the command
+            sys.exit(unreachable_api(str(exc.request.url), exc).exit_code)
         message = str(exc) if isinstance(exc, GpuflowError) else f"{type(exc).__name__}: {exc}"
         typer.secho(f"error: {message} (--debug shows the traceback)", fg="red", err=True)
         sys.exit(int(ExitCode.NOT_FOUND if isinstance(exc, NotFoundError) else ExitCode.ERROR))

@@ -34,6 +34,28 @@ def fail(message: str, code: ExitCode = ExitCode.ERROR) -> typer.Exit:
     return typer.Exit(int(code))
 
 
+def unreachable_api(api_url: str, reason: object) -> typer.Exit:
+    """The one answer of every command whose Prefect API does not answer."""
+    return fail(
+        f"cannot reach the Prefect API at {api_url} ({reason}): start it with "
+        "`gpuflow server start`, or set PREFECT_API_URL to a running server",
+        ExitCode.NOT_FOUND,
+    )
+
+
+def _require_reachable(api_url: str) -> None:
+    """Fail at once, naming the URL, when nothing answers there. Any HTTP answer counts
+    (Prefect Cloud answers 401 without a key): only a transport failure is refused."""
+    import httpx
+
+    try:
+        httpx.get(f"{api_url.rstrip('/')}/health", timeout=10)
+    except httpx.TransportError as exc:
+        raise unreachable_api(api_url, str(exc) or type(exc).__name__) from None
+    except httpx.InvalidURL as exc:
+        raise fail(f"PREFECT_API_URL {api_url!r} is not a URL: {exc}") from None
+
+
 @contextmanager
 def prefect_api(state_dir: Path) -> Iterator[str]:
     """The Prefect API the command talks to: PREFECT_API_URL (or the profile's), else the
@@ -43,6 +65,7 @@ def prefect_api(state_dir: Path) -> Iterator[str]:
 
     configured = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
     if configured:
+        _require_reachable(str(configured))
         yield str(configured)
         return
     server = read_server(state_dir)
