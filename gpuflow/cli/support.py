@@ -71,8 +71,9 @@ def prefect_api(state_dir: Path) -> Iterator[str]:
     server = read_server(state_dir)
     if server is None:
         raise fail(
-            "no Prefect API: set PREFECT_API_URL, or start the local server with "
-            "`gpuflow server start`",
+            f"no Prefect API: no local server runs for {state_dir}; set PREFECT_API_URL, "
+            "start the local server with `gpuflow server start`, or name the state directory "
+            "of a running one with --state-dir or GPUFLOW_STATE_DIR",
             ExitCode.NOT_FOUND,
         )
     with temporary_settings({PREFECT_API_URL: server.api_url}):

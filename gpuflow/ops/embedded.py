@@ -1,7 +1,7 @@
 """The embedded default: gpuflow on one machine, no cloud.
 
-Everything lives under one state directory (``.gpuflow/`` in the working
-directory unless ``GPUFLOW_STATE_DIR`` says otherwise):
+Everything lives under one state directory (the nearest ``.gpuflow/`` in the working
+directory or above it, unless ``GPUFLOW_STATE_DIR`` says otherwise):
 
     .gpuflow/prefect/   the local Prefect server's home (SQLite database)
     .gpuflow/nas/       the "NAS": models/, envs/, uv-cache/, workspaces/
@@ -22,10 +22,21 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = ModelRef(name="wan2.2-i2v-standin", revision="v1")
 SAMPLE_IMAGE_KEY = "samples/landscape.png"
+STATE_DIR_NAME = ".gpuflow"
 
 
 def default_state_dir() -> Path:
-    return Path(os.environ.get("GPUFLOW_STATE_DIR", ".gpuflow")).resolve()
+    """``GPUFLOW_STATE_DIR``, else the nearest ``.gpuflow/`` in the working directory or one
+    above it (as git finds ``.git/``), so commands find the local server from anywhere in a
+    project; else ``.gpuflow/`` in the working directory."""
+    configured = os.environ.get("GPUFLOW_STATE_DIR")
+    if configured:
+        return Path(configured).resolve()
+    here = Path.cwd().resolve()
+    for directory in (here, *here.parents):
+        if (directory / STATE_DIR_NAME).is_dir():
+            return directory / STATE_DIR_NAME
+    return here / STATE_DIR_NAME
 
 
 def repository_jobs_root() -> Path:
