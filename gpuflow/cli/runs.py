@@ -192,6 +192,7 @@ def submit(
     from gpuflow.pipeline.submission import (
         check_capacity_for,
         find_deployment,
+        idle_pool_warning,
         submit_request,
         upload_local_input,
     )
@@ -212,6 +213,9 @@ def submit(
                     request = request.model_copy(update={"image_uri": uploaded})
                     typer.echo(f"Uploaded {local_image} to {uploaded}")
                 run = await submit_request(client, target, request, stack)
+                warning = await idle_pool_warning(client, target)
+                if warning is not None:
+                    typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
                 return run.id
 
         run_id = asyncio.run(create(request))

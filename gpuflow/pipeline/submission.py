@@ -78,6 +78,23 @@ async def submit_request(
         ) from None
 
 
+async def idle_pool_warning(client: PrefectClient, deployment: DeploymentResponse) -> str | None:
+    """What to tell a user whose run waits on a work pool no worker polls (it would stay
+    Scheduled, then Late, for ever); None when a worker is online or no pool is involved."""
+    from prefect.client.schemas.objects import WorkerStatus
+
+    pool = deployment.work_pool_name
+    if not pool:
+        return None
+    workers = await client.read_workers_for_work_pool(pool)
+    if any(worker.status == WorkerStatus.ONLINE for worker in workers):
+        return None
+    return (
+        f"no worker polls work pool {pool!r}: the run waits until one does; start one with "
+        f"`prefect worker start --pool {pool}`"
+    )
+
+
 async def check_capacity_for(client: PrefectClient, stack: str, request: VideoRequest) -> None:
     """Refuse a request for more GPUs than the stack's limits hold, naming the limit and its
     size, before a run is created. Reads the stack's saved document rather than loading the

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import uuid
 from pathlib import Path
 from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.utilities.callables import parameter_schema
 
 from gpuflow.ops.embedded import EmbeddedLayout
 from gpuflow.ops.local_server import LocalServer
+from gpuflow.pipeline.generate_video import generate_video
 from gpuflow.storage.uri import ObjectUri
 from tests.support.deployed import GPUFLOW, Deployed, cli_env
 
@@ -79,3 +83,36 @@ def test_more_gpus_than_the_limit_holds_are_refused_naming_the_cap(
     assert done.returncode == 1, done.stdout + done.stderr
     assert "gpus=3 but the limit 'gpu' has only 2 GPU slots" in done.stderr
     assert "Submitted" not in done.stdout
+
+
+def test_a_run_on_a_pool_no_worker_polls_says_how_to_start_one(
+    stack_name: str, layout: EmbeddedLayout, prefect_server: LocalServer, state_dir: Path
+) -> None:
+    pool = f"idle-{uuid.uuid4().hex[:8]}"
+
+    async def deployment_on_an_idle_pool() -> str:
+        async with get_client() as client:
+            await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            await client.create_work_queue(name="normal", work_pool_name=pool)
+            flow_id = await client.create_flow_from_name(generate_video.name)
+            await client.create_deployment(
+                flow_id,
+                name=pool,
+                work_pool_name=pool,
+                parameter_openapi_schema=parameter_schema(generate_video).model_dump(
+                    exclude_unset=True
+                ),
+            )
+        return f"{generate_video.name}/{pool}"
+
+    deployment = asyncio.run(deployment_on_an_idle_pool())
+    done = _gpuflow(
+        prefect_server, state_dir, state_dir, "submit", "--prompt", "x",
+        "--image-uri", layout.seed_samples(), "--deployment", deployment, "--stack", stack_name,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Submitted run" in done.stdout
+    assert (
+        f"warning: no worker polls work pool {pool!r}: the run waits until one does; "
+        f"start one with `prefect worker start --pool {pool}`"
+    ) in done.stderr
