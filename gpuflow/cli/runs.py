@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -170,6 +171,14 @@ def submit(
         bool, typer.Option("--follow", help="Show progress until the run ends (Ctrl-C to stop).")
     ] = False,
     poll_s: Annotated[float, typer.Option(help="Seconds between progress updates.")] = 1.0,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Check the request against the deployment and the GPU limits and print what "
+            "the run would be created with; create, upload and change nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Create a run of a deployment for one request (as the Prefect UI does).
 
@@ -193,6 +202,7 @@ def submit(
         check_capacity_for,
         find_deployment,
         idle_pool_warning,
+        planned_run,
         submit_request,
         upload_local_input,
     )
@@ -204,10 +214,18 @@ def submit(
     request = parse_request(fields)
     with prefect_api(state_dir) as api_url:
 
-        async def create(request: VideoRequest) -> UUID:
+        async def create(request: VideoRequest) -> UUID | None:
             async with get_client() as client:
                 target = await find_deployment(client, deployment)
                 await check_capacity_for(client, stack, request)
+                if dry_run:
+                    plan = planned_run(target, request, stack)
+                    if local_image is not None:
+                        plan["parameters"]["request"]["image_uri"] = (
+                            f"(an upload of {local_image} into the stack's object store)"
+                        )
+                    typer.echo(json.dumps(plan, indent=2))
+                    return None
                 if local_image is not None:
                     uploaded = await upload_local_input(stack, local_image)
                     request = request.model_copy(update={"image_uri": uploaded})
@@ -219,6 +237,9 @@ def submit(
                 return run.id
 
         run_id = asyncio.run(create(request))
+        if run_id is None:
+            typer.echo("Dry run: no run was created.", err=True)
+            return
         typer.echo(f"Submitted run {run_id} of {deployment} ({request.priority.value} queue)")
         typer.echo(f"  {api_url.removesuffix('/api')}/runs/flow-run/{run_id}")
         if not follow:

@@ -49,6 +49,18 @@ async def find_deployment(client: PrefectClient, name: str) -> DeploymentRespons
         ) from None
 
 
+def planned_run(
+    deployment: DeploymentResponse, request: VideoRequest, stack: str
+) -> dict[str, Any]:
+    """What a run of ``deployment`` for ``request`` is created with (what a dry run shows)."""
+    return {
+        "deployment": f"{deployment.name} ({deployment.id})",
+        "work_pool": deployment.work_pool_name,
+        "work_queue": request.priority.value if deployment.work_pool_name else None,
+        "parameters": {"request": request.model_dump(mode="json"), "stack": stack},
+    }
+
+
 async def submit_request(
     client: PrefectClient,
     deployment: DeploymentResponse,
@@ -59,8 +71,8 @@ async def submit_request(
     """One flow run of ``deployment`` for ``request`` on the queue of its priority."""
     from prefect.exceptions import PrefectHTTPStatusError
 
-    parameters: dict[str, Any] = {"request": request.model_dump(mode="json"), "stack": stack}
-    queue = request.priority.value if deployment.work_pool_name else None
+    planned = planned_run(deployment, request, stack)
+    parameters, queue = planned["parameters"], planned["work_queue"]
     try:
         return await client.create_flow_run_from_deployment(
             deployment.id, parameters=parameters, tags=tags or [], work_queue_name=queue

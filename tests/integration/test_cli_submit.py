@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import uuid
 from pathlib import Path
@@ -11,6 +12,7 @@ from uuid import UUID
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.utilities.callables import parameter_schema
 
 from gpuflow.ops.embedded import EmbeddedLayout
@@ -116,3 +118,36 @@ def test_a_run_on_a_pool_no_worker_polls_says_how_to_start_one(
         f"warning: no worker polls work pool {pool!r}: the run waits until one does; "
         f"start one with `prefect worker start --pool {pool}`"
     ) in done.stderr
+
+
+def test_a_dry_run_shows_the_run_it_would_create_and_creates_none(
+    deployed: Deployed,
+    layout: EmbeddedLayout,
+    prefect_server: LocalServer,
+    state_dir: Path,
+    tmp_path: Path,
+) -> None:
+    async def runs_of_the_deployment() -> int:
+        async with get_client() as client:
+            target = await client.read_deployment_by_name("generate-video/generate-video-process")
+            return await client.count_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[target.id]))
+            )
+
+    picture = tmp_path / "cat.png"
+    picture.write_bytes(Path(ObjectUri.parse(layout.seed_samples()).key).read_bytes())
+    before = asyncio.run(runs_of_the_deployment())
+    done = _gpuflow(
+        prefect_server, state_dir, tmp_path, "submit", "--dry-run", "--prompt", "a cat",
+        "--image-uri", "./cat.png", "--priority", "high", "--stack", deployed.stack,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    assert plan["work_pool"] == "gpuflow-process"
+    assert plan["work_queue"] == "high"
+    assert plan["parameters"]["stack"] == deployed.stack
+    request = plan["parameters"]["request"]
+    assert (request["prompt"], request["resolution"]) == ("a cat", "320x192")
+    assert request["image_uri"] == f"(an upload of {picture} into the stack's object store)"
+    assert "Dry run: no run was created." in done.stderr
+    assert asyncio.run(runs_of_the_deployment()) == before
