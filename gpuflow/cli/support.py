@@ -29,6 +29,18 @@ class ExitCode(enum.IntEnum):
     INTERRUPTED = 130  # Ctrl-C
 
 
+def human_bytes(size: int) -> str:
+    """A byte count as people read it: ``512 B``, ``1.5 KiB``, ``72.3 GiB``."""
+    if abs(size) < 1024:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if abs(value) < 1024:
+            return f"{value:.1f} {unit}"
+    return f"{value / 1024:.1f} PiB"
+
+
 def fail(message: str, code: ExitCode = ExitCode.ERROR) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(int(code))
