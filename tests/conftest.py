@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +55,25 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("gpuflow-state")
 
 
+# Where one record of Prefect's server log starts: `06:18:36.556 | ERROR   | prefect...`.
+_LOG_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} \| ", re.MULTILINE)
+# In WAL mode SQLite answers "database is locked" at once, whatever the busy timeout, to a
+# transaction that read and then writes after another one wrote. Prefect's server logs it (a
+# worker heartbeat, a state change) when tests load a 2-core machine: a limit of SQLite under
+# concurrent writers, why production runs the server on PostgreSQL, and not the failure this
+# check is for (a service that breaks on every loop, a route that crashes).
+_SQLITE_CONTENTION = "sqlite3.OperationalError: database is locked"
+
+
+def server_tracebacks(server_log: str) -> list[str]:
+    """The log records of a Prefect server that carry a traceback, less SQLite contention."""
+    starts = [match.start() for match in _LOG_RECORD.finditer(server_log)] + [len(server_log)]
+    records = [server_log[start:end] for start, end in itertools.pairwise(starts)]
+    return [
+        record for record in records if "Traceback" in record and _SQLITE_CONTENTION not in record
+    ]
+
+
 @pytest.fixture(scope="session")
 def prefect_server(state_dir: Path) -> Iterator[LocalServer]:
     """A real Prefect server on SQLite, started once: it takes ~15 s and runs migrations."""
@@ -65,6 +86,14 @@ def prefect_server(state_dir: Path) -> Iterator[LocalServer]:
             # Deliver queued logs and events while the server still listens.
             APILogWorker.drain_all(timeout=10)
             EventsWorker.drain_all(timeout=10)
+            # A server-side traceback (a scheduler loop that breaks, a route that crashes) fails
+            # no request a test makes: only the server's log shows it.
+            failures = server_tracebacks((state_dir / "server.log").read_text(errors="replace"))
+            if failures:
+                pytest.fail(
+                    f"the session's Prefect server logged {len(failures)} traceback(s); the "
+                    f"first:\n{failures[0][:4000]}"
+                )
     finally:
         if previous is None:
             os.environ.pop("PREFECT_API_URL", None)

@@ -10,17 +10,20 @@ import json
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from gpuflow.core.errors import GpuflowError
-from gpuflow.envs.fabric import EnvironmentFabric
-from gpuflow.envs.gc import GcPolicy, collect_garbage
 from gpuflow.ops.embedded import EmbeddedLayout, default_state_dir
 
+if TYPE_CHECKING:
+    from gpuflow.envs.fabric import EnvironmentFabric
+
 env_app = typer.Typer(
-    help="Prebuilt, content-addressed job environments on the NAS.", no_args_is_help=True
+    help="Prebuilt, content-addressed job environments on the NAS.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 
@@ -37,6 +40,14 @@ NasRoot = Annotated[
     ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def _fabric(nas_root: Path) -> EnvironmentFabric:
+    # Imported when a command runs: the fabric is a Prefect block, and importing Prefect
+    # would make `gpuflow env --help` wait seconds.
+    from gpuflow.envs.fabric import EnvironmentFabric
+
+    return EnvironmentFabric(root=nas_root)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -58,7 +69,7 @@ def build(
     """Build the environment of a job project now (nothing happens when it is ready)."""
     if not job_dir.is_dir():
         raise _fail(f"job directory {job_dir} does not exist")
-    fabric = EnvironmentFabric(root=nas_root)
+    fabric = _fabric(nas_root)
     started = time.monotonic()
     try:
         env = fabric.ensure(job_dir, job)
@@ -86,7 +97,7 @@ def build(
 @env_app.command("list")
 def list_envs(nas_root: NasRoot, as_json: AsJson = False) -> None:
     """Every environment with its job, status, size, link mode, last use and pins."""
-    fabric = EnvironmentFabric(root=nas_root)
+    fabric = _fabric(nas_root)
     pinned = {pin.key: pin.job for pin in fabric.pins()}
     current = {record.current: record.job for record in fabric.job_records()}
     rows = []
@@ -134,7 +145,7 @@ def show(
     nas_root: NasRoot,
 ) -> None:
     """The metadata of one environment (packages, size, build time, builder, last use)."""
-    fabric = EnvironmentFabric(root=nas_root)
+    fabric = _fabric(nas_root)
     metadata = fabric.metadata(key)
     if metadata is None:
         state = "unfinished (a build in progress or its wreck)" if key in fabric.env_keys() else ""
@@ -149,7 +160,7 @@ def resolve(
 ) -> None:
     """Print the interpreter of a job's env (its pin, else its last prebuilt env)."""
     try:
-        env = EnvironmentFabric(root=nas_root).resolve_job(job)
+        env = _fabric(nas_root).resolve_job(job)
     except GpuflowError as exc:
         raise _fail(str(exc)) from None
     typer.echo(str(env.python))
@@ -164,7 +175,7 @@ def pin(
 ) -> None:
     """Make runs of a job use this env whatever its sources hash to (rollback)."""
     try:
-        EnvironmentFabric(root=nas_root).pin(job, key, reason)
+        _fabric(nas_root).pin(job, key, reason)
     except GpuflowError as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"Pinned job {job} to {key}")
@@ -173,7 +184,7 @@ def pin(
 @env_app.command("unpin")
 def unpin(job: Annotated[str, typer.Argument(help="The job's name.")], nas_root: NasRoot) -> None:
     """Let a job follow its sources again."""
-    removed = EnvironmentFabric(root=nas_root).unpin(job)
+    removed = _fabric(nas_root).unpin(job)
     typer.echo(f"Unpinned job {job}" if removed else f"Job {job} was not pinned")
 
 
@@ -191,12 +202,14 @@ def gc(
     as_json: AsJson = False,
 ) -> None:
     """Evict environments by last use and age; never pinned, held or building ones."""
+    from gpuflow.envs.gc import GcPolicy, collect_garbage
+
     policy = GcPolicy(
         max_idle=timedelta(days=max_idle_days),
         max_age=None if max_age_days is None else timedelta(days=max_age_days),
         keep_current=not include_current,
     )
-    decisions = collect_garbage(EnvironmentFabric(root=nas_root), policy, dry_run=dry_run)
+    decisions = collect_garbage(_fabric(nas_root), policy, dry_run=dry_run)
     rows = [{"key": d.key, "action": d.action, "reason": d.reason} for d in decisions]
     text = "\n".join(f"{d.key:<26}{d.action:<13}{d.reason}" for d in decisions) or "no envs"
     _emit(rows, as_json, text)

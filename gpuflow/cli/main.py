@@ -22,13 +22,18 @@ from gpuflow.ops.local_server import (
     stop_server,
 )
 
+# Plain help (no rich markup): rendering it with rich costs more start-up than the rest of
+# `gpuflow --help` together.
 app = typer.Typer(
     help="Run GPU batch jobs (image-to-video) as Prefect flows.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 server_app = typer.Typer(
-    help="The local Prefect server of the embedded default.", no_args_is_help=True
+    help="The local Prefect server of the embedded default.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(server_app, name="server")
 app.add_typer(env_app, name="env")
@@ -45,7 +50,7 @@ def _root(
 
 def main() -> None:
     """The console script: errors as one line and an exit code, tracebacks only with --debug."""
-    from gpuflow.cli.support import ExitCode
+    from gpuflow.cli.support import ExitCode, unreachable_api
     from gpuflow.core.errors import NotFoundError
 
     try:
@@ -55,6 +60,10 @@ def main() -> None:
     except Exception as exc:
         if "--debug" in sys.argv[1:] or os.environ.get("GPUFLOW_DEBUG"):
             raise
+        import httpx
+
+        if isinstance(exc, httpx.TransportError):  # the server went away during the command
+            sys.exit(unreachable_api(str(exc.request.url), exc).exit_code)
         message = str(exc) if isinstance(exc, GpuflowError) else f"{type(exc).__name__}: {exc}"
         typer.secho(f"error: {message} (--debug shows the traceback)", fg="red", err=True)
         sys.exit(int(ExitCode.NOT_FOUND if isinstance(exc, NotFoundError) else ExitCode.ERROR))

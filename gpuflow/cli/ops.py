@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from gpuflow.cli.runs import StateDir
-from gpuflow.cli.support import ExitCode, fail, load_data_file, prefect_api
+from gpuflow.cli.support import ExitCode, fail, human_bytes, load_data_file, prefect_api
 from gpuflow.ops.embedded import EmbeddedLayout
 from gpuflow.pipeline.submission import DEFAULT_DEPLOYMENT
 
@@ -109,12 +109,12 @@ def janitor(
     verb = "Would remove" if dry_run else "Removed"
     typer.echo(
         f"{verb} {cleanup.removed} of {cleanup.scanned} workspace(s), "
-        f"{cleanup.bytes_freed} bytes freed (kept: {cleanup.kept_active} active, "
+        f"{human_bytes(cleanup.bytes_freed)} freed (kept: {cleanup.kept_active} active, "
         f"{cleanup.kept_young} young, {cleanup.kept_failed} failed within their keep time)"
     )
     typer.echo(
         f"NAS {report.disk.path}: {report.disk_used_percent:.1f}% used, "
-        f"{report.disk.free_bytes} bytes free"
+        f"{human_bytes(report.disk.free_bytes)} free"
         + (f" — above {disk_warning_percent:.0f}%!" if report.disk_warning else "")
     )
     for slots in report.gpu_slots:

@@ -3,28 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
 import typer
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-from prefect.client.schemas.objects import StateType
-from prefect.client.schemas.sorting import LogSort
-from prefect.states import Cancelling
 
 from gpuflow.cli.support import ExitCode, fail, load_data_file, prefect_api
 from gpuflow.core.request import Priority, parse_request
 from gpuflow.ops.embedded import default_state_dir
-from gpuflow.ops.run_watch import RunSnapshot, parse_run_id, read_run, snapshot
-from gpuflow.pipeline.submission import (
-    DEFAULT_DEPLOYMENT,
-    find_deployment,
-    output_uri,
-    submit_request,
-)
+from gpuflow.pipeline.submission import DEFAULT_DEPLOYMENT
+
+# Prefect's client is imported in the commands' bodies, so that `--help` answers at once.
+if TYPE_CHECKING:
+    from gpuflow.core.request import VideoRequest
+    from gpuflow.ops.run_watch import RunSnapshot
 
 _BAR_WIDTH = 30
 _LOG_PAGE = 200
@@ -42,6 +37,8 @@ Stack = Annotated[str, typer.Option(help="Name of the saved gpuflow-stack block.
 
 
 def _exit_code(snap: RunSnapshot) -> ExitCode:
+    from prefect.client.schemas.objects import StateType
+
     if not snap.finished:
         return ExitCode.RUN_NOT_FINISHED
     if snap.state_type == StateType.COMPLETED:
@@ -66,6 +63,10 @@ def _bar(percent: float | None) -> str:
 
 
 async def _finish_line(snap: RunSnapshot) -> None:
+    from prefect.client.schemas.objects import StateType
+
+    from gpuflow.pipeline.submission import output_uri
+
     stack = str(snap.run.parameters.get("stack", "default"))
     if snap.state_type == StateType.COMPLETED:
         typer.echo(f"Output: {await output_uri(stack, str(snap.run.id))}")
@@ -76,6 +77,10 @@ async def _finish_line(snap: RunSnapshot) -> None:
 async def _follow(run_id: UUID, poll_s: float) -> RunSnapshot:
     """Show the run's progress until it finishes: a redrawn bar on a terminal, one line per
     change otherwise (logs, CI)."""
+    from prefect.client.orchestration import get_client
+
+    from gpuflow.ops.run_watch import snapshot
+
     interactive = sys.stdout.isatty()
     shown = ""
     async with get_client() as client:
@@ -96,6 +101,9 @@ async def _follow(run_id: UUID, poll_s: float) -> RunSnapshot:
 
 
 async def _cancel(run_id: UUID) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
     async with get_client() as client:
         await client.set_flow_run_state(run_id, Cancelling(message="cancelled from gpuflow submit"))
 
@@ -115,6 +123,19 @@ def _request_fields(file: Path | None, options: dict[str, Any], sets: list[str])
     return fields
 
 
+def _local_image(image_uri: object) -> Path | None:
+    """The local file an ``image_uri`` without a scheme names (uploaded before the run is
+    created, since a worker cannot read this machine's paths), or None for an object URI."""
+    if not isinstance(image_uri, str) or "://" in image_uri:
+        return None
+    path = Path(image_uri).expanduser()
+    if not path.is_file():
+        raise fail(
+            f"image_uri {image_uri!r} is neither an object URI (s3://…, file:///…) nor a local file"
+        )
+    return path.resolve()
+
+
 def submit(
     state_dir: StateDir,
     file: Annotated[
@@ -123,7 +144,11 @@ def submit(
     ] = None,
     prompt: Annotated[str | None, typer.Option(help="What should happen in the video.")] = None,
     image_uri: Annotated[
-        str | None, typer.Option(help="Object URI of the input image (s3://…, file:///…).")
+        str | None,
+        typer.Option(
+            help="The input image: an object URI (s3://…, file:///…) or a local file, which "
+            "is uploaded into the stack's object store first."
+        ),
     ] = None,
     resolution: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT, multiples of 16.")] = None,
     num_frames: Annotated[int | None, typer.Option(help="Frames to generate (4n+1).")] = None,
@@ -146,6 +171,14 @@ def submit(
         bool, typer.Option("--follow", help="Show progress until the run ends (Ctrl-C to stop).")
     ] = False,
     poll_s: Annotated[float, typer.Option(help="Seconds between progress updates.")] = 1.0,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Check the request against the deployment and the GPU limits and print what "
+            "the run would be created with; create, upload and change nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Create a run of a deployment for one request (as the Prefect UI does).
 
@@ -163,16 +196,50 @@ def submit(
         "gpus": gpus,
         "gpu_type": gpu_type,
     }
-    request = parse_request(_request_fields(file, options, set_fields or []))
+    from prefect.client.orchestration import get_client
+
+    from gpuflow.pipeline.submission import (
+        check_capacity_for,
+        find_deployment,
+        idle_pool_warning,
+        planned_run,
+        submit_request,
+        upload_local_input,
+    )
+
+    fields = _request_fields(file, options, set_fields or [])
+    local_image = _local_image(fields.get("image_uri"))
+    if local_image is not None:
+        fields["image_uri"] = "file:///uploaded-before-the-run"  # validated now, replaced below
+    request = parse_request(fields)
     with prefect_api(state_dir) as api_url:
 
-        async def create() -> UUID:
+        async def create(request: VideoRequest) -> UUID | None:
             async with get_client() as client:
                 target = await find_deployment(client, deployment)
+                await check_capacity_for(client, stack, request)
+                if dry_run:
+                    plan = planned_run(target, request, stack)
+                    if local_image is not None:
+                        plan["parameters"]["request"]["image_uri"] = (
+                            f"(an upload of {local_image} into the stack's object store)"
+                        )
+                    typer.echo(json.dumps(plan, indent=2))
+                    return None
+                if local_image is not None:
+                    uploaded = await upload_local_input(stack, local_image)
+                    request = request.model_copy(update={"image_uri": uploaded})
+                    typer.echo(f"Uploaded {local_image} to {uploaded}")
                 run = await submit_request(client, target, request, stack)
+                warning = await idle_pool_warning(client, target)
+                if warning is not None:
+                    typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
                 return run.id
 
-        run_id = asyncio.run(create())
+        run_id = asyncio.run(create(request))
+        if run_id is None:
+            typer.echo("Dry run: no run was created.", err=True)
+            return
         typer.echo(f"Submitted run {run_id} of {deployment} ({request.priority.value} queue)")
         typer.echo(f"  {api_url.removesuffix('/api')}/runs/flow-run/{run_id}")
         if not follow:
@@ -199,6 +266,10 @@ def status(
 
     Exit code: 0 completed, 4 failed or crashed, 5 cancelled, 6 not finished, 3 no such run.
     """
+    from prefect.client.orchestration import get_client
+
+    from gpuflow.ops.run_watch import parse_run_id, snapshot
+
     run_id = parse_run_id(run)
     with prefect_api(state_dir):
 
@@ -220,6 +291,12 @@ def logs(
     tail: Annotated[int | None, typer.Option(help="Only the last N lines.", min=1)] = None,
 ) -> None:
     """A run's logs (flow and tasks), oldest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    from gpuflow.ops.run_watch import parse_run_id, read_run
+
     run_id = parse_run_id(run)
     with prefect_api(state_dir):
 

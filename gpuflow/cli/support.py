@@ -29,9 +29,43 @@ class ExitCode(enum.IntEnum):
     INTERRUPTED = 130  # Ctrl-C
 
 
+def human_bytes(size: int) -> str:
+    """A byte count as people read it: ``512 B``, ``1.5 KiB``, ``72.3 GiB``."""
+    if abs(size) < 1024:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if abs(value) < 1024:
+            return f"{value:.1f} {unit}"
+    return f"{value / 1024:.1f} PiB"
+
+
 def fail(message: str, code: ExitCode = ExitCode.ERROR) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(int(code))
+
+
+def unreachable_api(api_url: str, reason: object) -> typer.Exit:
+    """The one answer of every command whose Prefect API does not answer."""
+    return fail(
+        f"cannot reach the Prefect API at {api_url} ({reason}): start it with "
+        "`gpuflow server start`, or set PREFECT_API_URL to a running server",
+        ExitCode.NOT_FOUND,
+    )
+
+
+def _require_reachable(api_url: str) -> None:
+    """Fail at once, naming the URL, when nothing answers there. Any HTTP answer counts
+    (Prefect Cloud answers 401 without a key): only a transport failure is refused."""
+    import httpx
+
+    try:
+        httpx.get(f"{api_url.rstrip('/')}/health", timeout=10)
+    except httpx.TransportError as exc:
+        raise unreachable_api(api_url, str(exc) or type(exc).__name__) from None
+    except httpx.InvalidURL as exc:
+        raise fail(f"PREFECT_API_URL {api_url!r} is not a URL: {exc}") from None
 
 
 @contextmanager
@@ -43,13 +77,15 @@ def prefect_api(state_dir: Path) -> Iterator[str]:
 
     configured = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
     if configured:
+        _require_reachable(str(configured))
         yield str(configured)
         return
     server = read_server(state_dir)
     if server is None:
         raise fail(
-            "no Prefect API: set PREFECT_API_URL, or start the local server with "
-            "`gpuflow server start`",
+            f"no Prefect API: no local server runs for {state_dir}; set PREFECT_API_URL, "
+            "start the local server with `gpuflow server start`, or name the state directory "
+            "of a running one with --state-dir or GPUFLOW_STATE_DIR",
             ExitCode.NOT_FOUND,
         )
     with temporary_settings({PREFECT_API_URL: server.api_url}):

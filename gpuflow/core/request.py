@@ -12,6 +12,18 @@ from gpuflow.core.errors import RequestError
 
 _RESOLUTION = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_MIN_SIDE, _MAX_SIDE, _SIDE_STEP = 64, 1920, 16
+_MAX_FRAMES = 241
+
+# The rules the validators below enforce, also written into the JSON schema: Prefect's
+# `enforce_parameter_schema` then refuses a bad value when a run is created (UI form, API,
+# `prefect deployment run`), not minutes later on a worker. The validators stay the
+# authority in Python, for their messages naming the rule.
+_SIDE = "|".join(str(side) for side in range(_MIN_SIDE, _MAX_SIDE + 1, _SIDE_STEP))
+_RESOLUTION_SCHEMA = {"pattern": f"^({_SIDE})x({_SIDE})$"}
+_FRAMES_SCHEMA = {"enum": list(range(1, _MAX_FRAMES + 1, 4))}
+# A scheme and something after it: what every store's URIs look like (s3://, file:///, https://).
+_URI_SCHEMA = {"pattern": r"^[A-Za-z][A-Za-z0-9+.-]*://.+$"}
 
 
 class Priority(enum.StrEnum):
@@ -44,18 +56,29 @@ class VideoRequest(BaseModel):
         str,
         Field(
             min_length=1,
-            description="Object URI of the input image, e.g. s3://bucket/cat.png or file:///...",
+            description=(
+                "Object URI of the input image that the stack's stores serve: s3://bucket/cat.png, "
+                "https://host/cat.png, or file:///... inside the embedded store "
+                "(`gpuflow submit --image-uri ./cat.png` uploads a local file first)."
+            ),
+            json_schema_extra=_URI_SCHEMA,
         ),
     ]
     resolution: Annotated[
         str,
         Field(
             description="WIDTHxHEIGHT, both multiples of 16 between 64 and 1920 (e.g. 832x480).",
+            json_schema_extra=_RESOLUTION_SCHEMA,
         ),
     ] = "320x192"
     num_frames: Annotated[
         int,
-        Field(ge=1, le=241, description="Frames to generate: 4n+1 as Wan-style models need."),
+        Field(
+            ge=1,
+            le=_MAX_FRAMES,
+            description="Frames to generate: 4n+1 as Wan-style models need.",
+            json_schema_extra=_FRAMES_SCHEMA,
+        ),
     ] = 17
     fps: Annotated[int, Field(ge=1, le=60, description="Frames per second of the video.")] = 16
     seed: Annotated[int, Field(ge=0, lt=2**32, description="Random seed.")] = 0
@@ -79,7 +102,7 @@ class VideoRequest(BaseModel):
         if not match:
             raise ValueError(f"resolution {value!r} is not WIDTHxHEIGHT (e.g. 832x480)")
         for axis, pixels in zip(("width", "height"), map(int, match.groups()), strict=True):
-            if not 64 <= pixels <= 1920 or pixels % 16:
+            if not _MIN_SIDE <= pixels <= _MAX_SIDE or pixels % _SIDE_STEP:
                 raise ValueError(
                     f"resolution {value!r}: {axis} {pixels} must be a multiple of 16 "
                     "between 64 and 1920"

@@ -13,6 +13,11 @@ from gpuflow.core.errors import GpuCapacityError
 _API_PAGE = 200
 
 
+def gpu_limit_names(gpu_limit: str, gpu_type: str | None) -> list[str]:
+    """The limits a job takes slots of: the pool, and its GPU type's pool if it names one."""
+    return [gpu_limit] + ([f"{gpu_limit}:{gpu_type}"] if gpu_type else [])
+
+
 async def ensure_gpu_limits(limits: dict[str, int]) -> None:
     """Create or update the global concurrency limits (prefect.yaml cannot declare them)."""
     async with get_client() as client:

@@ -1,7 +1,7 @@
 """The embedded default: gpuflow on one machine, no cloud.
 
-Everything lives under one state directory (``.gpuflow/`` in the working
-directory unless ``GPUFLOW_STATE_DIR`` says otherwise):
+Everything lives under one state directory (the nearest ``.gpuflow/`` in the working
+directory or above it, unless ``GPUFLOW_STATE_DIR`` says otherwise):
 
     .gpuflow/prefect/   the local Prefect server's home (SQLite database)
     .gpuflow/nas/       the "NAS": models/, envs/, uv-cache/, workspaces/
@@ -13,19 +13,30 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gpuflow.compute.local import LocalSubprocess
 from gpuflow.core.request import ModelRef
-from gpuflow.ops import samples
-from gpuflow.pipeline.stack import GpuflowStack
-from gpuflow.storage.local import LocalObjectStore
+
+if TYPE_CHECKING:
+    from gpuflow.pipeline.stack import GpuflowStack
 
 DEFAULT_MODEL = ModelRef(name="wan2.2-i2v-standin", revision="v1")
 SAMPLE_IMAGE_KEY = "samples/landscape.png"
+STATE_DIR_NAME = ".gpuflow"
 
 
 def default_state_dir() -> Path:
-    return Path(os.environ.get("GPUFLOW_STATE_DIR", ".gpuflow")).resolve()
+    """``GPUFLOW_STATE_DIR``, else the nearest ``.gpuflow/`` in the working directory or one
+    above it (as git finds ``.git/``), so commands find the local server from anywhere in a
+    project; else ``.gpuflow/`` in the working directory."""
+    configured = os.environ.get("GPUFLOW_STATE_DIR")
+    if configured:
+        return Path(configured).resolve()
+    here = Path.cwd().resolve()
+    for directory in (here, *here.parents):
+        if (directory / STATE_DIR_NAME).is_dir():
+            return directory / STATE_DIR_NAME
+    return here / STATE_DIR_NAME
 
 
 def repository_jobs_root() -> Path:
@@ -46,6 +57,12 @@ class EmbeddedLayout:
         return self.state_dir / "store"
 
     def stack(self, gpu_devices: list[int] | None = None) -> GpuflowStack:
+        # Imported here: the stack imports every backend, and the command line reads the
+        # layout's paths in commands that must answer at once.
+        from gpuflow.compute.local import LocalSubprocess
+        from gpuflow.pipeline.stack import GpuflowStack
+        from gpuflow.storage.local import LocalObjectStore
+
         store = LocalObjectStore(root=self.store_root)
         return GpuflowStack(
             nas_root=self.nas_root,
@@ -59,6 +76,9 @@ class EmbeddedLayout:
 
     def seed_samples(self, model: ModelRef = DEFAULT_MODEL) -> str:
         """Put the sample image and model artifact into the store; returns the image URI."""
+        from gpuflow.ops import samples
+        from gpuflow.storage.local import LocalObjectStore
+
         store = LocalObjectStore(root=self.store_root)
         model_dir = self.store_root / "models" / model.name / model.revision
         if not (model_dir / "weights.npz").is_file():

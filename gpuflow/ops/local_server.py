@@ -25,6 +25,10 @@ from gpuflow.core.locks import process_alive
 _START_TIMEOUT_S = 120.0
 
 
+def local_api_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/api"
+
+
 class ServerError(RuntimeError):
     """The local Prefect server did not start or answer."""
 
@@ -37,7 +41,7 @@ class LocalServer:
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api"
+        return local_api_url(self.port)
 
     @property
     def ui_url(self) -> str:
@@ -45,15 +49,18 @@ class LocalServer:
 
 
 def server_environment(
-    home: Path, database_url: str | None = None, redis_url: str | None = None
+    home: Path, port: int, database_url: str | None = None, redis_url: str | None = None
 ) -> dict[str, str]:
-    """Settings of a local server: no analytics (there may be no internet), durable leases.
+    """Settings of a local server on ``port``: no analytics (there may be no internet), durable
+    leases, and a UI that calls this server's API.
 
     ``database_url`` (``postgresql+asyncpg://...``) replaces the SQLite file under ``home``;
     ``redis_url`` (``redis://host:port/db``) keeps leases in Redis (prefect-redis) instead of
     under ``home``, so several servers on one database share them."""
     environment = {
         "PREFECT_HOME": str(home),
+        # Unset, the UI calls 127.0.0.1:4200: no server there, or another server's data.
+        "PREFECT_UI_API_URL": local_api_url(port),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         # In-memory leases die with the server and leak their GPU slots for good.
         "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": (
@@ -110,7 +117,7 @@ def ensure_server(
     home.mkdir(parents=True, exist_ok=True)
     port = port or _free_port()
     log_path = state_dir / "server.log"
-    env = {**os.environ, **server_environment(home, database_url, redis_url)}
+    env = {**os.environ, **server_environment(home, port, database_url, redis_url)}
     env.pop("PREFECT_API_URL", None)
     with log_path.open("ab") as log:
         process = subprocess.Popen(

@@ -22,7 +22,7 @@ from prefect.runtime import flow_run
 from gpuflow.compute.base import JobResult, JobSpec
 from gpuflow.core.errors import GpuflowError, JobFailedError
 from gpuflow.core.events import GpuflowEvent, emit_run_event
-from gpuflow.core.request import Priority, VideoRequest
+from gpuflow.core.request import Priority, VideoRequest, parse_request
 from gpuflow.core.workspace import Workspace, run_id_for
 from gpuflow.envs.fabric import ResolvedEnv
 from gpuflow.gpu.capacity import check_gpu_capacity
@@ -137,7 +137,11 @@ def upload(stack: GpuflowStack, video: Path, run_id: str) -> str:
     return uri
 
 
-@flow(name="generate-video", log_prints=True)
+# Parameters are validated in the body, not by Prefect before it: Prefect's failed validation
+# reaches neither the run's logs nor (with the field named) the UI, a RequestError raised here
+# reaches both. The schema of the annotations still renders the form and is enforced by
+# deployments when a run is created.
+@flow(name="generate-video", log_prints=True, validate_parameters=False)
 async def generate_video(request: VideoRequest, stack: str = "default") -> str:
     """Turn one image and a prompt into a watermarked MP4 in the object store.
 
@@ -145,6 +149,7 @@ async def generate_video(request: VideoRequest, stack: str = "default") -> str:
         request: What to generate (prompt, input image URI, resolution, frames, ...).
         stack: Name of the saved ``gpuflow-stack`` block that says where things run.
     """
+    request = parse_request(request)
     pipeline = cast(GpuflowStack, await GpuflowStack.aload(stack))
     # Refuse what can never run before anything is downloaded or any GPU is held.
     await check_gpu_capacity(pipeline.gpu_limits(request.gpu_type), request.gpus)

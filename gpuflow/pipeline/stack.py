@@ -25,6 +25,7 @@ from gpuflow.core.request import ModelRef, Priority
 from gpuflow.envs.fabric import EnvironmentFabric
 from gpuflow.gpu.admission.base import AdmissionQueue
 from gpuflow.gpu.admission.queues import admission_queue
+from gpuflow.gpu.capacity import gpu_limit_names
 from gpuflow.gpu.hold import Admission, GpuHold, gpu_hold
 from gpuflow.gpu.registry import JobRegistry
 from gpuflow.postprocess.base import PostprocessStep
@@ -176,7 +177,7 @@ class GpuflowStack(Block):
 
     def gpu_limits(self, gpu_type: str | None) -> list[str]:
         """The limits a job takes slots of: the pool, and its GPU type's pool if it names one."""
-        return [self.gpu_limit] + ([f"{self.gpu_limit}:{gpu_type}"] if gpu_type else [])
+        return gpu_limit_names(self.gpu_limit, gpu_type)
 
     def hold_gpus(
         self,

@@ -6,19 +6,23 @@ A request's priority picks the work queue of the deployment's pool (``high``, ``
 
 from __future__ import annotations
 
-from typing import Any, cast
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
-
-from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.objects import FlowRun
-from prefect.client.schemas.responses import DeploymentResponse
-from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
 from gpuflow.core.errors import GpuflowError, NotFoundError
 from gpuflow.core.request import VideoRequest
-from gpuflow.pipeline.job_contract import OUTPUT_NAME
-from gpuflow.pipeline.stack import GpuflowStack
 from gpuflow.storage.uri import ObjectUri
+
+# Prefect's client, the stack (which imports every backend) and the job contract are imported
+# where they are used: the command line imports this module in commands that must answer at once.
+if TYPE_CHECKING:
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.client.schemas.responses import DeploymentResponse
+
+    from gpuflow.pipeline.stack import GpuflowStack
 
 DEFAULT_DEPLOYMENT = "generate-video/generate-video-process"
 
@@ -32,6 +36,8 @@ class DeploymentNotFoundError(SubmissionError, NotFoundError):
 
 
 async def find_deployment(client: PrefectClient, name: str) -> DeploymentResponse:
+    from prefect.exceptions import ObjectNotFound
+
     try:
         if "/" in name:
             return await client.read_deployment_by_name(name)
@@ -43,6 +49,18 @@ async def find_deployment(client: PrefectClient, name: str) -> DeploymentRespons
         ) from None
 
 
+def planned_run(
+    deployment: DeploymentResponse, request: VideoRequest, stack: str
+) -> dict[str, Any]:
+    """What a run of ``deployment`` for ``request`` is created with (what a dry run shows)."""
+    return {
+        "deployment": f"{deployment.name} ({deployment.id})",
+        "work_pool": deployment.work_pool_name,
+        "work_queue": request.priority.value if deployment.work_pool_name else None,
+        "parameters": {"request": request.model_dump(mode="json"), "stack": stack},
+    }
+
+
 async def submit_request(
     client: PrefectClient,
     deployment: DeploymentResponse,
@@ -51,8 +69,10 @@ async def submit_request(
     tags: list[str] | None = None,
 ) -> FlowRun:
     """One flow run of ``deployment`` for ``request`` on the queue of its priority."""
-    parameters: dict[str, Any] = {"request": request.model_dump(mode="json"), "stack": stack}
-    queue = request.priority.value if deployment.work_pool_name else None
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    planned = planned_run(deployment, request, stack)
+    parameters, queue = planned["parameters"], planned["work_queue"]
     try:
         return await client.create_flow_run_from_deployment(
             deployment.id, parameters=parameters, tags=tags or [], work_queue_name=queue
@@ -70,11 +90,67 @@ async def submit_request(
         ) from None
 
 
+async def idle_pool_warning(client: PrefectClient, deployment: DeploymentResponse) -> str | None:
+    """What to tell a user whose run waits on a work pool no worker polls (it would stay
+    Scheduled, then Late, for ever); None when a worker is online or no pool is involved."""
+    from prefect.client.schemas.objects import WorkerStatus
+
+    pool = deployment.work_pool_name
+    if not pool:
+        return None
+    workers = await client.read_workers_for_work_pool(pool)
+    if any(worker.status == WorkerStatus.ONLINE for worker in workers):
+        return None
+    return (
+        f"no worker polls work pool {pool!r}: the run waits until one does; start one with "
+        f"`prefect worker start --pool {pool}`"
+    )
+
+
+async def check_capacity_for(client: PrefectClient, stack: str, request: VideoRequest) -> None:
+    """Refuse a request for more GPUs than the stack's limits hold, naming the limit and its
+    size, before a run is created. Reads the stack's saved document rather than loading the
+    block, which would import every backend."""
+    from prefect.exceptions import ObjectNotFound
+
+    from gpuflow.gpu.capacity import check_gpu_capacity, gpu_limit_names
+
+    try:
+        document = await client.read_block_document_by_name(
+            stack, "gpuflow-stack", include_secrets=False
+        )
+    except ObjectNotFound:
+        raise SubmissionError(
+            f"no gpuflow-stack block {stack!r} on {client.api_url}: save one with "
+            "`gpuflow bootstrap --stack-name NAME`"
+        ) from None
+    gpu_limit = str(document.data.get("gpu_limit", "gpu"))
+    await check_gpu_capacity(gpu_limit_names(gpu_limit, request.gpu_type), request.gpus)
+
+
+async def upload_local_input(stack: str, path: Path) -> str:
+    """Put a local file into the stack's object store, where every worker can read it, and
+    return its URI: ``<outputs_uri>/uploads/<sha256>/<name>``, so a resubmission of the same
+    file names the same object."""
+    from gpuflow.pipeline.stack import GpuflowStack
+    from gpuflow.storage.base import sha256_file
+
+    pipeline = cast(GpuflowStack, await GpuflowStack.aload(stack))
+    digest = await asyncio.to_thread(sha256_file, path)
+    uri = str(ObjectUri.parse(pipeline.outputs_uri).join("uploads", digest, path.name))
+    await asyncio.to_thread(pipeline.object_store.upload, path, uri)
+    return uri
+
+
 async def output_uri(stack: str, run_id: str) -> str:
     """Where a completed run of ``generate-video`` put its video."""
+    from gpuflow.pipeline.stack import GpuflowStack
+
     pipeline = cast(GpuflowStack, await GpuflowStack.aload(stack))
     return output_uri_in(pipeline, run_id)
 
 
 def output_uri_in(pipeline: GpuflowStack, run_id: str) -> str:
+    from gpuflow.pipeline.job_contract import OUTPUT_NAME
+
     return str(ObjectUri.parse(pipeline.outputs_uri).join(run_id, OUTPUT_NAME))

@@ -166,7 +166,7 @@ variable "prefect_worker_chart_version" {
 variable "prefect_worker_image_tag" {
   description = "Tag of the prefecthq/prefect image the worker runs (match the Prefect version of the server)."
   type        = string
-  default     = "3.8.8-python3.11-kubernetes"
+  default     = "3.9.1-python3.11-kubernetes"
 }
 
 variable "work_pool_name" {

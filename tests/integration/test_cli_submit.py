@@ -1,0 +1,153 @@
+"""`gpuflow submit` where the user is: a local picture is uploaded for the run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import uuid
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.utilities.callables import parameter_schema
+
+from gpuflow.ops.embedded import EmbeddedLayout
+from gpuflow.ops.local_server import LocalServer
+from gpuflow.pipeline.generate_video import generate_video
+from gpuflow.storage.uri import ObjectUri
+from tests.support.deployed import GPUFLOW, Deployed, cli_env
+
+pytestmark = pytest.mark.integration
+
+
+def _gpuflow(
+    prefect_server: LocalServer, state_dir: Path, cwd: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [GPUFLOW, *args], env=cli_env(state_dir, prefect_server), cwd=cwd,
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def test_a_local_image_is_uploaded_and_the_run_reads_it(
+    deployed: Deployed,
+    layout: EmbeddedLayout,
+    prefect_server: LocalServer,
+    state_dir: Path,
+    tmp_path: Path,
+) -> None:
+    picture = tmp_path / "cat.png"
+    picture.write_bytes(Path(ObjectUri.parse(layout.seed_samples()).key).read_bytes())
+    done = _gpuflow(
+        prefect_server, state_dir, tmp_path, "submit", "--prompt", "a cat looks up",
+        "--image-uri", "./cat.png", "--resolution", "128x96", "--num-frames", "5",
+        "--stack", deployed.stack, "--follow", "--poll-s", "0.5",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    uploaded_line = next(line for line in done.stdout.splitlines() if line.startswith("Uploaded"))
+    uploaded = uploaded_line.split(" to ")[1]
+    assert uploaded.endswith("/cat.png")
+    assert Path(ObjectUri.parse(uploaded).key).read_bytes() == picture.read_bytes()
+    run_id = UUID(
+        next(ln for ln in done.stdout.splitlines() if ln.startswith("Submitted")).split()[2]
+    )
+
+    async def image_uri_of_run() -> object:
+        async with get_client() as client:
+            return (await client.read_flow_run(run_id)).parameters["request"]["image_uri"]
+
+    assert asyncio.run(image_uri_of_run()) == uploaded
+
+
+def test_a_path_that_is_no_file_is_refused_before_anything_is_sent(
+    prefect_server: LocalServer, state_dir: Path, tmp_path: Path
+) -> None:
+    done = _gpuflow(
+        prefect_server, state_dir, tmp_path, "submit", "--prompt", "x", "--image-uri", "dog.png"
+    )
+    assert done.returncode == 1
+    assert "image_uri 'dog.png' is neither an object URI" in done.stderr
+    assert "Submitted" not in done.stdout
+
+
+def test_more_gpus_than_the_limit_holds_are_refused_naming_the_cap(
+    deployed: Deployed, layout: EmbeddedLayout, prefect_server: LocalServer, state_dir: Path
+) -> None:
+    # The deployed stack's GPU limit `gpu` has 2 slots (tests/support/deployed.py).
+    done = _gpuflow(
+        prefect_server, state_dir, state_dir, "submit", "--prompt", "x",
+        "--image-uri", layout.seed_samples(), "--gpus", "3", "--stack", deployed.stack,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "gpus=3 but the limit 'gpu' has only 2 GPU slots" in done.stderr
+    assert "Submitted" not in done.stdout
+
+
+def test_a_run_on_a_pool_no_worker_polls_says_how_to_start_one(
+    stack_name: str, layout: EmbeddedLayout, prefect_server: LocalServer, state_dir: Path
+) -> None:
+    pool = f"idle-{uuid.uuid4().hex[:8]}"
+
+    async def deployment_on_an_idle_pool() -> str:
+        async with get_client() as client:
+            await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            await client.create_work_queue(name="normal", work_pool_name=pool)
+            flow_id = await client.create_flow_from_name(generate_video.name)
+            await client.create_deployment(
+                flow_id,
+                name=pool,
+                work_pool_name=pool,
+                parameter_openapi_schema=parameter_schema(generate_video).model_dump(
+                    exclude_unset=True
+                ),
+            )
+        return f"{generate_video.name}/{pool}"
+
+    deployment = asyncio.run(deployment_on_an_idle_pool())
+    done = _gpuflow(
+        prefect_server, state_dir, state_dir, "submit", "--prompt", "x",
+        "--image-uri", layout.seed_samples(), "--deployment", deployment, "--stack", stack_name,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Submitted run" in done.stdout
+    assert (
+        f"warning: no worker polls work pool {pool!r}: the run waits until one does; "
+        f"start one with `prefect worker start --pool {pool}`"
+    ) in done.stderr
+
+
+def test_a_dry_run_shows_the_run_it_would_create_and_creates_none(
+    deployed: Deployed,
+    layout: EmbeddedLayout,
+    prefect_server: LocalServer,
+    state_dir: Path,
+    tmp_path: Path,
+) -> None:
+    async def runs_of_the_deployment() -> int:
+        async with get_client() as client:
+            target = await client.read_deployment_by_name("generate-video/generate-video-process")
+            return await client.count_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[target.id]))
+            )
+
+    picture = tmp_path / "cat.png"
+    picture.write_bytes(Path(ObjectUri.parse(layout.seed_samples()).key).read_bytes())
+    before = asyncio.run(runs_of_the_deployment())
+    done = _gpuflow(
+        prefect_server, state_dir, tmp_path, "submit", "--dry-run", "--prompt", "a cat",
+        "--image-uri", "./cat.png", "--priority", "high", "--stack", deployed.stack,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    assert plan["work_pool"] == "gpuflow-process"
+    assert plan["work_queue"] == "high"
+    assert plan["parameters"]["stack"] == deployed.stack
+    request = plan["parameters"]["request"]
+    assert (request["prompt"], request["resolution"]) == ("a cat", "320x192")
+    assert request["image_uri"] == f"(an upload of {picture} into the stack's object store)"
+    assert "Dry run: no run was created." in done.stderr
+    assert asyncio.run(runs_of_the_deployment()) == before
