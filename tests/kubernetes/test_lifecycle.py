@@ -217,6 +217,12 @@ async def test_problems_that_never_clear_fail_at_once_and_are_not_retried(
     assert _foreground_deletes(kube_api) == ["Foreground"]
 
 
+async def _log_followed(api: KubeApiServer, pod: str) -> None:
+    """Until the client reads ``pod``'s log: a job that runs long enough to be followed."""
+    async with asyncio.timeout(10):
+        await api.request_made("GET", f"/pods/{pod}/log")
+
+
 def _ends_with(master_exit: tuple[int, str], worker_exit: tuple[int, str] | None = None) -> Any:
     async def script(api: KubeApiServer, job: dict[str, Any]) -> None:
         pods = api.create_pods(job)
@@ -224,6 +230,7 @@ def _ends_with(master_exit: tuple[int, str], worker_exit: tuple[int, str] | None
             api.running(pod)
         api.set_condition(job, "Running")
         api.log(pods[0], "working")
+        await _log_followed(api, pods[0])
         await asyncio.sleep(0.05)
         api.terminate(pods[0], *master_exit)
         if worker_exit is not None:
@@ -261,6 +268,41 @@ async def test_exit_codes_map_to_the_design_classes(
     assert result.exit_code == expected
     assert "working" in result.last_lines
     assert not kube_api.requests_to("DELETE", "/pytorchjobs/")
+
+
+@pytest.mark.parametrize(
+    "operator_deletes_failed_pods",
+    [True, False],
+    ids=["operator-before-1.9.4", "operator-1.9.4-or-later"],
+)
+async def test_a_config_error_keeps_its_class_when_the_operator_deletes_the_failed_pods(
+    kube_api: KubeApiServer,
+    target: KubernetesPyTorchJob,
+    nas: Path,
+    operator_deletes_failed_pods: bool,
+) -> None:
+    kube_api.operator_deletes_failed_pods = operator_deletes_failed_pods
+    pods_when_failed: list[int] = []
+
+    async def fails_at_once(api: KubeApiServer, job: dict[str, Any]) -> None:
+        # The Master dies of a config error within moments: no log was ever followed.
+        pods = api.create_pods(job)
+        for pod in pods:
+            api.running(pod)
+        api.set_condition(job, "Running")
+        api.terminate(pods[0], 1)
+        api.set_condition(job, "Failed", "PyTorchJobFailed", "Master replica failed")
+        pods_when_failed.append(len(api.pods))
+
+    kube_api.script = fails_at_once
+
+    result = await target.run(i2v_job(nas, gpus=2), Lines())
+
+    assert result.exit_code == 1  # a config error: not retried as if out of memory
+    assert any("master-0 exited 1 Error" in line for line in result.last_lines)
+    assert pods_when_failed == [0 if operator_deletes_failed_pods else 2]
+    # A log read that found the pod gone is no log line.
+    assert not any("NotFound" in line for line in result.last_lines), result.last_lines
 
 
 async def test_job_failed_without_any_container_exit_is_a_resource_error(
@@ -347,7 +389,14 @@ async def test_a_dropped_watch_resumes_at_the_last_resource_version(
     kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
 ) -> None:
     kube_api.drop_watches = 2  # two connections break right after their first event
-    kube_api.script = _succeeds_with_progress
+
+    async def once_watched(api: KubeApiServer, job: dict[str, Any]) -> None:
+        # Three job changes after the first watch opens: each dropped connection sees one.
+        async with asyncio.timeout(10):
+            await api.request_made("GET", "/pytorchjobs", watch="True")
+        await _succeeds_with_progress(api, job)
+
+    kube_api.script = once_watched
     lines = Lines()
 
     result = await target.run(i2v_job(nas, gpus=2), lines)
