@@ -24,6 +24,7 @@ def i2v_job(nas: Path, prompt: str = "a cat surfing", gpus: int = 1) -> JobSpec:
     return JobSpec(
         name="i2v-run-1",
         argv=[str(nas / "envs" / "k1" / ".venv" / "bin" / "i2v"), "--prompt", prompt],
+        torchrun=str(nas / "envs" / "k1" / ".venv" / "bin" / "torchrun"),
         workdir=nas / "workspaces" / "run-1",
         gpus=gpus,
         timeout_s=60,
@@ -558,10 +559,57 @@ async def test_prompts_reach_the_pods_verbatim_as_one_argument(
 
     for pod in kube_api.pods.values():
         (container,) = pod["spec"]["containers"]
-        assert container["command"] == job.argv
-        assert container["command"][2] == prompt
+        assert container["command"] == [job.torchrun, "--no-python", *job.argv]
+        assert container["command"][4] == prompt
         assert {"name": "GPUFLOW_NOTE", "value": prompt} in container["env"]
     assert len(kube_api.pods) == 2
+
+
+@pytest.mark.parametrize(
+    ("gpus", "gpus_per_replica", "nproc_per_node", "under_torchrun"),
+    [
+        (1, 1, None, False),  # one replica, one process: the job's own argv
+        (2, 1, None, True),  # two replicas
+        (2, 2, None, True),  # one replica, two processes (nprocPerNode from its GPUs)
+        (2, 2, "1", False),  # one replica told to run one process
+    ],
+)
+async def test_a_job_of_more_than_one_process_runs_under_the_envs_torchrun(
+    kube_api: KubeApiServer,
+    target: KubernetesPyTorchJob,
+    nas: Path,
+    gpus: int,
+    gpus_per_replica: int,
+    nproc_per_node: str | None,
+    under_torchrun: bool,
+) -> None:
+    kube_api.script = _succeeds_with_progress
+    shaped = target.pytorchjob.model_copy(
+        update={"gpus_per_replica": gpus_per_replica, "nproc_per_node": nproc_per_node}
+    )
+    job = i2v_job(nas, gpus=gpus)
+
+    result = await _target(target, pytorchjob=shaped).run(job, Lines())
+
+    assert result.exit_code == 0
+    (create,) = kube_api.requests_to("POST", "/pytorchjobs")
+    for replica in create.body["spec"]["pytorchReplicaSpecs"].values():
+        (container,) = replica["template"]["spec"]["containers"]
+        launcher = [job.torchrun, "--no-python"] if under_torchrun else []
+        assert container["command"] == [*launcher, *job.argv]
+
+
+async def test_a_job_of_two_processes_without_torchrun_is_refused_before_anything_is_sent(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
+) -> None:
+    job = i2v_job(nas, gpus=2).model_copy(update={"torchrun": None})
+
+    with pytest.raises(KubernetesConfigError) as caught:
+        await target.run(job, Lines())
+
+    assert "runs 2 processes" in str(caught.value)
+    assert "no torchrun beside" in str(caught.value) and job.argv[0] in str(caught.value)
+    assert not kube_api.requests_to("POST", "/pytorchjobs")
 
 
 async def test_an_interpreter_outside_the_nas_is_refused_before_anything_is_sent(

@@ -158,6 +158,7 @@ def configs_and_jobs(draw: st.DrawFn) -> tuple[PyTorchJobConfig, JobSpec]:
         gpus=gpus,
         gpu_type=gpu_type,
         timeout_s=draw(st.floats(1, 86400)),
+        torchrun=f"{mount}/envs/t/.venv/bin/torchrun",
     )
     return config, job
 
@@ -206,7 +207,10 @@ def test_every_configuration_renders_a_job_both_schemas_accept(
         kubernetes_validate.validate(_as_pod(spec["template"]), KUBERNETES_VERSION, strict=True)
         (container,) = spec["template"]["spec"]["containers"]
         assert container["name"] == CONTAINER_NAME
-        assert container["command"] == job.argv  # verbatim, one element per argument
+        # Verbatim, one element per argument; under torchrun unless exactly one process.
+        single = config.launches_processes(job.gpus) == 1
+        launcher = [] if single else [job.torchrun, "--no-python"]
+        assert container["command"] == [*launcher, *job.argv]
         for key, value in job.env.items():
             assert {"name": key, "value": value} in container["env"]
         assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
@@ -239,6 +243,7 @@ def _sample() -> tuple[PyTorchJobConfig, JobSpec]:
         workdir=Path("/mnt/nas/workspaces/run"),
         gpus=4,
         gpu_type="h100",
+        torchrun="/mnt/nas/envs/k/.venv/bin/torchrun",
     )
     return config, job
 

@@ -206,6 +206,19 @@ class PyTorchJobConfig(_Config):
         replicas = gpus // self.gpus_per_replica
         return replicas - 1, replicas
 
+    def nproc_per_node_for(self) -> str:
+        """``nprocPerNode`` as the operator gets it: torchrun processes per replica."""
+        return self.nproc_per_node or (
+            str(self.gpus_per_replica) if self.gpus_per_replica else "auto"
+        )
+
+    def launches_processes(self, gpus: int) -> int | None:
+        """How many processes a job of ``gpus`` GPUs runs, all replicas together; None
+        where torchrun decides (``auto``, ``cpu``, ``gpu``: more than one is possible)."""
+        _, replicas = self.replicas_for(gpus)
+        per_replica = self.nproc_per_node_for()
+        return replicas * int(per_replica) if per_replica.isdigit() else None
+
 
 def job_name(base: str) -> str:
     """A fresh PyTorchJob name for ``base``: a DNS-1035 label, unique per submission."""
@@ -284,8 +297,7 @@ def build_pytorchjob(
     spec: dict[str, Any] = {
         "pytorchReplicaSpecs": replica_specs,
         "runPolicy": _run_policy(config, job.timeout_s + pending_allowance_s),
-        "nprocPerNode": config.nproc_per_node
-        or (str(config.gpus_per_replica) if config.gpus_per_replica else "auto"),
+        "nprocPerNode": config.nproc_per_node_for(),
     }
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": spec}
 
@@ -377,6 +389,24 @@ def _spread(mode: str, name: str) -> dict[str, Any] | None:
     return None
 
 
+def _command(config: PyTorchJobConfig, job: JobSpec) -> list[str]:
+    """``job.argv``, under the env's torchrun when the job runs more than one process:
+    torchrun reads the operator's ``PET_*`` variables (nodes, processes per node, node
+    rank, master address) and gives each process its ``RANK``."""
+    processes = config.launches_processes(job.gpus)
+    if processes == 1:
+        return list(job.argv)
+    if job.torchrun is None:
+        count = f"{processes} processes" if processes else "more than one process"
+        raise KubernetesConfigError(
+            f"job {job.name!r} runs {count} (nprocPerNode {config.nproc_per_node_for()!r} "
+            f"on each of {config.replicas_for(job.gpus)[1]} replica(s)) but its environment "
+            f"has no torchrun beside {job.argv[0]}: add torch to the job's project, or run "
+            "it as one process"
+        )
+    return [job.torchrun, "--no-python", *job.argv]
+
+
 def _container(
     config: PyTorchJobConfig,
     job: JobSpec,
@@ -407,7 +437,7 @@ def _container(
         "image": config.image,
         "imagePullPolicy": config.image_pull_policy,
         # Exec form, one element per argument: nothing is parsed by a shell.
-        "command": list(job.argv),
+        "command": _command(config, job),
         "workingDir": str(job.workdir),
         "env": env,
         "resources": {"requests": dict(limits), "limits": limits},
