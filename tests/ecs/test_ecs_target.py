@@ -290,6 +290,8 @@ def test_container_exit_codes_map_to_the_design_classes(
         ("stopped_pull_rate_limited", True, "could not pull the image"),
         ("stopped_image_not_found", False, "check the image name"),
         ("stopped_secret_unreadable", False, "could not read a secret"),
+        ("stopped_efs_mount_failed", False, "could not mount the NAS"),
+        ("stopped_infrastructure_health", True, "interrupted"),
     ],
 )
 def test_tasks_that_never_ran_to_an_end_raise_by_class(
