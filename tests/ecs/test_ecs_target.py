@@ -142,6 +142,43 @@ def test_gpu_jobs_get_their_own_ec2_family_with_gpu_requirements(
     ]
 
 
+@pytest.mark.parametrize(
+    ("settings", "gpus", "shm_mib"),
+    [
+        ({"memory": "30720"}, 2, 15360),  # GPU task: half its memory by default
+        ({"memory": "30720", "shared_memory_mib": 4096}, 1, 4096),
+        ({"memory": "30720"}, 0, None),  # CPU task: Docker's default
+    ],
+)
+def test_ec2_gpu_tasks_get_a_dev_shm_sized_for_dataloaders_and_nccl(
+    make_target: Callable[..., EcsTask],
+    aws: AwsCredentials,
+    settings: dict[str, Any],
+    gpus: int,
+    shm_mib: int | None,
+) -> None:
+    target = make_target(launch_type="EC2", **settings)
+    arn = target.ensure_task_definition(gpus=gpus)
+    definition = ecs_client(aws).describe_task_definition(taskDefinition=arn)["taskDefinition"]
+    (container,) = definition["containerDefinitions"]
+    assert container.get("linuxParameters", {}).get("sharedMemorySize") == shm_mib
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"shared_memory_mib": 1024}, "Fargate does not support"),  # the default launch type
+        ({"launch_type": "EC2", "memory": "2048", "shared_memory_mib": 4096}, "exceeds"),
+    ],
+)
+def test_a_dev_shm_ecs_cannot_give_is_refused_naming_it(
+    make_target: Callable[..., EcsTask], settings: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ValueError, match=named) as caught:
+        make_target(**settings)
+    assert f"shared_memory_mib={settings['shared_memory_mib']}" in str(caught.value)
+
+
 def test_requests_match_the_real_ecs_api_schema(make_target: Callable[..., EcsTask]) -> None:
     """Validate what gpuflow sends against botocore's ECS service model (no network)."""
     model = botocore.session.get_session().get_service_model("ecs")

@@ -50,6 +50,7 @@ from gpuflow.compute.ecs.taskdef import (
     EcsConfigError,
     EfsNas,
     LaunchType,
+    LinuxParameters,
     NetworkConfiguration,
     RunTaskRequest,
     Tag,
@@ -95,6 +96,13 @@ class EcsTask(ComputeTarget):
     image: str | None = Field(default=None, description="Container image of the job.")
     cpu: str = Field(default="1024", description="Task CPU units (1024 = 1 vCPU).")
     memory: str = Field(default="2048", pattern=r"^[1-9][0-9]*$", description="Task memory in MiB.")
+    shared_memory_mib: int | None = Field(
+        default=None,
+        ge=1,
+        description="Size of /dev/shm in MiB (linuxParameters.sharedMemorySize, EC2 only); "
+        "unset: half the task memory for GPU tasks (DataLoader workers and NCCL need more "
+        "than Docker's 64 MiB), Docker's default otherwise. Charged to the task's memory.",
+    )
     nas: EfsNas | None = Field(default=None, description="The NAS as an EFS volume.")
     execution_role_arn: str | None = Field(
         default=None, description="Role ECS uses to pull the image, read secrets, write logs."
@@ -152,6 +160,16 @@ class EcsTask(ComputeTarget):
             )
         if self.task_definition_arn is None and self.image is None:
             raise ValueError("set image (to register a task definition) or task_definition_arn")
+        if self.shared_memory_mib is not None and self.on_fargate:
+            raise ValueError(
+                f"shared_memory_mib={self.shared_memory_mib}: Fargate does not support "
+                "linuxParameters.sharedMemorySize; use EC2 capacity or leave it unset"
+            )
+        if self.shared_memory_mib is not None and self.shared_memory_mib > int(self.memory):
+            raise ValueError(
+                f"shared_memory_mib={self.shared_memory_mib} exceeds the task memory "
+                f"({self.memory} MiB) it is charged to"
+            )
         secret_refs(self.secrets)
         return self
 
@@ -219,6 +237,7 @@ class EcsTask(ComputeTarget):
             mount_points=[self.nas.mount_point()] if self.nas else None,
             log_configuration=awslogs(self.log_group, region, self.log_stream_prefix),
             resource_requirements=gpu_requirements(gpus),
+            linux_parameters=self._linux_parameters(gpus),
         )
         return TaskDefinitionRequest(
             family=f"{self.family}-{gpus}gpu" if gpus else self.family,
@@ -230,6 +249,12 @@ class EcsTask(ComputeTarget):
             task_role_arn=self.task_role_arn,
             volumes=[self.nas.volume()] if self.nas else None,
         )
+
+    def _linux_parameters(self, gpus: int) -> LinuxParameters | None:
+        if self.on_fargate:
+            return None
+        size = self.shared_memory_mib or (int(self.memory) // 2 if gpus else None)
+        return LinuxParameters(shared_memory_size=size) if size else None
 
     def ensure_task_definition(self, gpus: int) -> str:
         """The ARN of a task definition for ``gpus`` GPUs, registered only if it changed."""

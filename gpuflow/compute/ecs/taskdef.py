@@ -81,6 +81,10 @@ class MountPoint(_Api):
     read_only: bool = Field(default=False, alias="readOnly")
 
 
+class LinuxParameters(_Api):
+    shared_memory_size: int | None = Field(default=None, alias="sharedMemorySize")  # MiB
+
+
 class ContainerDefinition(_Api):
     name: str
     image: str
@@ -94,6 +98,7 @@ class ContainerDefinition(_Api):
     resource_requirements: list[ResourceRequirement] | None = Field(
         default=None, alias="resourceRequirements"
     )
+    linux_parameters: LinuxParameters | None = Field(default=None, alias="linuxParameters")
 
 
 class EfsAuthorization(_Api):
