@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import threading
 import time
 import uuid
@@ -334,12 +335,18 @@ class EcsTask(ComputeTarget):
             client_token=client_token,
         )
 
-    def start_task(self, job: JobSpec, flow_run_id: str | None) -> str:
-        """Register (if needed) and start the job's task; returns the task ARN."""
+    def start_task(
+        self, job: JobSpec, flow_run_id: str | None, client_token: str | None = None
+    ) -> str:
+        """Register (if needed) and start the job's task; returns the task ARN.
+
+        ``client_token`` makes RunTask idempotent: a call repeated with it (botocore's
+        retries, a repeated attempt) returns the task the first one started."""
         self.refuse_impossible(job)
         task_definition = self.ensure_task_definition(job.gpus)
-        # One token per submission: botocore's own retries of this call cannot start twins.
-        request = self.run_task_request(job, task_definition, flow_run_id, uuid.uuid4().hex)
+        request = self.run_task_request(
+            job, task_definition, flow_run_id, client_token or uuid.uuid4().hex
+        )
         answer = call(
             self._client("ecs").run_task,
             f"job {job.name!r} on cluster {self.cluster!r}",
@@ -389,7 +396,10 @@ class EcsTask(ComputeTarget):
         self.refuse_impossible(job)
         flow_run_id = _current_flow_run_id()
         started = time.monotonic()
-        starting = asyncio.ensure_future(asyncio.to_thread(self.start_task, job, flow_run_id))
+        token = _attempt_token(job.name) if flow_run_id else None
+        starting = asyncio.ensure_future(
+            asyncio.to_thread(self.start_task, job, flow_run_id, token)
+        )
         try:
             task_arn = await asyncio.shield(starting)
         except asyncio.CancelledError:
@@ -492,6 +502,22 @@ def _current_flow_run_id() -> str | None:
 
     run_id = flow_run.get_id()
     return str(run_id) if run_id else None
+
+
+def _attempt_token(job_name: str) -> str:
+    """RunTask's clientToken for this attempt of the run's job: the same for every start
+    of one attempt (an answer lost on the way cannot start a twin), new for each retry of
+    the flow or task run (which must start a task of its own). 64 hex digits, ECS's most."""
+    from prefect.runtime import flow_run, task_run
+
+    attempt = (
+        str(flow_run.id),
+        str(flow_run.run_count),
+        str(task_run.id or ""),
+        str(task_run.run_count),
+        job_name,
+    )
+    return hashlib.sha256("\0".join(attempt).encode()).hexdigest()
 
 
 async def _stop_despite_cancellation(target: EcsTask, task_arn: str, reason: str) -> None:
