@@ -518,6 +518,59 @@ def test_a_job_past_its_timeout_is_stopped_as_a_resource_error(
     assert "timeout" in task["stoppedReason"]
 
 
+@pytest.mark.parametrize(
+    ("settings", "expression"),
+    [
+        ({}, "attribute:gpuflow.gpu-type == a10g"),
+        (
+            {
+                "gpu_type_attribute": "ecs.instance-type",
+                "gpu_type_values": {"a10g": ["g5.xlarge", "g5.2xlarge"]},
+            },
+            "attribute:ecs.instance-type in [g5.xlarge, g5.2xlarge]",
+        ),
+    ],
+)
+def test_a_gpu_type_places_the_task_on_instances_that_have_it(
+    make_target: Callable[..., EcsTask],
+    aws: AwsCredentials,
+    cluster: str,
+    answers: AnswersProxy,
+    task_transitions: Callable[[dict[str, Any]], None],
+    settings: dict[str, Any],
+    expression: str,
+) -> None:
+    ec2 = aws.get_boto3_session().client(
+        "ec2", region_name=REGION, endpoint_url=aws.aws_client_parameters.endpoint_url
+    )
+    instance = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1)["Instances"][0]
+    ecs_client(aws).register_container_instance(
+        cluster=cluster,
+        instanceIdentityDocument=json.dumps({"instanceId": instance["InstanceId"]}),
+    )
+    task_transitions(RELEASE)
+    answers.on_stop(cluster, recorded("stopped_exit_0"))
+    target = make_target(launch_type="EC2", **settings)
+
+    result = asyncio.run(target.run(_job(gpus=1, gpu_type="a10g"), _Lines()))
+
+    assert result.exit_code == 0
+    sent = answers.run_task_requests[-1]
+    assert sent["placementConstraints"] == [{"type": "memberOf", "expression": expression}]
+
+
+def test_a_gpu_type_fargate_cannot_place_or_an_unsafe_value_is_refused_before_any_call(
+    make_target: Callable[..., EcsTask], answers: AnswersProxy
+) -> None:
+    calls_before = len(answers.calls)
+    with pytest.raises(EcsConfigError, match=r"GPU type 'a10g'.*Fargate"):
+        asyncio.run(make_target().run(_job(gpu_type="a10g"), _Lines()))
+    unsafe = make_target(launch_type="EC2", gpu_type_values={"a10g": ["g5] or [x"]})
+    with pytest.raises(EcsConfigError, match=r"'g5\] or \[x' is not a plain name"):
+        asyncio.run(unsafe.run(_job(gpus=1, gpu_type="a10g"), _Lines()))
+    assert answers.calls[calls_before:] == []
+
+
 def test_an_existing_task_definition_gets_gpus_as_an_override(
     make_target: Callable[..., EcsTask],
     aws: AwsCredentials,

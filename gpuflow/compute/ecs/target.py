@@ -19,6 +19,7 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import re
 import threading
 import time
 import uuid
@@ -53,6 +54,7 @@ from gpuflow.compute.ecs.taskdef import (
     LaunchType,
     LinuxParameters,
     NetworkConfiguration,
+    PlacementConstraint,
     RunTaskRequest,
     Tag,
     TaskDefinitionRequest,
@@ -121,6 +123,18 @@ class EcsTask(ComputeTarget):
     capacity_provider_strategy: list[CapacityProviderItem] = Field(
         default_factory=list,
         description="E.g. FARGATE_SPOT, or the cluster's EC2 GPU capacity provider.",
+    )
+    gpu_type_attribute: str = Field(
+        default="gpuflow.gpu-type",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$",
+        description="Container-instance attribute naming the instance's GPU type (set it "
+        "with ECS_INSTANCE_ATTRIBUTES in the agent's config, or use ecs.instance-type "
+        "with gpu_type_values): a job with a gpu_type is placed where it matches.",
+    )
+    gpu_type_values: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="GPU type (a10g) -> attribute values that have it (g5.xlarge, ...); "
+        "a type not listed matches the attribute's value equal to its own name.",
     )
     subnets: list[str] = Field(min_length=1, description="Subnets of the task (awsvpc).")
     security_groups: list[str] = Field(default_factory=list)
@@ -192,6 +206,13 @@ class EcsTask(ComputeTarget):
 
     def refuse_impossible(self, job: JobSpec) -> None:
         """Refuse, before any AWS call, a job this target can never run."""
+        if job.gpu_type is not None and self.on_fargate:
+            raise EcsConfigError(
+                f"job {job.name!r} asks for GPU type {job.gpu_type!r} but ECS target on "
+                f"cluster {self.cluster!r} runs on Fargate, which has no GPUs and takes no "
+                "placement constraints"
+            )
+        self._gpu_type_placement(job)
         if job.gpus > 0 and self.on_fargate:
             capacity = self.launch_type or ", ".join(
                 item.capacity_provider for item in self.capacity_provider_strategy
@@ -323,6 +344,7 @@ class EcsTask(ComputeTarget):
             task_definition=task_definition,
             launch_type=self.launch_type,
             capacity_provider_strategy=self.capacity_provider_strategy or None,
+            placement_constraints=self._gpu_type_placement(job),
             network_configuration=NetworkConfiguration(
                 awsvpc_configuration=AwsVpcConfiguration(
                     subnets=self.subnets,
@@ -334,6 +356,25 @@ class EcsTask(ComputeTarget):
             tags=[Tag(key=k, value=v) for k, v in sorted(tags.items())],
             client_token=client_token,
         )
+
+    def _gpu_type_placement(self, job: JobSpec) -> list[PlacementConstraint] | None:
+        """A memberOf constraint on the GPU-type attribute (cluster query language)."""
+        if job.gpu_type is None:
+            return None
+        values = self.gpu_type_values.get(job.gpu_type, [job.gpu_type])
+        for value in values:
+            # Values go into an expression: plain names only, nothing that could change it.
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", value):
+                raise EcsConfigError(
+                    f"GPU type {job.gpu_type!r}: attribute value {value!r} is not a plain "
+                    "name (letters, digits, '.', '_', '-')"
+                )
+        wanted = f"== {values[0]}" if len(values) == 1 else f"in [{', '.join(values)}]"
+        return [
+            PlacementConstraint(
+                type="memberOf", expression=f"attribute:{self.gpu_type_attribute} {wanted}"
+            )
+        ]
 
     def start_task(
         self, job: JobSpec, flow_run_id: str | None, client_token: str | None = None

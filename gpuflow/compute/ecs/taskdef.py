@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -263,6 +263,11 @@ class TaskOverride(_Api):
     container_overrides: list[ContainerOverride] = Field(alias="containerOverrides")
 
 
+class PlacementConstraint(_Api):
+    type: Literal["memberOf", "distinctInstance"]
+    expression: str | None = None
+
+
 class RunTaskRequest(_Api):
     """The arguments of ``RunTask``: one task, tagged so the reconciler can find it."""
 
@@ -274,6 +279,9 @@ class RunTaskRequest(_Api):
         default=None, alias="capacityProviderStrategy"
     )
     network_configuration: NetworkConfiguration = Field(alias="networkConfiguration")
+    placement_constraints: list[PlacementConstraint] | None = Field(
+        default=None, alias="placementConstraints"
+    )
     overrides: TaskOverride
     started_by: str = Field(default=STARTED_BY, alias="startedBy")
     tags: list[Tag]
