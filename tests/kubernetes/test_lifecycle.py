@@ -13,6 +13,7 @@ from pydantic import SecretStr
 
 from gpuflow.compute.base import JobSpec
 from gpuflow.compute.kubernetes.manifest import KubernetesConfigError
+from gpuflow.compute.kubernetes.pool import FLOW_POD_RULES
 from gpuflow.compute.kubernetes.status import JobStartError
 from gpuflow.compute.kubernetes.target import KubernetesPyTorchJob
 from tests.support.kube_api_server import KubeApiServer, RecordedRequest
@@ -82,6 +83,8 @@ async def test_happy_path_streams_master_log_and_progress_and_copies_every_pod_l
     assert create.body["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
     # The operator's deadline counts from creation: the job's timeout plus the pending wait.
     assert create.body["spec"]["runPolicy"]["activeDeadlineSeconds"] == 60 + 5 + 1
+    # Pods still running when the job ends (a failed job's Workers) free their GPUs.
+    assert create.body["spec"]["runPolicy"]["cleanPodPolicy"] == "Running"
     watches = [r for r in kube_api.requests_to("GET", "/pytorchjobs") if r.query.get("watch")]
     assert watches and all(r.query.get("resourceVersion") for r in watches)
     assert not kube_api.requests_to("DELETE", "/pytorchjobs")
@@ -502,6 +505,56 @@ async def test_in_a_flow_pod_the_job_is_owned_by_the_flow_pods_job(
             "controller": False,
         }
     ]
+
+
+# Owner kinds the flow pod names in ownerReferences -> (API group, resource).
+_OWNER_RESOURCES = {("batch/v1", "Job"): ("batch", "jobs"),
+                    ("kubeflow.org/v1", "PyTorchJob"): ("kubeflow.org", "pytorchjobs")}  # fmt: skip
+
+
+async def test_every_blocking_owner_reference_sent_is_allowed_by_the_flow_pods_role(
+    kube_api: KubeApiServer,
+    target: KubernetesPyTorchJob,
+    nas: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With OwnerReferencesPermissionEnforcement, blockOwnerDeletion on an owner needs
+    # update on its <resource>/finalizers (kube-apiserver's gc admission plugin).
+    kube_api.pods[("default", "flow-run-abc-x7k2p")] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "flow-run-abc-x7k2p",
+            "namespace": "default",
+            "labels": {},
+            "ownerReferences": [
+                {"apiVersion": "batch/v1", "kind": "Job", "name": "flow-run-abc", "uid": "u-123"}
+            ],
+        },
+        "spec": {"containers": [{"name": "prefect-job", "image": "prefect"}]},
+    }
+    monkeypatch.setenv("GPUFLOW_FLOW_POD_NAME", "flow-run-abc-x7k2p")
+    kube_api.script = _succeeds_with_progress
+    with_secret = _target(target, secret_env={"HF_TOKEN": SecretStr("hf_value")})
+
+    await with_secret.run(i2v_job(nas), Lines())
+
+    sent = [
+        reference
+        for request in kube_api.requests
+        if isinstance(request.body, dict)
+        for reference in request.body.get("metadata", {}).get("ownerReferences", [])
+        if reference.get("blockOwnerDeletion")
+    ]
+    assert {(r["apiVersion"], r["kind"]) for r in sent} == set(_OWNER_RESOURCES)
+    for reference in sent:
+        group, resource = _OWNER_RESOURCES[(reference["apiVersion"], reference["kind"])]
+        assert any(
+            group in rule["apiGroups"]
+            and f"{resource}/finalizers" in rule["resources"]
+            and "update" in rule["verbs"]
+            for rule in FLOW_POD_RULES
+        ), f"no update on {group} {resource}/finalizers"
 
 
 async def test_secret_values_reach_the_job_through_a_secret_never_the_manifest(

@@ -112,7 +112,10 @@ class HamiVgpu(_Config):
 
 
 class RunPolicy(_Config):
-    clean_pod_policy: Literal["None", "Running", "All"] = "None"
+    # Running: when the job ends, pods still running (the Workers of a failed job) are
+    # deleted and their GPUs freed; finished pods stay, so their exit codes and logs can
+    # be read. None would leave such Workers holding GPUs until the TTL.
+    clean_pod_policy: Literal["None", "Running", "All"] = "Running"
     ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = 3600
     active_deadline_seconds: Annotated[int, Field(ge=1)] | None = Field(
         default=None, description="Upper bound; the job's own timeout lowers it further."
