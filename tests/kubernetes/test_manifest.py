@@ -273,8 +273,8 @@ def test_the_sample_places_every_setting_where_kubernetes_reads_it() -> None:
     }
     (container,) = template["spec"]["containers"]
     assert container["resources"]["limits"] == {
-        "cpu": "4",
-        "memory": "16Gi",
+        "cpu": "8",  # 4 per GPU of the replica
+        "memory": "40Gi",  # 16Gi per GPU, plus the 8Gi /dev/shm charged to it
         "nvidia.com/gpu": "2",
         "nvidia.com/gpumem": "24000",
         "nvidia.com/gpucores": "50",
@@ -284,6 +284,36 @@ def test_the_sample_places_every_setting_where_kubernetes_reads_it() -> None:
         "name": "HF_TOKEN",
         "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}},
     } in container["env"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "cpu", "memory"),
+    [
+        ({"gpus_per_replica": 1}, "4", "24Gi"),
+        ({"gpus_per_replica": 8}, "32", "136Gi"),
+        ({"gpus_per_replica": 0}, "4", "24Gi"),  # a CPU-only replica counts as one GPU
+        ({"gpus_per_replica": 2, "shm_size": "500M"}, "8", f"{32 * 1024 + 477}Mi"),
+        ({"gpus_per_replica": 8, "cpu": "6", "memory": "100Gi"}, "6", "100Gi"),  # as given
+    ],
+)
+def test_replica_cpu_and_memory_scale_with_its_gpus_and_count_the_shm(
+    settings: dict[str, Any], cpu: str, memory: str
+) -> None:
+    config = PyTorchJobConfig(
+        image="registry.example/i2v:1", nas_mount_path=PurePosixPath("/mnt/nas"), **settings
+    )
+    gpus = max(1, config.gpus_per_replica)
+    job = JobSpec(
+        name="i2v-run",
+        argv=["/mnt/nas/envs/k/.venv/bin/i2v"],
+        workdir=Path("/mnt/nas/workspaces/run"),
+        gpus=gpus if config.gpus_per_replica else 0,
+        torchrun="/mnt/nas/envs/k/.venv/bin/torchrun",
+    )
+    spec = build_pytorchjob(config, job, name="i2v-run")["spec"]
+    (container,) = spec["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"]
+    assert container["resources"]["requests"]["cpu"] == cpu
+    assert container["resources"]["limits"]["memory"] == memory
 
 
 def test_the_crd_check_names_wrong_types_and_fields_the_server_would_drop(

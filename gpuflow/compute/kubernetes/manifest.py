@@ -10,8 +10,10 @@ Checking a manifest against the CRD before it is sent is ``gpuflow.compute.kuber
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
+from decimal import Decimal
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -43,6 +45,25 @@ _MAX_JOB_NAME = 48
 
 DnsLabel = Annotated[str, Field(pattern=_DNS_LABEL, min_length=1, max_length=63)]
 Quantity = Annotated[str, Field(pattern=_QUANTITY)]
+# Defaults per GPU of a replica (a CPU-only replica counts as one): what a diffusion
+# job's data loading and host-side tensors need beside each GPU.
+CPU_PER_GPU = 4
+MEMORY_PER_GPU_GIB = 16
+_QUANTITY_FACTORS: dict[str, int | Decimal] = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": 1,
+    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+}  # fmt: skip
+
+
+def quantity_bytes(quantity: str) -> Decimal:
+    """A Kubernetes quantity (8Gi, 500M, 1e9) as a number of bytes."""
+    number = re.match(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", quantity)
+    if number is None or quantity[number.end() :] not in _QUANTITY_FACTORS:
+        raise KubernetesConfigError(f"{quantity!r} is not a Kubernetes quantity")
+    return Decimal(number.group(0)) * _QUANTITY_FACTORS[quantity[number.end() :]]
+
+
 QualifiedName = Annotated[str, Field(pattern=_QUALIFIED, max_length=253)]
 LabelValue = Annotated[str, Field(pattern=_LABEL_VALUE, max_length=63)]
 
@@ -149,8 +170,15 @@ class PyTorchJobConfig(_Config):
     nproc_per_node: Annotated[str, Field(pattern=r"^(auto|cpu|gpu|[1-9][0-9]{0,3})$")] | None = (
         Field(default=None, description="torchrun processes per pod; unset: GPUs per replica.")
     )
-    cpu: Quantity = "4"
-    memory: Quantity = "16Gi"
+    cpu: Quantity | None = Field(
+        default=None,
+        description=f"CPU of each replica; unset: {CPU_PER_GPU} per GPU of the replica.",
+    )
+    memory: Quantity | None = Field(
+        default=None,
+        description=f"Memory of each replica; unset: {MEMORY_PER_GPU_GIB}Gi per GPU of the "
+        "replica plus shm_size (the in-memory /dev/shm is charged to the container's memory).",
+    )
     gpu_type_label: QualifiedName = "nvidia.com/gpu.product"
     gpu_type_values: dict[str, LabelValue] = Field(
         default_factory=dict,
@@ -185,6 +213,16 @@ class PyTorchJobConfig(_Config):
         if not value.is_absolute() or value == PurePosixPath("/"):
             raise ValueError(f"nas_mount_path {str(value)!r} must be an absolute path below /")
         return value
+
+    def replica_cpu(self) -> str:
+        return self.cpu or str(CPU_PER_GPU * max(1, self.gpus_per_replica))
+
+    def replica_memory(self) -> str:
+        if self.memory:
+            return self.memory
+        gpus = max(1, self.gpus_per_replica)
+        mib = MEMORY_PER_GPU_GIB * 1024 * gpus + math.ceil(quantity_bytes(self.shm_size) / 2**20)
+        return f"{mib // 1024}Gi" if mib % 1024 == 0 else f"{mib}Mi"
 
     def replicas_for(self, gpus: int) -> tuple[int, int]:
         """(workers, total replicas) for a job needing ``gpus`` GPUs over all replicas."""
@@ -416,7 +454,7 @@ def _container(
     secret_env_name: str | None,
     secret_env_keys: tuple[str, ...],
 ) -> dict[str, Any]:
-    limits: dict[str, Any] = {"cpu": config.cpu, "memory": config.memory}
+    limits: dict[str, Any] = {"cpu": config.replica_cpu(), "memory": config.replica_memory()}
     if config.gpus_per_replica:
         limits[config.gpu_resource] = str(config.gpus_per_replica)
         if config.vgpu is not None and config.vgpu.memory_mib is not None:
