@@ -316,6 +316,36 @@ def test_replica_cpu_and_memory_scale_with_its_gpus_and_count_the_shm(
     assert container["resources"]["limits"]["memory"] == memory
 
 
+def test_multi_node_network_settings_reach_every_replica_and_are_off_by_default(
+    pytorchjob_crd: dict[str, Any],
+) -> None:
+    base = {"image": "registry.example/i2v:1", "nas_mount_path": PurePosixPath("/mnt/nas")}
+    efa = PyTorchJobConfig(
+        **base,
+        network_resources={"vpc.amazonaws.com/efa": 4},
+        host_ipc=True,
+        env={"FI_PROVIDER": "efa", "NCCL_DEBUG": "INFO"},
+    )
+    job = JobSpec(
+        name="i2v-run",
+        argv=["/mnt/nas/envs/k/.venv/bin/i2v"],
+        workdir=Path("/mnt/nas/workspaces/run"),
+        gpus=2,
+        torchrun="/mnt/nas/envs/k/.venv/bin/torchrun",
+    )
+    for config, on in ((efa, True), (PyTorchJobConfig(**base), False)):
+        manifest = build_pytorchjob(config, job, name="i2v-run")
+        validate_against_crd(manifest, crd_schema(pytorchjob_crd))
+        for replica in manifest["spec"]["pytorchReplicaSpecs"].values():
+            pod = _as_pod(replica["template"])
+            kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+            (container,) = replica["template"]["spec"]["containers"]
+            for amounts in (container["resources"]["limits"], container["resources"]["requests"]):
+                assert amounts.get("vpc.amazonaws.com/efa") == ("4" if on else None)
+            assert replica["template"]["spec"].get("hostIPC", False) is on
+            assert ({"name": "FI_PROVIDER", "value": "efa"} in container["env"]) is on
+
+
 def test_the_crd_check_names_wrong_types_and_fields_the_server_would_drop(
     pytorchjob_crd: dict[str, Any],
 ) -> None:

@@ -198,6 +198,16 @@ class PyTorchJobConfig(_Config):
         "relocatable)."
     )
     shm_size: Quantity = "8Gi"
+    network_resources: dict[QualifiedName, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict,
+        description="Extra device resources per replica for multi-node jobs, e.g. "
+        "{'vpc.amazonaws.com/efa': 4} (EFA, with the EFA device plugin); none by default.",
+    )
+    host_ipc: bool = Field(
+        default=False,
+        description="Share the node's IPC namespace (some NCCL transports want it); off: the "
+        "pod's own /dev/shm (shm_size) serves NCCL within a pod.",
+    )
     env: dict[Annotated[str, Field(pattern=_ENV_NAME)], str] = Field(default_factory=dict)
     secret_env: list[SecretEnvVar] = Field(default_factory=list)
     env_from_secrets: list[DnsLabel] = Field(default_factory=list)
@@ -395,6 +405,8 @@ def _pod_template(
             metadata["annotations"] = dict(config.vgpu.annotations)
     if config.service_account_name:
         spec["serviceAccountName"] = config.service_account_name
+    if config.host_ipc:
+        spec["hostIPC"] = True
     if config.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": secret} for secret in config.image_pull_secrets]
     if job.gpu_type is not None:
@@ -455,6 +467,7 @@ def _container(
     secret_env_keys: tuple[str, ...],
 ) -> dict[str, Any]:
     limits: dict[str, Any] = {"cpu": config.replica_cpu(), "memory": config.replica_memory()}
+    limits.update({name: str(count) for name, count in config.network_resources.items()})
     if config.gpus_per_replica:
         limits[config.gpu_resource] = str(config.gpus_per_replica)
         if config.vgpu is not None and config.vgpu.memory_mib is not None:
