@@ -33,6 +33,11 @@ class JobSpec(BaseModel):
     gpus: int = Field(ge=0)
     gpu_type: str | None = Field(default=None, description="GPU type to run on; any when unset.")
     timeout_s: float = Field(default=3600.0, gt=0)
+    torchrun: str | None = Field(
+        default=None,
+        description="The job env's torchrun, where it has one: a backend that starts more "
+        "than one process launches argv under it (jobs/progress/README.md).",
+    )
 
 
 @dataclass(frozen=True)

@@ -50,4 +50,5 @@ def job_spec(
         gpus=request.gpus,
         gpu_type=request.gpu_type,
         timeout_s=timeout_s,
+        torchrun=str(torchrun) if (torchrun := env.script("torchrun")).exists() else None,
     )

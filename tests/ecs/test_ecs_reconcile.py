@@ -134,3 +134,40 @@ def test_a_run_inside_a_flow_tags_its_task_with_the_flow_run_id(
     flow_run_id = asyncio.run(tagging_probe())
     [task] = all_tasks(aws, cluster)
     assert {"key": FLOW_RUN_TAG, "value": flow_run_id} in task["tags"]
+
+
+def test_run_task_tokens_repeat_within_an_attempt_and_change_with_each_retry(
+    prefect_server: LocalServer,
+    make_target: Callable[..., EcsTask],
+    cluster: str,
+    answers: AnswersProxy,
+    task_transitions: Callable[[dict[str, Any]], None],
+    tmp_path: Path,
+) -> None:
+    task_transitions({"progression": "immediate"})
+    answers.on_stop(cluster, recorded("stopped_exit_0"))
+    target = make_target()
+    job = JobSpec(name="i2v-tokens", argv=[f"{NAS.mount_path}/envs/k/.venv/bin/i2v"],
+                  workdir=Path(NAS.mount_path) / "workspaces" / "tokens", gpus=0)  # fmt: skip
+    sent_before = len(answers.run_task_requests)
+
+    @flow(name="ecs-token-probe", retries=1, retry_delay_seconds=0)
+    async def twice_per_attempt() -> None:
+        # Two starts in one attempt stand for one start repeated after a lost answer.
+        for _ in range(2):
+            assert (await target.run(job, _NoLines())).exit_code == 0
+        if flow_run.run_count == 1:
+            raise RuntimeError("fail the first attempt: the flow retries")
+
+    asyncio.run(twice_per_attempt())
+
+    tokens = [r["clientToken"] for r in answers.run_task_requests[sent_before:]]
+    assert len(tokens) == 4
+    assert tokens[0] == tokens[1] and tokens[2] == tokens[3]
+    assert tokens[0] != tokens[2]  # the retry starts a task of its own
+    assert all(len(token) == 64 for token in tokens)  # RunTask's limit
+
+
+class _NoLines:
+    async def __call__(self, line: str) -> None:
+        pass

@@ -145,6 +145,43 @@ def test_gpu_jobs_get_their_own_ec2_family_with_gpu_requirements(
     ]
 
 
+@pytest.mark.parametrize(
+    ("settings", "gpus", "shm_mib"),
+    [
+        ({"memory": "30720"}, 2, 15360),  # GPU task: half its memory by default
+        ({"memory": "30720", "shared_memory_mib": 4096}, 1, 4096),
+        ({"memory": "30720"}, 0, None),  # CPU task: Docker's default
+    ],
+)
+def test_ec2_gpu_tasks_get_a_dev_shm_sized_for_dataloaders_and_nccl(
+    make_target: Callable[..., EcsTask],
+    aws: AwsCredentials,
+    settings: dict[str, Any],
+    gpus: int,
+    shm_mib: int | None,
+) -> None:
+    target = make_target(launch_type="EC2", **settings)
+    arn = target.ensure_task_definition(gpus=gpus)
+    definition = ecs_client(aws).describe_task_definition(taskDefinition=arn)["taskDefinition"]
+    (container,) = definition["containerDefinitions"]
+    assert container.get("linuxParameters", {}).get("sharedMemorySize") == shm_mib
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"shared_memory_mib": 1024}, "Fargate does not support"),  # the default launch type
+        ({"launch_type": "EC2", "memory": "2048", "shared_memory_mib": 4096}, "exceeds"),
+    ],
+)
+def test_a_dev_shm_ecs_cannot_give_is_refused_naming_it(
+    make_target: Callable[..., EcsTask], settings: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ValueError, match=named) as caught:
+        make_target(**settings)
+    assert f"shared_memory_mib={settings['shared_memory_mib']}" in str(caught.value)
+
+
 def test_requests_match_the_real_ecs_api_schema(make_target: Callable[..., EcsTask]) -> None:
     """Validate what gpuflow sends against botocore's ECS service model (no network)."""
     model = botocore.session.get_session().get_service_model("ecs")
@@ -322,6 +359,8 @@ def test_container_exit_codes_map_to_the_design_classes(
         ("stopped_pull_rate_limited", True, "could not pull the image"),
         ("stopped_image_not_found", False, "check the image name"),
         ("stopped_secret_unreadable", False, "could not read a secret"),
+        ("stopped_efs_mount_failed", False, "could not mount the NAS"),
+        ("stopped_infrastructure_health", True, "interrupted"),
     ],
 )
 def test_tasks_that_never_ran_to_an_end_raise_by_class(
@@ -511,6 +550,59 @@ def test_a_job_past_its_timeout_is_stopped_as_a_resource_error(
     [task] = all_tasks(aws, cluster)
     assert task["desiredStatus"] == "STOPPED"
     assert "timeout" in task["stoppedReason"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "expression"),
+    [
+        ({}, "attribute:gpuflow.gpu-type == a10g"),
+        (
+            {
+                "gpu_type_attribute": "ecs.instance-type",
+                "gpu_type_values": {"a10g": ["g5.xlarge", "g5.2xlarge"]},
+            },
+            "attribute:ecs.instance-type in [g5.xlarge, g5.2xlarge]",
+        ),
+    ],
+)
+def test_a_gpu_type_places_the_task_on_instances_that_have_it(
+    make_target: Callable[..., EcsTask],
+    aws: AwsCredentials,
+    cluster: str,
+    answers: AnswersProxy,
+    task_transitions: Callable[[dict[str, Any]], None],
+    settings: dict[str, Any],
+    expression: str,
+) -> None:
+    ec2 = aws.get_boto3_session().client(
+        "ec2", region_name=REGION, endpoint_url=aws.aws_client_parameters.endpoint_url
+    )
+    instance = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1)["Instances"][0]
+    ecs_client(aws).register_container_instance(
+        cluster=cluster,
+        instanceIdentityDocument=json.dumps({"instanceId": instance["InstanceId"]}),
+    )
+    task_transitions(RELEASE)
+    answers.on_stop(cluster, recorded("stopped_exit_0"))
+    target = make_target(launch_type="EC2", **settings)
+
+    result = asyncio.run(target.run(_job(gpus=1, gpu_type="a10g"), _Lines()))
+
+    assert result.exit_code == 0
+    sent = answers.run_task_requests[-1]
+    assert sent["placementConstraints"] == [{"type": "memberOf", "expression": expression}]
+
+
+def test_a_gpu_type_fargate_cannot_place_or_an_unsafe_value_is_refused_before_any_call(
+    make_target: Callable[..., EcsTask], answers: AnswersProxy
+) -> None:
+    calls_before = len(answers.calls)
+    with pytest.raises(EcsConfigError, match=r"GPU type 'a10g'.*Fargate"):
+        asyncio.run(make_target().run(_job(gpu_type="a10g"), _Lines()))
+    unsafe = make_target(launch_type="EC2", gpu_type_values={"a10g": ["g5] or [x"]})
+    with pytest.raises(EcsConfigError, match=r"'g5\] or \[x' is not a plain name"):
+        asyncio.run(unsafe.run(_job(gpus=1, gpu_type="a10g"), _Lines()))
+    assert answers.calls[calls_before:] == []
 
 
 def test_an_existing_task_definition_gets_gpus_as_an_override(

@@ -663,3 +663,43 @@ def test_checkov_flags_bad_configuration(tmp_path: Path) -> None:
     report = run_checkov(tmp_path)
     failed = {c["check_id"] for c in report["results"]["failed_checks"]}
     assert {"CKV_AWS_42", "CKV_AWS_51"} <= failed, failed
+
+
+# ---------------------------------------------------------------------------
+# Defaults and inputs AWS would refuse at apply
+# ---------------------------------------------------------------------------
+
+
+def _variable(module: str, name: str) -> dict[str, Any]:
+    variables = parse_file(MODULES_DIR / module / "variables.tf")["variable"]
+    (found,) = [block[name] for block in variables if name in block]
+    return dict(found)
+
+
+def test_the_gpu_ami_is_amazon_linux_2023_and_an_amazon_linux_2_one_is_refused() -> None:
+    # AWS's public parameter names, from the ECS-optimized AMI documentation.
+    ami = _variable("ecs", "gpu_ami_ssm_parameter")
+    assert ami["default"] == (
+        "/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id"
+    )
+    conditions = [rule["condition"] for rule in ami["validation"]]
+    refused = (
+        '!startswith(var.gpu_ami_ssm_parameter, "/aws/service/ecs/optimized-ami/amazon-linux-2/")'
+    )
+    assert any(refused in condition for condition in conditions)
+
+
+def test_efs_mount_targets_require_subnets_in_distinct_availability_zones() -> None:
+    main = parse_file(MODULES_DIR / "nas" / "main.tf")
+    (subnets,) = [d["aws_subnet"]["mount"] for d in main["data"] if "aws_subnet" in d]
+    (target,) = [
+        r["aws_efs_mount_target"]["this"] for r in main["resource"] if "aws_efs_mount_target" in r
+    ]
+    assert subnets["for_each"] == target["for_each"] == "${local.subnets}"
+    (zones,) = [block["subnet_zones"] for block in main["locals"] if "subnet_zones" in block]
+    assert "subnet.availability_zone" in zones and "data.aws_subnet.mount" in zones
+    (precondition,) = [p for lifecycle in target["lifecycle"] for p in lifecycle["precondition"]]
+    assert precondition["condition"] == (
+        "${length(distinct(values(local.subnet_zones))) == length(local.subnet_zones)}"
+    )
+    assert "distinct availability zones" in precondition["error_message"]

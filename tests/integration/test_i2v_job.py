@@ -108,3 +108,67 @@ def test_bad_arguments_are_a_config_error(
 ) -> None:
     completed = _job(i2v_env, model_dir, image, tmp_path / "o.mp4", **{"--frames": "-3"})
     assert completed.returncode == ExitCode.CONFIG_ERROR and "-3" in completed.stderr
+
+
+def test_two_ranks_share_one_output_path_and_rank_zero_alone_writes_and_reports(
+    i2v_env: ResolvedEnv, model_dir: Path, image: Path, tmp_path: Path
+) -> None:
+    # torch is too heavy for the reference env (PyPI's Linux wheels pull CUDA): the two
+    # processes get the variables torchrun gives its children, as torchrun would.
+    output = tmp_path / "out" / "raw.mp4"
+    args = {
+        "--model-dir": str(model_dir), "--image": str(image), "--prompt": "pan left",
+        "--width": "128", "--height": "96", "--frames": "9", "--fps": "8", "--seed": "1",
+        "--output": str(output),
+    }  # fmt: skip
+    argv = [str(i2v_env.script("i2v-job"))] + [part for pair in args.items() for part in pair]
+    ranks = [
+        subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={
+                "PATH": "/usr/bin:/bin",
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "WORLD_SIZE": "2",
+                "LOCAL_WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": "29500",
+            },
+        )
+        for rank in (0, 1)
+    ]
+    results = [process.communicate(timeout=120) for process in ranks]
+
+    assert [process.returncode for process in ranks] == [0, 0], [err for _, err in results]
+    events = [[parse_line(line) for line in out.splitlines()] for out, _ in results]
+    assert [e.done for e in events[0] if isinstance(e, Progress)] == list(range(1, 10))
+    assert Output("video", str(output)) in events[0]
+    assert not [e for e in events[1] if e is not None], "rank 1 reported events"
+    assert f"rank 1: inputs checked; rank 0 writes {output}" in results[1][0]
+    assert probe(output).frames == 9
+    assert list(output.parent.iterdir()) == [output]
+
+
+def test_every_rank_refuses_a_bad_image_alike(
+    i2v_env: ResolvedEnv, model_dir: Path, tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing.png"
+    argv = [
+        str(i2v_env.script("i2v-job")),
+        "--model-dir", str(model_dir), "--image", str(missing), "--prompt", "p",
+        "--width", "8", "--height", "8", "--frames", "1", "--fps", "1", "--seed", "1",
+        "--output", str(tmp_path / "raw.mp4"),
+    ]  # fmt: skip
+    completed = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "RANK": "1", "WORLD_SIZE": "2"},
+    )
+    assert completed.returncode == ExitCode.INPUT_ERROR
+    assert str(missing) in completed.stderr

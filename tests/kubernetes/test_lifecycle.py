@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from gpuflow.compute.base import JobSpec
 from gpuflow.compute.kubernetes.manifest import KubernetesConfigError
+from gpuflow.compute.kubernetes.pool import FLOW_POD_RULES
 from gpuflow.compute.kubernetes.status import JobStartError
 from gpuflow.compute.kubernetes.target import KubernetesPyTorchJob
 from tests.support.kube_api_server import KubeApiServer, RecordedRequest
@@ -25,6 +26,7 @@ def i2v_job(nas: Path, prompt: str = "a cat surfing", gpus: int = 1) -> JobSpec:
     return JobSpec(
         name="i2v-run-1",
         argv=[str(nas / "envs" / "k1" / ".venv" / "bin" / "i2v"), "--prompt", prompt],
+        torchrun=str(nas / "envs" / "k1" / ".venv" / "bin" / "torchrun"),
         workdir=nas / "workspaces" / "run-1",
         gpus=gpus,
         timeout_s=60,
@@ -82,6 +84,8 @@ async def test_happy_path_streams_master_log_and_progress_and_copies_every_pod_l
     assert create.body["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
     # The operator's deadline counts from creation: the job's timeout plus the pending wait.
     assert create.body["spec"]["runPolicy"]["activeDeadlineSeconds"] == 60 + 5 + 1
+    # Pods still running when the job ends (a failed job's Workers) free their GPUs.
+    assert create.body["spec"]["runPolicy"]["cleanPodPolicy"] == "Running"
     watches = [r for r in kube_api.requests_to("GET", "/pytorchjobs") if r.query.get("watch")]
     assert watches and all(r.query.get("resourceVersion") for r in watches)
     assert not kube_api.requests_to("DELETE", "/pytorchjobs")
@@ -224,6 +228,12 @@ async def test_problems_that_never_clear_fail_at_once_and_are_not_retried(
     assert _foreground_deletes(kube_api) == ["Foreground"]
 
 
+async def _log_followed(api: KubeApiServer, pod: str) -> None:
+    """Until the client reads ``pod``'s log: a job that runs long enough to be followed."""
+    async with asyncio.timeout(10):
+        await api.request_made("GET", f"/pods/{pod}/log")
+
+
 def _ends_with(master_exit: tuple[int, str], worker_exit: tuple[int, str] | None = None) -> Any:
     async def script(api: KubeApiServer, job: dict[str, Any]) -> None:
         pods = api.create_pods(job)
@@ -231,6 +241,7 @@ def _ends_with(master_exit: tuple[int, str], worker_exit: tuple[int, str] | None
             api.running(pod)
         api.set_condition(job, "Running")
         api.log(pods[0], "working")
+        await _log_followed(api, pods[0])
         await asyncio.sleep(0.05)
         api.terminate(pods[0], *master_exit)
         if worker_exit is not None:
@@ -268,6 +279,41 @@ async def test_exit_codes_map_to_the_design_classes(
     assert result.exit_code == expected
     assert "working" in result.last_lines
     assert not kube_api.requests_to("DELETE", "/pytorchjobs/")
+
+
+@pytest.mark.parametrize(
+    "operator_deletes_failed_pods",
+    [True, False],
+    ids=["operator-before-1.9.4", "operator-1.9.4-or-later"],
+)
+async def test_a_config_error_keeps_its_class_when_the_operator_deletes_the_failed_pods(
+    kube_api: KubeApiServer,
+    target: KubernetesPyTorchJob,
+    nas: Path,
+    operator_deletes_failed_pods: bool,
+) -> None:
+    kube_api.operator_deletes_failed_pods = operator_deletes_failed_pods
+    pods_when_failed: list[int] = []
+
+    async def fails_at_once(api: KubeApiServer, job: dict[str, Any]) -> None:
+        # The Master dies of a config error within moments: no log was ever followed.
+        pods = api.create_pods(job)
+        for pod in pods:
+            api.running(pod)
+        api.set_condition(job, "Running")
+        api.terminate(pods[0], 1)
+        api.set_condition(job, "Failed", "PyTorchJobFailed", "Master replica failed")
+        pods_when_failed.append(len(api.pods))
+
+    kube_api.script = fails_at_once
+
+    result = await target.run(i2v_job(nas, gpus=2), Lines())
+
+    assert result.exit_code == 1  # a config error: not retried as if out of memory
+    assert any("master-0 exited 1 Error" in line for line in result.last_lines)
+    assert pods_when_failed == [0 if operator_deletes_failed_pods else 2]
+    # A log read that found the pod gone is no log line.
+    assert not any("NotFound" in line for line in result.last_lines), result.last_lines
 
 
 async def test_job_failed_without_any_container_exit_is_a_resource_error(
@@ -357,7 +403,14 @@ async def test_a_dropped_watch_resumes_at_the_last_resource_version(
     kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
 ) -> None:
     kube_api.drop_watches = 2  # two connections break right after their first event
-    kube_api.script = _succeeds_with_progress
+
+    async def once_watched(api: KubeApiServer, job: dict[str, Any]) -> None:
+        # Three job changes after the first watch opens: each dropped connection sees one.
+        async with asyncio.timeout(10):
+            await api.request_made("GET", "/pytorchjobs", watch="True")
+        await _succeeds_with_progress(api, job)
+
+    kube_api.script = once_watched
     lines = Lines()
 
     result = await target.run(i2v_job(nas, gpus=2), lines)
@@ -464,6 +517,56 @@ async def test_in_a_flow_pod_the_job_is_owned_by_the_flow_pods_job(
     ]
 
 
+# Owner kinds the flow pod names in ownerReferences -> (API group, resource).
+_OWNER_RESOURCES = {("batch/v1", "Job"): ("batch", "jobs"),
+                    ("kubeflow.org/v1", "PyTorchJob"): ("kubeflow.org", "pytorchjobs")}  # fmt: skip
+
+
+async def test_every_blocking_owner_reference_sent_is_allowed_by_the_flow_pods_role(
+    kube_api: KubeApiServer,
+    target: KubernetesPyTorchJob,
+    nas: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With OwnerReferencesPermissionEnforcement, blockOwnerDeletion on an owner needs
+    # update on its <resource>/finalizers (kube-apiserver's gc admission plugin).
+    kube_api.pods[("default", "flow-run-abc-x7k2p")] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "flow-run-abc-x7k2p",
+            "namespace": "default",
+            "labels": {},
+            "ownerReferences": [
+                {"apiVersion": "batch/v1", "kind": "Job", "name": "flow-run-abc", "uid": "u-123"}
+            ],
+        },
+        "spec": {"containers": [{"name": "prefect-job", "image": "prefect"}]},
+    }
+    monkeypatch.setenv("GPUFLOW_FLOW_POD_NAME", "flow-run-abc-x7k2p")
+    kube_api.script = _succeeds_with_progress
+    with_secret = _target(target, secret_env={"HF_TOKEN": SecretStr("hf_value")})
+
+    await with_secret.run(i2v_job(nas), Lines())
+
+    sent = [
+        reference
+        for request in kube_api.requests
+        if isinstance(request.body, dict)
+        for reference in request.body.get("metadata", {}).get("ownerReferences", [])
+        if reference.get("blockOwnerDeletion")
+    ]
+    assert {(r["apiVersion"], r["kind"]) for r in sent} == set(_OWNER_RESOURCES)
+    for reference in sent:
+        group, resource = _OWNER_RESOURCES[(reference["apiVersion"], reference["kind"])]
+        assert any(
+            group in rule["apiGroups"]
+            and f"{resource}/finalizers" in rule["resources"]
+            and "update" in rule["verbs"]
+            for rule in FLOW_POD_RULES
+        ), f"no update on {group} {resource}/finalizers"
+
+
 async def test_secret_values_reach_the_job_through_a_secret_never_the_manifest(
     kube_api: KubeApiServer,
     target: KubernetesPyTorchJob,
@@ -521,10 +624,57 @@ async def test_prompts_reach_the_pods_verbatim_as_one_argument(
 
     for pod in kube_api.pods.values():
         (container,) = pod["spec"]["containers"]
-        assert container["command"] == job.argv
-        assert container["command"][2] == prompt
+        assert container["command"] == [job.torchrun, "--no-python", *job.argv]
+        assert container["command"][4] == prompt
         assert {"name": "GPUFLOW_NOTE", "value": prompt} in container["env"]
     assert len(kube_api.pods) == 2
+
+
+@pytest.mark.parametrize(
+    ("gpus", "gpus_per_replica", "nproc_per_node", "under_torchrun"),
+    [
+        (1, 1, None, False),  # one replica, one process: the job's own argv
+        (2, 1, None, True),  # two replicas
+        (2, 2, None, True),  # one replica, two processes (nprocPerNode from its GPUs)
+        (2, 2, "1", False),  # one replica told to run one process
+    ],
+)
+async def test_a_job_of_more_than_one_process_runs_under_the_envs_torchrun(
+    kube_api: KubeApiServer,
+    target: KubernetesPyTorchJob,
+    nas: Path,
+    gpus: int,
+    gpus_per_replica: int,
+    nproc_per_node: str | None,
+    under_torchrun: bool,
+) -> None:
+    kube_api.script = _succeeds_with_progress
+    shaped = target.pytorchjob.model_copy(
+        update={"gpus_per_replica": gpus_per_replica, "nproc_per_node": nproc_per_node}
+    )
+    job = i2v_job(nas, gpus=gpus)
+
+    result = await _target(target, pytorchjob=shaped).run(job, Lines())
+
+    assert result.exit_code == 0
+    (create,) = kube_api.requests_to("POST", "/pytorchjobs")
+    for replica in create.body["spec"]["pytorchReplicaSpecs"].values():
+        (container,) = replica["template"]["spec"]["containers"]
+        launcher = [job.torchrun, "--no-python"] if under_torchrun else []
+        assert container["command"] == [*launcher, *job.argv]
+
+
+async def test_a_job_of_two_processes_without_torchrun_is_refused_before_anything_is_sent(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
+) -> None:
+    job = i2v_job(nas, gpus=2).model_copy(update={"torchrun": None})
+
+    with pytest.raises(KubernetesConfigError) as caught:
+        await target.run(job, Lines())
+
+    assert "runs 2 processes" in str(caught.value)
+    assert "no torchrun beside" in str(caught.value) and job.argv[0] in str(caught.value)
+    assert not kube_api.requests_to("POST", "/pytorchjobs")
 
 
 async def test_an_interpreter_outside_the_nas_is_refused_before_anything_is_sent(

@@ -158,6 +158,7 @@ def configs_and_jobs(draw: st.DrawFn) -> tuple[PyTorchJobConfig, JobSpec]:
         gpus=gpus,
         gpu_type=gpu_type,
         timeout_s=draw(st.floats(1, 86400)),
+        torchrun=f"{mount}/envs/t/.venv/bin/torchrun",
     )
     return config, job
 
@@ -206,7 +207,10 @@ def test_every_configuration_renders_a_job_both_schemas_accept(
         kubernetes_validate.validate(_as_pod(spec["template"]), KUBERNETES_VERSION, strict=True)
         (container,) = spec["template"]["spec"]["containers"]
         assert container["name"] == CONTAINER_NAME
-        assert container["command"] == job.argv  # verbatim, one element per argument
+        # Verbatim, one element per argument; under torchrun unless exactly one process.
+        single = config.launches_processes(job.gpus) == 1
+        launcher = [] if single else [job.torchrun, "--no-python"]
+        assert container["command"] == [*launcher, *job.argv]
         for key, value in job.env.items():
             assert {"name": key, "value": value} in container["env"]
         assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
@@ -239,6 +243,7 @@ def _sample() -> tuple[PyTorchJobConfig, JobSpec]:
         workdir=Path("/mnt/nas/workspaces/run"),
         gpus=4,
         gpu_type="h100",
+        torchrun="/mnt/nas/envs/k/.venv/bin/torchrun",
     )
     return config, job
 
@@ -268,8 +273,8 @@ def test_the_sample_places_every_setting_where_kubernetes_reads_it() -> None:
     }
     (container,) = template["spec"]["containers"]
     assert container["resources"]["limits"] == {
-        "cpu": "4",
-        "memory": "16Gi",
+        "cpu": "8",  # 4 per GPU of the replica
+        "memory": "40Gi",  # 16Gi per GPU, plus the 8Gi /dev/shm charged to it
         "nvidia.com/gpu": "2",
         "nvidia.com/gpumem": "24000",
         "nvidia.com/gpucores": "50",
@@ -279,6 +284,66 @@ def test_the_sample_places_every_setting_where_kubernetes_reads_it() -> None:
         "name": "HF_TOKEN",
         "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}},
     } in container["env"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "cpu", "memory"),
+    [
+        ({"gpus_per_replica": 1}, "4", "24Gi"),
+        ({"gpus_per_replica": 8}, "32", "136Gi"),
+        ({"gpus_per_replica": 0}, "4", "24Gi"),  # a CPU-only replica counts as one GPU
+        ({"gpus_per_replica": 2, "shm_size": "500M"}, "8", f"{32 * 1024 + 477}Mi"),
+        ({"gpus_per_replica": 8, "cpu": "6", "memory": "100Gi"}, "6", "100Gi"),  # as given
+    ],
+)
+def test_replica_cpu_and_memory_scale_with_its_gpus_and_count_the_shm(
+    settings: dict[str, Any], cpu: str, memory: str
+) -> None:
+    config = PyTorchJobConfig(
+        image="registry.example/i2v:1", nas_mount_path=PurePosixPath("/mnt/nas"), **settings
+    )
+    gpus = max(1, config.gpus_per_replica)
+    job = JobSpec(
+        name="i2v-run",
+        argv=["/mnt/nas/envs/k/.venv/bin/i2v"],
+        workdir=Path("/mnt/nas/workspaces/run"),
+        gpus=gpus if config.gpus_per_replica else 0,
+        torchrun="/mnt/nas/envs/k/.venv/bin/torchrun",
+    )
+    spec = build_pytorchjob(config, job, name="i2v-run")["spec"]
+    (container,) = spec["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"]
+    assert container["resources"]["requests"]["cpu"] == cpu
+    assert container["resources"]["limits"]["memory"] == memory
+
+
+def test_multi_node_network_settings_reach_every_replica_and_are_off_by_default(
+    pytorchjob_crd: dict[str, Any],
+) -> None:
+    base = {"image": "registry.example/i2v:1", "nas_mount_path": PurePosixPath("/mnt/nas")}
+    efa = PyTorchJobConfig(
+        **base,
+        network_resources={"vpc.amazonaws.com/efa": 4},
+        host_ipc=True,
+        env={"FI_PROVIDER": "efa", "NCCL_DEBUG": "INFO"},
+    )
+    job = JobSpec(
+        name="i2v-run",
+        argv=["/mnt/nas/envs/k/.venv/bin/i2v"],
+        workdir=Path("/mnt/nas/workspaces/run"),
+        gpus=2,
+        torchrun="/mnt/nas/envs/k/.venv/bin/torchrun",
+    )
+    for config, on in ((efa, True), (PyTorchJobConfig(**base), False)):
+        manifest = build_pytorchjob(config, job, name="i2v-run")
+        validate_against_crd(manifest, crd_schema(pytorchjob_crd))
+        for replica in manifest["spec"]["pytorchReplicaSpecs"].values():
+            pod = _as_pod(replica["template"])
+            kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+            (container,) = replica["template"]["spec"]["containers"]
+            for amounts in (container["resources"]["limits"], container["resources"]["requests"]):
+                assert amounts.get("vpc.amazonaws.com/efa") == ("4" if on else None)
+            assert replica["template"]["spec"].get("hostIPC", False) is on
+            assert ({"name": "FI_PROVIDER", "value": "efa"} in container["env"]) is on
 
 
 def test_the_crd_check_names_wrong_types_and_fields_the_server_would_drop(

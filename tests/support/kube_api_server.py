@@ -11,13 +11,16 @@ independent of the code under test):
   compacted ones, the current state first when no ``resourceVersion`` is given),
   delete by ``propagationPolicy`` with the garbage collector's part (dependents by
   ``ownerReferences``);
-- core pods (list by label selector, get, ``/log`` with ``follow``/``timestamps``/
+- core pods (list and watch by label selector, get, ``/log`` with ``follow``/``timestamps``/
   ``sinceSeconds``), events (by ``involvedObject.name``), secrets (create/patch/delete,
   checked by Kubernetes 1.33's schemas, ``stringData`` written into ``data``);
 - the PyTorchJob CRD under ``apiextensions.k8s.io/v1`` (the copy in tests/support/schemas).
 
 It runs no operator: each test scripts the operator's part (pods, conditions, logs,
 exit codes) with the helper methods, in the same event loop as the code under test.
+One piece of the operator is built in, because the code must survive it on every
+release: how training-operator before v1.9.4 ends a failed job (see
+``operator_deletes_failed_pods`` and ``set_condition``).
 Faults are scripted too: dropped watch and log connections, compacted history.
 """
 
@@ -114,12 +117,17 @@ class KubeApiServer:
         self.events: list[dict[str, Any]] = []
         self.logs: dict[tuple[str, str], _PodLog] = {}
         self.requests: list[RecordedRequest] = []
+        self.request_arrived = asyncio.Event()
         self.script: JobScript | None = None
         self.script_tasks: list[asyncio.Task[None]] = []
         # (resourceVersion, event type, job snapshot) of every job change, oldest first.
         self.history: list[tuple[int, str, dict[str, Any]]] = []
         self.compacted_below = 0
         self.watch_changed = asyncio.Event()
+        # (resourceVersion, event type, pod snapshot) of every pod change, oldest first.
+        self.pod_history: list[tuple[int, str, dict[str, Any]]] = []
+        self.pods_changed = asyncio.Event()
+        self.operator_deletes_failed_pods = True
         self.drop_watches = 0  # abort this many watch connections after their first event
         self.watch_failures = 0  # answer this many watch requests with a broken connection
         self.drop_logs_after: dict[str, int] = {}  # pod -> abort its log stream after n lines
@@ -208,6 +216,8 @@ class KubeApiServer:
             RecordedRequest(request.method, request.path, dict(request.query), body)
         )
         request[_BODY] = body
+        self.request_arrived.set()
+        self.request_arrived = asyncio.Event()
         return await handler(request)
 
     @web.middleware
@@ -346,11 +356,8 @@ class KubeApiServer:
         if kind == "secret":
             self.secrets.pop(key, None)
             return
-        self.pods.pop(key, None)
-        log = self.logs.get(key)
-        if log is not None:
-            log.closed = True
-            log.changed.set()
+        if key in self.pods:
+            self._delete_pod(key)  # pod watchers see it go, as from the real garbage collector
 
     def _orphan_dependents(self, owner_uid: str) -> None:
         for kind, key in self._dependents(owner_uid):
@@ -436,11 +443,13 @@ class KubeApiServer:
         self.failing_reads -= 1
         return _status(500, "InternalError", "etcdserver: request timed out")
 
-    async def _list_pods(self, request: web.Request) -> web.Response:
-        if (failure := self._fail_read()) is not None:
-            return failure
+    async def _list_pods(self, request: web.Request) -> web.StreamResponse:
         namespace = request.match_info["namespace"]
         selector = request.query.get("labelSelector", "")
+        if _flag(request.query.get("watch")):
+            return await self._watch_pods(namespace, selector, request)
+        if (failure := self._fail_read()) is not None:
+            return failure
         items = [
             pod
             for (ns, _), pod in self.pods.items()
@@ -454,6 +463,66 @@ class KubeApiServer:
                 "items": items,
             }
         )
+
+    def _pod_changed(self, kind: str, pod: dict[str, Any]) -> None:
+        pod["metadata"]["resourceVersion"] = self._next_version()
+        self.pod_history.append((int(pod["metadata"]["resourceVersion"]), kind, copy.deepcopy(pod)))
+        self.pods_changed.set()
+        self.pods_changed = asyncio.Event()
+
+    def _delete_pod(self, key: tuple[str, str]) -> None:
+        """As kube-apiserver: the pod's last state goes out with its DELETED event."""
+        pod = self.pods.pop(key)
+        pod["metadata"]["deletionTimestamp"] = _now()[:19] + "Z"
+        self._pod_changed("DELETED", pod)
+        self.logs[key].closed = True
+        self.logs[key].changed.set()
+
+    async def _watch_pods(
+        self, namespace: str, selector: str, request: web.Request
+    ) -> web.StreamResponse:
+        since = int(request.query.get("resourceVersion") or 0)
+        deadline = asyncio.get_running_loop().time() + float(
+            request.query.get("timeoutSeconds", "300")
+        )
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        if since and since < self.compacted_below:
+            gone = {
+                "type": "ERROR",
+                "object": {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "message": f"too old resource version: {since} ({self.compacted_below})",
+                    "reason": "Expired",
+                    "code": 410,
+                },
+            }
+            await response.write(json.dumps(gone).encode() + b"\n")
+            return response
+        sent = since
+        while True:
+            changed = self.pods_changed
+            for version, kind, pod in list(self.pod_history):
+                if version <= sent:
+                    continue
+                sent = version
+                if pod["metadata"]["namespace"] != namespace or not _selector_matches(
+                    selector, pod["metadata"]["labels"]
+                ):
+                    continue
+                try:
+                    await response.write(json.dumps({"type": kind, "object": pod}).encode() + b"\n")
+                except ConnectionResetError:
+                    return response
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0 or self.stopping:
+                return response
+            try:
+                await asyncio.wait_for(changed.wait(), timeout=remaining)
+            except TimeoutError:
+                return response
 
     async def _get_pod(self, request: web.Request) -> web.Response:
         key = (request.match_info["namespace"], request.match_info["name"])
@@ -579,10 +648,21 @@ class KubeApiServer:
     def set_condition(
         self, job: dict[str, Any], kind: str, reason: str = "", message: str = ""
     ) -> None:
-        """Append a True condition to the job (the operator's status update)."""
+        """Append a True condition to the job (the operator's status update).
+
+        With ``operator_deletes_failed_pods`` (the default), Failed is written the way
+        training-operator v1.9.3 and older write it: the job's pods are deleted first,
+        whatever ``cleanPodPolicy`` says (kubeflow/trainer#3419, fixed in v1.9.4 by #3420;
+        modeled on v1.9.3's pkg/controller.v1/common/job.go, whose ``jobExceedsLimit``
+        branch deletes the pods and services, then updates the status). A client that
+        lists pods only after seeing Failed finds none."""
         current = self.jobs.get((job["metadata"]["namespace"], job["metadata"]["name"]))
         if current is None:
             return
+        if kind == "Failed" and self.operator_deletes_failed_pods:
+            name = current["metadata"]["name"]
+            for pod_key in [k for k, pod in self.pods.items() if self._pod_of(pod, name)]:
+                self._delete_pod(pod_key)
         conditions = current.setdefault("status", {}).setdefault("conditions", [])
         for condition in conditions:
             if condition["type"] in ("Running", "Restarting") and kind != condition["type"]:
@@ -627,7 +707,6 @@ class KubeApiServer:
                         "namespace": namespace,
                         "labels": labels,
                         "uid": str(uuid.uuid4()),
-                        "resourceVersion": self._next_version(),
                         # The operator's pods are its job's controlled dependents.
                         "ownerReferences": [
                             {
@@ -645,6 +724,7 @@ class KubeApiServer:
                 }
                 self.pods[(namespace, pod_name)] = pod
                 self.logs[(namespace, pod_name)] = _PodLog()
+                self._pod_changed("ADDED", pod)
                 created.append(pod_name)
         return created
 
@@ -660,6 +740,7 @@ class KubeApiServer:
                 "message": message,
             }
         ]
+        self._pod_changed("MODIFIED", self.pod(pod))
         self.add_event(pod, "FailedScheduling", message)
 
     def waiting(self, pod: str, reason: str, message: str, image: str = "img") -> None:
@@ -694,7 +775,7 @@ class KubeApiServer:
                 "state": state,
             }
         ]
-        self.pod(pod)["metadata"]["resourceVersion"] = self._next_version()
+        self._pod_changed("MODIFIED", self.pod(pod))
 
     def log(self, pod: str, text: str) -> None:
         log = self.logs[("default", pod)]
@@ -717,6 +798,14 @@ class KubeApiServer:
 
     def requests_to(self, method: str, path_part: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.method == method and path_part in r.path]
+
+    async def request_made(self, method: str, path_part: str, **query: str) -> None:
+        """Until the client has sent such a request (how a script waits for the client)."""
+        while not any(
+            all(r.query.get(key) == value for key, value in query.items())
+            for r in self.requests_to(method, path_part)
+        ):
+            await self.request_arrived.wait()
 
 
 def _propagation_policy(request: web.Request) -> str:

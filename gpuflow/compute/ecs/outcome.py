@@ -13,6 +13,7 @@ exist or a secret that cannot be read is a configuration error and is not retrie
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,29 @@ _CAPACITY_REASONS = ("RESOURCE:", "AGENT", "LOCATION")
 # Text of a stoppedReason that says the image will never be pulled, whatever we retry.
 _IMAGE_MISSING = ("not found", "manifest unknown", "does not exist", "access denied", "denied:")
 _THROTTLED = ("toomanyrequests", "rate exceeded", "throttl", "timeout", "i/o timeout")
+
+
+class StopCause(enum.Enum):
+    """What a task's ``stopCode`` says about the job."""
+
+    INTERRUPTED = "interrupted"  # the capacity went away (spot, host, its health): retry
+    SCHEDULER = "scheduler"  # ECS itself stopped it: retry
+    USER = "user"  # someone stopped it: honour that, no retry
+    CONTAINER_EXITED = "container exited"  # the container's exit code decides
+    FAILED_TO_START = "failed to start"  # the reason text decides (image, secret, NAS)
+
+
+# Every member of TaskStopCode in the ECS service model (botocore 1.43.117), and only
+# those: tests/unit/test_ecs_stop_codes.py compares the two.
+STOP_CODES: dict[str, StopCause] = {
+    "TaskFailedToStart": StopCause.FAILED_TO_START,
+    "EssentialContainerExited": StopCause.CONTAINER_EXITED,
+    "UserInitiated": StopCause.USER,
+    "ServiceSchedulerInitiated": StopCause.SCHEDULER,
+    "SpotInterruption": StopCause.INTERRUPTED,
+    "TerminationNotice": StopCause.INTERRUPTED,
+    "InfrastructureHealth": StopCause.INTERRUPTED,
+}
 
 
 class EcsTaskError(GpuflowError):
@@ -108,17 +132,18 @@ def classify_stopped_task(task: Mapping[str, Any], container_name: str) -> Stopp
         if part
     )
 
-    if stop_code in ("SpotInterruption", "TerminationNotice", "InfrastructureHealth"):
+    cause = STOP_CODES.get(stop_code)
+    if cause == StopCause.INTERRUPTED:
         raise EcsTaskError(f"ECS task {arn} was interrupted: {summary}", retryable=True)
-    if stop_code == "ServiceSchedulerInitiated":
+    if cause == StopCause.SCHEDULER:
         raise EcsTaskError(f"ECS stopped task {arn}: {summary}", retryable=True)
-    if stop_code == "UserInitiated":
+    if cause == StopCause.USER:
         # Someone outside this flow stopped the task: honour it, do not start it again.
         raise EcsTaskError(f"ECS task {arn} was stopped by a user: {summary}", retryable=False)
 
     if "OutOfMemoryError" in container_reason or "OutOfMemory" in stopped_reason:
         return StoppedTask(int(ExitCode.RESOURCE_ERROR), f"out of memory: {summary}", gpu_ids)
-    if exit_code is not None and stop_code in ("", "EssentialContainerExited"):
+    if exit_code is not None and (not stop_code or cause == StopCause.CONTAINER_EXITED):
         return StoppedTask(int(exit_code), summary or "container exited", gpu_ids)
 
     text = f"{stopped_reason} {container_reason}".lower()
@@ -131,9 +156,18 @@ def classify_stopped_task(task: Mapping[str, Any], container_name: str) -> Stopp
                 f"execution role): {summary}",
                 retryable=False,
             )
-    if "resourceinitializationerror" in text.replace(" ", "") and (
-        "secret" in text or "ssm" in text
-    ):
+    initializing = "resourceinitializationerror" in text.replace(" ", "")
+    if initializing and "efs" in text:
+        # A wrong file system ID, no mount target in the task's AZ, NFS (2049) blocked by
+        # a security group, or an access point the task role may not use: another attempt
+        # meets the same configuration.
+        raise EcsTaskError(
+            f"ECS could not mount the NAS (EFS) for {arn} (check the file system ID, a "
+            f"mount target in each subnet's AZ, NFS 2049 in the security groups and the "
+            f"task role's access): {summary}",
+            retryable=False,
+        )
+    if initializing and ("secret" in text or "ssm" in text):
         raise EcsTaskError(
             f"ECS could not read a secret for {arn} (check the secret ARNs and the "
             f"execution role): {summary}",

@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
+import re
 import threading
 import time
 import uuid
@@ -50,7 +52,9 @@ from gpuflow.compute.ecs.taskdef import (
     EcsConfigError,
     EfsNas,
     LaunchType,
+    LinuxParameters,
     NetworkConfiguration,
+    PlacementConstraint,
     RunTaskRequest,
     Tag,
     TaskDefinitionRequest,
@@ -95,6 +99,13 @@ class EcsTask(ComputeTarget):
     image: str | None = Field(default=None, description="Container image of the job.")
     cpu: str = Field(default="1024", description="Task CPU units (1024 = 1 vCPU).")
     memory: str = Field(default="2048", pattern=r"^[1-9][0-9]*$", description="Task memory in MiB.")
+    shared_memory_mib: int | None = Field(
+        default=None,
+        ge=1,
+        description="Size of /dev/shm in MiB (linuxParameters.sharedMemorySize, EC2 only); "
+        "unset: half the task memory for GPU tasks (DataLoader workers and NCCL need more "
+        "than Docker's 64 MiB), Docker's default otherwise. Charged to the task's memory.",
+    )
     nas: EfsNas | None = Field(default=None, description="The NAS as an EFS volume.")
     execution_role_arn: str | None = Field(
         default=None, description="Role ECS uses to pull the image, read secrets, write logs."
@@ -112,6 +123,18 @@ class EcsTask(ComputeTarget):
     capacity_provider_strategy: list[CapacityProviderItem] = Field(
         default_factory=list,
         description="E.g. FARGATE_SPOT, or the cluster's EC2 GPU capacity provider.",
+    )
+    gpu_type_attribute: str = Field(
+        default="gpuflow.gpu-type",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$",
+        description="Container-instance attribute naming the instance's GPU type (set it "
+        "with ECS_INSTANCE_ATTRIBUTES in the agent's config, or use ecs.instance-type "
+        "with gpu_type_values): a job with a gpu_type is placed where it matches.",
+    )
+    gpu_type_values: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="GPU type (a10g) -> attribute values that have it (g5.xlarge, ...); "
+        "a type not listed matches the attribute's value equal to its own name.",
     )
     subnets: list[str] = Field(min_length=1, description="Subnets of the task (awsvpc).")
     security_groups: list[str] = Field(default_factory=list)
@@ -152,6 +175,16 @@ class EcsTask(ComputeTarget):
             )
         if self.task_definition_arn is None and self.image is None:
             raise ValueError("set image (to register a task definition) or task_definition_arn")
+        if self.shared_memory_mib is not None and self.on_fargate:
+            raise ValueError(
+                f"shared_memory_mib={self.shared_memory_mib}: Fargate does not support "
+                "linuxParameters.sharedMemorySize; use EC2 capacity or leave it unset"
+            )
+        if self.shared_memory_mib is not None and self.shared_memory_mib > int(self.memory):
+            raise ValueError(
+                f"shared_memory_mib={self.shared_memory_mib} exceeds the task memory "
+                f"({self.memory} MiB) it is charged to"
+            )
         secret_refs(self.secrets)
         return self
 
@@ -173,6 +206,13 @@ class EcsTask(ComputeTarget):
 
     def refuse_impossible(self, job: JobSpec) -> None:
         """Refuse, before any AWS call, a job this target can never run."""
+        if job.gpu_type is not None and self.on_fargate:
+            raise EcsConfigError(
+                f"job {job.name!r} asks for GPU type {job.gpu_type!r} but ECS target on "
+                f"cluster {self.cluster!r} runs on Fargate, which has no GPUs and takes no "
+                "placement constraints"
+            )
+        self._gpu_type_placement(job)
         if job.gpus > 0 and self.on_fargate:
             capacity = self.launch_type or ", ".join(
                 item.capacity_provider for item in self.capacity_provider_strategy
@@ -219,6 +259,7 @@ class EcsTask(ComputeTarget):
             mount_points=[self.nas.mount_point()] if self.nas else None,
             log_configuration=awslogs(self.log_group, region, self.log_stream_prefix),
             resource_requirements=gpu_requirements(gpus),
+            linux_parameters=self._linux_parameters(gpus),
         )
         return TaskDefinitionRequest(
             family=f"{self.family}-{gpus}gpu" if gpus else self.family,
@@ -230,6 +271,12 @@ class EcsTask(ComputeTarget):
             task_role_arn=self.task_role_arn,
             volumes=[self.nas.volume()] if self.nas else None,
         )
+
+    def _linux_parameters(self, gpus: int) -> LinuxParameters | None:
+        if self.on_fargate:
+            return None
+        size = self.shared_memory_mib or (int(self.memory) // 2 if gpus else None)
+        return LinuxParameters(shared_memory_size=size) if size else None
 
     def ensure_task_definition(self, gpus: int) -> str:
         """The ARN of a task definition for ``gpus`` GPUs, registered only if it changed."""
@@ -297,6 +344,7 @@ class EcsTask(ComputeTarget):
             task_definition=task_definition,
             launch_type=self.launch_type,
             capacity_provider_strategy=self.capacity_provider_strategy or None,
+            placement_constraints=self._gpu_type_placement(job),
             network_configuration=NetworkConfiguration(
                 awsvpc_configuration=AwsVpcConfiguration(
                     subnets=self.subnets,
@@ -309,12 +357,37 @@ class EcsTask(ComputeTarget):
             client_token=client_token,
         )
 
-    def start_task(self, job: JobSpec, flow_run_id: str | None) -> str:
-        """Register (if needed) and start the job's task; returns the task ARN."""
+    def _gpu_type_placement(self, job: JobSpec) -> list[PlacementConstraint] | None:
+        """A memberOf constraint on the GPU-type attribute (cluster query language)."""
+        if job.gpu_type is None:
+            return None
+        values = self.gpu_type_values.get(job.gpu_type, [job.gpu_type])
+        for value in values:
+            # Values go into an expression: plain names only, nothing that could change it.
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", value):
+                raise EcsConfigError(
+                    f"GPU type {job.gpu_type!r}: attribute value {value!r} is not a plain "
+                    "name (letters, digits, '.', '_', '-')"
+                )
+        wanted = f"== {values[0]}" if len(values) == 1 else f"in [{', '.join(values)}]"
+        return [
+            PlacementConstraint(
+                type="memberOf", expression=f"attribute:{self.gpu_type_attribute} {wanted}"
+            )
+        ]
+
+    def start_task(
+        self, job: JobSpec, flow_run_id: str | None, client_token: str | None = None
+    ) -> str:
+        """Register (if needed) and start the job's task; returns the task ARN.
+
+        ``client_token`` makes RunTask idempotent: a call repeated with it (botocore's
+        retries, a repeated attempt) returns the task the first one started."""
         self.refuse_impossible(job)
         task_definition = self.ensure_task_definition(job.gpus)
-        # One token per submission: botocore's own retries of this call cannot start twins.
-        request = self.run_task_request(job, task_definition, flow_run_id, uuid.uuid4().hex)
+        request = self.run_task_request(
+            job, task_definition, flow_run_id, client_token or uuid.uuid4().hex
+        )
         answer = call(
             self._client("ecs").run_task,
             f"job {job.name!r} on cluster {self.cluster!r}",
@@ -364,7 +437,10 @@ class EcsTask(ComputeTarget):
         self.refuse_impossible(job)
         flow_run_id = _current_flow_run_id()
         started = time.monotonic()
-        starting = asyncio.ensure_future(asyncio.to_thread(self.start_task, job, flow_run_id))
+        token = _attempt_token(job.name) if flow_run_id else None
+        starting = asyncio.ensure_future(
+            asyncio.to_thread(self.start_task, job, flow_run_id, token)
+        )
         try:
             task_arn = await asyncio.shield(starting)
         except asyncio.CancelledError:
@@ -467,6 +543,22 @@ def _current_flow_run_id() -> str | None:
 
     run_id = flow_run.get_id()
     return str(run_id) if run_id else None
+
+
+def _attempt_token(job_name: str) -> str:
+    """RunTask's clientToken for this attempt of the run's job: the same for every start
+    of one attempt (an answer lost on the way cannot start a twin), new for each retry of
+    the flow or task run (which must start a task of its own). 64 hex digits, ECS's most."""
+    from prefect.runtime import flow_run, task_run
+
+    attempt = (
+        str(flow_run.id),
+        str(flow_run.run_count),
+        str(task_run.id or ""),
+        str(task_run.run_count),
+        job_name,
+    )
+    return hashlib.sha256("\0".join(attempt).encode()).hexdigest()
 
 
 async def _stop_despite_cancellation(target: EcsTask, task_arn: str, reason: str) -> None:

@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -81,6 +81,10 @@ class MountPoint(_Api):
     read_only: bool = Field(default=False, alias="readOnly")
 
 
+class LinuxParameters(_Api):
+    shared_memory_size: int | None = Field(default=None, alias="sharedMemorySize")  # MiB
+
+
 class ContainerDefinition(_Api):
     name: str
     image: str
@@ -94,6 +98,7 @@ class ContainerDefinition(_Api):
     resource_requirements: list[ResourceRequirement] | None = Field(
         default=None, alias="resourceRequirements"
     )
+    linux_parameters: LinuxParameters | None = Field(default=None, alias="linuxParameters")
 
 
 class EfsAuthorization(_Api):
@@ -258,6 +263,11 @@ class TaskOverride(_Api):
     container_overrides: list[ContainerOverride] = Field(alias="containerOverrides")
 
 
+class PlacementConstraint(_Api):
+    type: Literal["memberOf", "distinctInstance"]
+    expression: str | None = None
+
+
 class RunTaskRequest(_Api):
     """The arguments of ``RunTask``: one task, tagged so the reconciler can find it."""
 
@@ -269,6 +279,9 @@ class RunTaskRequest(_Api):
         default=None, alias="capacityProviderStrategy"
     )
     network_configuration: NetworkConfiguration = Field(alias="networkConfiguration")
+    placement_constraints: list[PlacementConstraint] | None = Field(
+        default=None, alias="placementConstraints"
+    )
     overrides: TaskOverride
     started_by: str = Field(default=STARTED_BY, alias="startedBy")
     tags: list[Tag]

@@ -10,8 +10,10 @@ Checking a manifest against the CRD before it is sent is ``gpuflow.compute.kuber
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
+from decimal import Decimal
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -43,6 +45,25 @@ _MAX_JOB_NAME = 48
 
 DnsLabel = Annotated[str, Field(pattern=_DNS_LABEL, min_length=1, max_length=63)]
 Quantity = Annotated[str, Field(pattern=_QUANTITY)]
+# Defaults per GPU of a replica (a CPU-only replica counts as one): what a diffusion
+# job's data loading and host-side tensors need beside each GPU.
+CPU_PER_GPU = 4
+MEMORY_PER_GPU_GIB = 16
+_QUANTITY_FACTORS: dict[str, int | Decimal] = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": 1,
+    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+}  # fmt: skip
+
+
+def quantity_bytes(quantity: str) -> Decimal:
+    """A Kubernetes quantity (8Gi, 500M, 1e9) as a number of bytes."""
+    number = re.match(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", quantity)
+    if number is None or quantity[number.end() :] not in _QUANTITY_FACTORS:
+        raise KubernetesConfigError(f"{quantity!r} is not a Kubernetes quantity")
+    return Decimal(number.group(0)) * _QUANTITY_FACTORS[quantity[number.end() :]]
+
+
 QualifiedName = Annotated[str, Field(pattern=_QUALIFIED, max_length=253)]
 LabelValue = Annotated[str, Field(pattern=_LABEL_VALUE, max_length=63)]
 
@@ -112,7 +133,10 @@ class HamiVgpu(_Config):
 
 
 class RunPolicy(_Config):
-    clean_pod_policy: Literal["None", "Running", "All"] = "None"
+    # Running: when the job ends, pods still running (the Workers of a failed job) are
+    # deleted and their GPUs freed; finished pods stay, so their exit codes and logs can
+    # be read. None would leave such Workers holding GPUs until the TTL.
+    clean_pod_policy: Literal["None", "Running", "All"] = "Running"
     ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = 3600
     active_deadline_seconds: Annotated[int, Field(ge=1)] | None = Field(
         default=None, description="Upper bound; the job's own timeout lowers it further."
@@ -146,8 +170,15 @@ class PyTorchJobConfig(_Config):
     nproc_per_node: Annotated[str, Field(pattern=r"^(auto|cpu|gpu|[1-9][0-9]{0,3})$")] | None = (
         Field(default=None, description="torchrun processes per pod; unset: GPUs per replica.")
     )
-    cpu: Quantity = "4"
-    memory: Quantity = "16Gi"
+    cpu: Quantity | None = Field(
+        default=None,
+        description=f"CPU of each replica; unset: {CPU_PER_GPU} per GPU of the replica.",
+    )
+    memory: Quantity | None = Field(
+        default=None,
+        description=f"Memory of each replica; unset: {MEMORY_PER_GPU_GIB}Gi per GPU of the "
+        "replica plus shm_size (the in-memory /dev/shm is charged to the container's memory).",
+    )
     gpu_type_label: QualifiedName = "nvidia.com/gpu.product"
     gpu_type_values: dict[str, LabelValue] = Field(
         default_factory=dict,
@@ -167,6 +198,16 @@ class PyTorchJobConfig(_Config):
         "relocatable)."
     )
     shm_size: Quantity = "8Gi"
+    network_resources: dict[QualifiedName, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict,
+        description="Extra device resources per replica for multi-node jobs, e.g. "
+        "{'vpc.amazonaws.com/efa': 4} (EFA, with the EFA device plugin); none by default.",
+    )
+    host_ipc: bool = Field(
+        default=False,
+        description="Share the node's IPC namespace (some NCCL transports want it); off: the "
+        "pod's own /dev/shm (shm_size) serves NCCL within a pod.",
+    )
     env: dict[Annotated[str, Field(pattern=_ENV_NAME)], str] = Field(default_factory=dict)
     secret_env: list[SecretEnvVar] = Field(default_factory=list)
     env_from_secrets: list[DnsLabel] = Field(default_factory=list)
@@ -182,6 +223,16 @@ class PyTorchJobConfig(_Config):
         if not value.is_absolute() or value == PurePosixPath("/"):
             raise ValueError(f"nas_mount_path {str(value)!r} must be an absolute path below /")
         return value
+
+    def replica_cpu(self) -> str:
+        return self.cpu or str(CPU_PER_GPU * max(1, self.gpus_per_replica))
+
+    def replica_memory(self) -> str:
+        if self.memory:
+            return self.memory
+        gpus = max(1, self.gpus_per_replica)
+        mib = MEMORY_PER_GPU_GIB * 1024 * gpus + math.ceil(quantity_bytes(self.shm_size) / 2**20)
+        return f"{mib // 1024}Gi" if mib % 1024 == 0 else f"{mib}Mi"
 
     def replicas_for(self, gpus: int) -> tuple[int, int]:
         """(workers, total replicas) for a job needing ``gpus`` GPUs over all replicas."""
@@ -205,6 +256,19 @@ class PyTorchJobConfig(_Config):
             )
         replicas = gpus // self.gpus_per_replica
         return replicas - 1, replicas
+
+    def nproc_per_node_for(self) -> str:
+        """``nprocPerNode`` as the operator gets it: torchrun processes per replica."""
+        return self.nproc_per_node or (
+            str(self.gpus_per_replica) if self.gpus_per_replica else "auto"
+        )
+
+    def launches_processes(self, gpus: int) -> int | None:
+        """How many processes a job of ``gpus`` GPUs runs, all replicas together; None
+        where torchrun decides (``auto``, ``cpu``, ``gpu``: more than one is possible)."""
+        _, replicas = self.replicas_for(gpus)
+        per_replica = self.nproc_per_node_for()
+        return replicas * int(per_replica) if per_replica.isdigit() else None
 
 
 def job_name(base: str) -> str:
@@ -284,8 +348,7 @@ def build_pytorchjob(
     spec: dict[str, Any] = {
         "pytorchReplicaSpecs": replica_specs,
         "runPolicy": _run_policy(config, job.timeout_s + pending_allowance_s),
-        "nprocPerNode": config.nproc_per_node
-        or (str(config.gpus_per_replica) if config.gpus_per_replica else "auto"),
+        "nprocPerNode": config.nproc_per_node_for(),
     }
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": spec}
 
@@ -342,6 +405,8 @@ def _pod_template(
             metadata["annotations"] = dict(config.vgpu.annotations)
     if config.service_account_name:
         spec["serviceAccountName"] = config.service_account_name
+    if config.host_ipc:
+        spec["hostIPC"] = True
     if config.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": secret} for secret in config.image_pull_secrets]
     if job.gpu_type is not None:
@@ -377,13 +442,32 @@ def _spread(mode: str, name: str) -> dict[str, Any] | None:
     return None
 
 
+def _command(config: PyTorchJobConfig, job: JobSpec) -> list[str]:
+    """``job.argv``, under the env's torchrun when the job runs more than one process:
+    torchrun reads the operator's ``PET_*`` variables (nodes, processes per node, node
+    rank, master address) and gives each process its ``RANK``."""
+    processes = config.launches_processes(job.gpus)
+    if processes == 1:
+        return list(job.argv)
+    if job.torchrun is None:
+        count = f"{processes} processes" if processes else "more than one process"
+        raise KubernetesConfigError(
+            f"job {job.name!r} runs {count} (nprocPerNode {config.nproc_per_node_for()!r} "
+            f"on each of {config.replicas_for(job.gpus)[1]} replica(s)) but its environment "
+            f"has no torchrun beside {job.argv[0]}: add torch to the job's project, or run "
+            "it as one process"
+        )
+    return [job.torchrun, "--no-python", *job.argv]
+
+
 def _container(
     config: PyTorchJobConfig,
     job: JobSpec,
     secret_env_name: str | None,
     secret_env_keys: tuple[str, ...],
 ) -> dict[str, Any]:
-    limits: dict[str, Any] = {"cpu": config.cpu, "memory": config.memory}
+    limits: dict[str, Any] = {"cpu": config.replica_cpu(), "memory": config.replica_memory()}
+    limits.update({name: str(count) for name, count in config.network_resources.items()})
     if config.gpus_per_replica:
         limits[config.gpu_resource] = str(config.gpus_per_replica)
         if config.vgpu is not None and config.vgpu.memory_mib is not None:
@@ -407,7 +491,7 @@ def _container(
         "image": config.image,
         "imagePullPolicy": config.image_pull_policy,
         # Exec form, one element per argument: nothing is parsed by a shell.
-        "command": list(job.argv),
+        "command": _command(config, job),
         "workingDir": str(job.workdir),
         "env": env,
         "resources": {"requests": dict(limits), "limits": limits},

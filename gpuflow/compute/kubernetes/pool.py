@@ -34,6 +34,11 @@ FLOW_POD_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]},
     # The per-job Secret carrying secret env values (created, handed to the job, removed).
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "patch", "delete"]},
+    # Owner references with blockOwnerDeletion (the PyTorchJob owned by the flow pod's
+    # Job, the Secret by its PyTorchJob) need update on the owner's finalizers where the
+    # OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift, others).
+    {"apiGroups": ["batch"], "resources": ["jobs/finalizers"], "verbs": ["update"]},
+    {"apiGroups": [GROUP], "resources": [f"{PLURAL}/finalizers"], "verbs": ["update"]},
 ]
 # Reading the PyTorchJob CRD, to validate manifests before sending them (cluster-scoped).
 CRD_READER_RULES: list[dict[str, Any]] = [

@@ -1,6 +1,7 @@
 """One PyTorchJob from creation to its end: create it (and its Secret), follow its status
-and pods, say why it does not start, and class its exit code; delete it when the flow
-stops waiting.
+and pods, say why it does not start, and class its exit code (from every replica's
+termination seen while watching, so pods the operator deleted still count); delete it
+when the flow stops waiting.
 
 When the flow runs in a pod, the PyTorchJob is owned by that pod's Job, so a dead flow
 cannot leave GPUs busy behind it.
@@ -38,7 +39,6 @@ from gpuflow.compute.kubernetes.manifest import (
     JOB_LABEL,
     KIND,
     OPERATOR_JOB_LABEL,
-    OPERATOR_ROLE_LABEL,
     PLURAL,
     VERSION,
     OwnerReference,
@@ -46,13 +46,13 @@ from gpuflow.compute.kubernetes.manifest import (
     job_name,
     label_value,
 )
+from gpuflow.compute.kubernetes.replicas import PodWatcher, ReplicaExits
 from gpuflow.compute.kubernetes.status import (
     Blocker,
     JobPhase,
     JobStartError,
     JobStatus,
     PodProblem,
-    container_exit,
     container_started,
     exit_class_code,
     pod_problem,
@@ -99,6 +99,16 @@ class PyTorchJobRun:
             poll_interval_s=target.poll_interval_s,
             log=self.log,
         )
+        self.exits = ReplicaExits()
+        self.pod_watcher = PodWatcher(
+            self.core,
+            self.namespace,
+            f"{OPERATOR_JOB_LABEL}={self.name}",
+            self._pod_seen,
+            poll_interval_s=target.poll_interval_s,
+            watch_timeout_s=target.watch_timeout_s,
+            log=self.log,
+        )
         self.reported: set[str] = set()
         self.submitted = False
         self.last_pods: list[Any] = []
@@ -106,10 +116,13 @@ class PyTorchJobRun:
 
     async def run(self) -> JobResult:
         started = time.monotonic()
-        watching: asyncio.Task[None] | None = None
+        watching: list[asyncio.Task[None]] = []
         try:
             await self._create()
-            watching = asyncio.create_task(self.watcher.run(), name=f"watch {self.name}")
+            watching.append(asyncio.create_task(self.watcher.run(), name=f"watch {self.name}"))
+            watching.append(
+                asyncio.create_task(self.pod_watcher.run(), name=f"watch pods of {self.name}")
+            )
             exit_code = await self._supervise()
         except BaseException:
             # Cancelled, failed to start, or the flow broke: never leave GPUs busy.
@@ -117,9 +130,9 @@ class PyTorchJobRun:
                 await asyncio.shield(self._delete())
             raise
         finally:
-            if watching is not None:
-                watching.cancel()
-                await asyncio.gather(watching, return_exceptions=True)
+            for task in watching:
+                task.cancel()
+            await asyncio.gather(*watching, return_exceptions=True)
             await self.logs.stop()
         return JobResult(exit_code, time.monotonic() - started, (), tuple(self.tail))
 
@@ -137,6 +150,8 @@ class PyTorchJobRun:
             pending_allowance_s=self.target.pending_deadline_s,
         )
         await self._validate(manifest)
+        # From before the job exists: no replica can end unseen.
+        await self.pod_watcher.open()
         if secret_name is not None:
             await self._create_secret(secret_name)
         self.submitted = True  # from here on, a failure or cancellation deletes the job
@@ -311,7 +326,15 @@ class PyTorchJobRun:
             return self.last_pods
         self.pod_list_failures = 0
         self.last_pods = list(listed.items)
+        for pod in self.last_pods:
+            self.exits.record(pod)
         return self.last_pods
+
+    def _pod_seen(self, pod: Any) -> None:
+        """A pod's state from the watch: its ending recorded, its log followed at once
+        (before the operator may delete it)."""
+        self.exits.record(pod)
+        self.logs.follow([pod])
 
     async def _check_pending(
         self,
@@ -373,17 +396,17 @@ class PyTorchJobRun:
 
     async def _exit_code(self, status: JobStatus) -> int:
         """The Master's exit code, else the first failing worker's, in the job's classes."""
-        pods = await self._pods()
-        pods.sort(key=lambda pod: (pod.metadata.labels or {}).get(OPERATOR_ROLE_LABEL) != "master")
-        for pod in pods:
-            ended = container_exit(pod, CONTAINER_NAME)
-            if ended is None:
-                continue
-            code, reason = ended
-            if code != 0 or status.phase == JobPhase.SUCCEEDED:
-                if code != 0:
-                    self.tail.append(f"gpuflow: pod {pod.metadata.name} exited {code} {reason}")
-                return exit_class_code(code, reason, pod.status.reason or "")
+        await self._pods()
+        if status.phase == JobPhase.FAILED:
+            # The job's status and its pods come on two watches: let the pods' catch up.
+            await self.exits.await_failure(self.target.log_drain_s)
+        for ended in self.exits.master_first():
+            if ended.exit_code != 0 or status.phase == JobPhase.SUCCEEDED:
+                if ended.exit_code != 0:
+                    self.tail.append(
+                        f"gpuflow: pod {ended.pod} exited {ended.exit_code} {ended.reason}"
+                    )
+                return exit_class_code(ended.exit_code, ended.reason, ended.pod_reason)
         if status.phase == JobPhase.SUCCEEDED:
             return int(ExitCode.SUCCESS)
         # Failed with no container exit to show (deadline exceeded, pods evicted and gone).

@@ -59,13 +59,18 @@ variable "enable_gpu_capacity" {
 }
 
 variable "gpu_ami_ssm_parameter" {
-  description = "Public SSM parameter holding the ECS GPU-optimized AMI id."
+  description = "Public SSM parameter holding the ECS GPU-optimized AMI id (Amazon Linux 2023; Amazon Linux 2 support ended 2026-06-30)."
   type        = string
-  default     = "/aws/service/ecs/optimized-ami/amazon-linux-2/gpu/recommended/image_id"
+  default     = "/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id"
 
   validation {
     condition     = startswith(var.gpu_ami_ssm_parameter, "/aws/service/ecs/optimized-ami/")
     error_message = "gpu_ami_ssm_parameter must be one of the public /aws/service/ecs/optimized-ami/... parameters."
+  }
+
+  validation {
+    condition     = !startswith(var.gpu_ami_ssm_parameter, "/aws/service/ecs/optimized-ami/amazon-linux-2/")
+    error_message = "gpu_ami_ssm_parameter names an Amazon Linux 2 AMI, whose support ended 2026-06-30: use /aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id."
   }
 }
 

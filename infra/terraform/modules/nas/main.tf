@@ -204,12 +204,30 @@ resource "aws_vpc_security_group_ingress_rule" "security_group" {
   tags = local.tags
 }
 
+# EFS takes one mount target per availability zone: two subnets in one AZ fail at apply.
+data "aws_subnet" "mount" {
+  for_each = local.subnets
+
+  id = each.value
+}
+
+locals {
+  subnet_zones = { for key, subnet in data.aws_subnet.mount : var.subnet_ids[tonumber(key)] => subnet.availability_zone }
+}
+
 resource "aws_efs_mount_target" "this" {
   for_each = local.subnets
 
   file_system_id  = aws_efs_file_system.this.id
   subnet_id       = each.value
   security_groups = [aws_security_group.this.id]
+
+  lifecycle {
+    precondition {
+      condition     = length(distinct(values(local.subnet_zones))) == length(local.subnet_zones)
+      error_message = "subnet_ids must lie in distinct availability zones (EFS allows one mount target per AZ); their zones: ${jsonencode(local.subnet_zones)}."
+    }
+  }
 }
 
 ################################################################################

@@ -1,5 +1,8 @@
 """Command line of the reference job: ``i2v-job --model-dir ... --image ... --output ...``.
 
+Run as several processes (under torchrun), rank 0 alone renders and writes the video;
+the other ranks check the same inputs and end (``jobs/progress/README.md``).
+
 Exit codes follow gpuflow's classes (``gpuflow_progress.ExitCode``): a bad argument
 or model is a config error (1), an unreadable image an input error (2), running out
 of memory or disk a resource error (4), a missing encoder an environment error (5),
@@ -13,7 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-from gpuflow_progress import ExitCode, report_metric, report_output, report_progress
+from gpuflow_progress import (
+    ExitCode,
+    process_rank,
+    report_metric,
+    report_output,
+    report_progress,
+    writes_outputs,
+)
 from PIL import Image, UnidentifiedImageError
 
 from i2v_job.animate import camera_path, render_frames
@@ -74,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
         import imageio_ffmpeg
     except ImportError as exc:
         return _fail(ExitCode.ENVIRONMENT_ERROR, f"imageio-ffmpeg is not installed: {exc}")
+    if not writes_outputs():
+        # The stand-in has no work to share: past the checks, rank 0 renders alone.
+        print(f"rank {process_rank()}: inputs checked; rank 0 writes {args.output}", flush=True)
+        return int(ExitCode.SUCCESS)
 
     path = camera_path(args.prompt, args.seed)
     print(

@@ -2,12 +2,17 @@
 
 A job prints ordinary log lines; a line starting with ``MARKER`` carries one JSON
 event. The orchestrator calls :func:`parse_line` on every line it reads.
+
+A job run as several processes (under ``torchrun``) reports from rank 0 alone: the
+``report_*`` functions print nothing in the other ranks, and :func:`writes_outputs`
+tells a job whether this process is the one that writes its outputs.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import os
 import sys
 from dataclasses import dataclass
 from typing import IO, Union
@@ -96,7 +101,24 @@ def parse_line(line: str) -> Event | None:
     return None
 
 
+def process_rank() -> int:
+    """This process's global rank: ``RANK`` as torchrun (or the training operator, one
+    process per pod) sets it; 0 for a job run as one process."""
+    text = os.environ.get("RANK", "0")
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"RANK must be an integer, got {text!r}") from None
+
+
+def writes_outputs() -> bool:
+    """Whether this process writes the job's outputs and reports: rank 0 alone."""
+    return process_rank() == 0
+
+
 def _emit(event: Event, stream: IO[str] | None) -> None:
+    if not writes_outputs():
+        return
     out = stream if stream is not None else sys.stdout
     out.write(encode(event) + "\n")
     out.flush()
@@ -126,7 +148,9 @@ __all__ = [
     "Progress",
     "encode",
     "parse_line",
+    "process_rank",
     "report_metric",
     "report_output",
     "report_progress",
+    "writes_outputs",
 ]
