@@ -16,7 +16,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from prefect_aws import AwsCredentials
 
-from gpuflow.core.errors import IntegrityError
+from gpuflow.core.errors import IntegrityError, ObjectNotFoundError
 from gpuflow.storage.s3 import S3ObjectStore
 from gpuflow.storage.transfer import MiB
 from tests.storage.conftest import SMALL_PARTS
@@ -190,3 +190,22 @@ def test_object_replaced_during_a_ranged_download_is_detected(
     assert len(failures) == 1 and isinstance(failures[0], IntegrityError), failures
     assert "changed during the transfer" in str(failures[0])
     assert not destination.exists()
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda size: f"{size}B")
+def test_upload_the_store_keeps_wrong_is_deleted_once_read_back(
+    kms_store: S3ObjectStore, kms_proxy: OpaqueEtagProxy, tmp_path: Path, size: int
+) -> None:
+    bucket = _new_bucket(kms_store)
+    source = random_file(tmp_path / "video.mp4", size)
+    uri = f"s3://{bucket}/out/video.mp4"
+
+    kms_proxy.corrupt_writes = True
+    try:
+        with pytest.raises(IntegrityError, match="read back has MD5"):
+            kms_store.upload(source, uri)
+    finally:
+        kms_proxy.corrupt_writes = False
+
+    with pytest.raises(ObjectNotFoundError):
+        kms_store.stat(uri)

@@ -302,12 +302,17 @@ class OpaqueEtagProxy:
     objects (AWS S3 user guide, "Checking object integrity": their ETags are not an MD5
     of the data): every ETag the server gives out becomes another value of the same
     shape, with ``x-amz-server-side-encryption: aws:kms``; ETags clients send back
-    (``If-Match``, the part list of CompleteMultipartUpload) are mapped to the server's."""
+    (``If-Match``, the part list of CompleteMultipartUpload) are mapped to the server's.
+
+    With ``corrupt_writes`` set it also stands for a store that keeps other bytes than
+    it was sent: the last byte of every PUT body flips, and the checksums the client
+    sent (which would give the corruption away on receipt) are dropped."""
 
     def __init__(self, upstream_port: int) -> None:
         self._upstream_port = upstream_port
         self._real_of: dict[bytes, bytes] = {}
         self._lock = threading.Lock()
+        self.corrupt_writes = False
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -329,6 +334,13 @@ class OpaqueEtagProxy:
                     for name, value in self.headers.items()
                     if name.lower() not in _HOP_BY_HOP
                 }
+                if proxy.corrupt_writes and self.command == "PUT" and body:
+                    body = body[:-1] + bytes([body[-1] ^ 0xFF])
+                    headers = {
+                        name: value
+                        for name, value in headers.items()
+                        if not name.lower().startswith(("content-md5", "x-amz-checksum"))
+                    }
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy._upstream_port)
                 try:
                     upstream.request(self.command, self.path, body=body, headers=headers)
