@@ -312,6 +312,7 @@ class S3ObjectStore(ObjectStore):
         if len(parts) == 1:
             data = source.read_bytes()
             md5 = hashlib.md5(data, usedforsecurity=False)
+            checksum = self._checksum_args(data)
             response = self._call(
                 uri,
                 self.client.put_object,
@@ -319,7 +320,8 @@ class S3ObjectStore(ObjectStore):
                 Key=parsed.key,
                 Body=data,
                 ContentMD5=base64.b64encode(md5.digest()).decode(),
-                **self._checksum_args(data),
+                # Named as well as sent, so that the store keeps it for later reads.
+                **({"ChecksumAlgorithm": "SHA256", **checksum} if checksum else {}),
             )
             self._verify_upload(
                 uri,
@@ -327,7 +329,7 @@ class S3ObjectStore(ObjectStore):
                 source,
                 response,
                 expected_etag=md5.hexdigest(),
-                expected_checksum=self._checksum_args(data).get("ChecksumSHA256"),
+                expected_checksum=checksum.get("ChecksumSHA256"),
             )
             return ObjectInfo(uri, size, etag=_etag(response))
         return self._upload_multipart(source, uri, parsed, parts)

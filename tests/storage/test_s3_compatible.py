@@ -209,3 +209,21 @@ def test_upload_the_store_keeps_wrong_is_deleted_once_read_back(
 
     with pytest.raises(ObjectNotFoundError):
         kms_store.stat(uri)
+
+
+def test_download_with_an_opaque_etag_is_checked_against_the_stored_checksum(
+    kms_store: S3ObjectStore, kms_proxy: OpaqueEtagProxy, tmp_path: Path
+) -> None:
+    # The ETag of an SSE-KMS object says nothing of its bytes; the SHA-256 checksum the
+    # object was uploaded with (ChecksumMode=ENABLED) still does.
+    bucket = _new_bucket(kms_store)
+    uri = f"s3://{bucket}/cat.png"
+    kms_store.upload(random_file(tmp_path / "cat.png", 1000), uri)
+
+    kms_proxy.corrupt_reads = True
+    try:
+        with pytest.raises(IntegrityError, match="SHA-256 checksum"):
+            kms_store.download(uri, tmp_path / "copy.png")
+    finally:
+        kms_proxy.corrupt_reads = False
+    assert not (tmp_path / "copy.png").exists()

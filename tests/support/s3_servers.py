@@ -306,13 +306,15 @@ class OpaqueEtagProxy:
 
     With ``corrupt_writes`` set it also stands for a store that keeps other bytes than
     it was sent: the last byte of every PUT body flips, and the checksums the client
-    sent (which would give the corruption away on receipt) are dropped."""
+    sent (which would give the corruption away on receipt) are dropped. With
+    ``corrupt_reads`` the last byte of every object GET answer flips on the way back."""
 
     def __init__(self, upstream_port: int) -> None:
         self._upstream_port = upstream_port
         self._real_of: dict[bytes, bytes] = {}
         self._lock = threading.Lock()
         self.corrupt_writes = False
+        self.corrupt_reads = False
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -346,6 +348,9 @@ class OpaqueEtagProxy:
                     upstream.request(self.command, self.path, body=body, headers=headers)
                     answer = upstream.getresponse()
                     content = proxy._to_opaque(answer.read())
+                    object_read = self.command == "GET" and "?" not in self.path
+                    if proxy.corrupt_reads and object_read and content:
+                        content = content[:-1] + bytes([content[-1] ^ 0xFF])
                     self.send_response(answer.status)
                     for name, value in answer.getheaders():
                         if name.lower() not in _HOP_BY_HOP:
