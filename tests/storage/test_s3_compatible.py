@@ -229,3 +229,33 @@ def test_download_with_an_opaque_etag_is_checked_against_the_stored_checksum(
     finally:
         kms_proxy.corrupt_reads = False
     assert not (tmp_path / "copy.png").exists()
+
+
+@pytest.mark.parametrize("md5_etags", [False, True])
+def test_a_store_computing_etags_its_own_way_is_declared_so(
+    moto_server: MotoServer, tmp_path: Path, md5_etags: bool
+) -> None:
+    # Opaque ETags with no encryption header: only the store's settings say whether a
+    # mismatch means wrong bytes (md5_etags) or an ETag that is no MD5 (OSS, COS).
+    proxy = OpaqueEtagProxy(moto_server.port, announce_kms=False)
+    try:
+        store = _store(proxy.url, "testing").model_copy(update={"md5_etags": md5_etags})
+        bucket = _new_bucket(store)
+        source = random_file(tmp_path / "weights", 12 * MiB + 7)
+        uri = f"s3://{bucket}/weights"
+        store.upload(source, uri)  # verified by reading it back either way
+
+        if md5_etags:
+            with pytest.raises(IntegrityError, match=r"ETag \S+ expected"):
+                store.download(uri, tmp_path / "copy")
+        else:
+            store.download(uri, tmp_path / "copy")
+            assert sha256_of(tmp_path / "copy") == sha256_of(source)
+    finally:
+        proxy.stop()
+
+
+def test_provider_stores_do_not_take_etags_for_md5s() -> None:
+    assert not S3ObjectStore.for_provider("oss", "cn-hangzhou").md5_etags
+    assert S3ObjectStore.for_provider("oss", "cn-hangzhou", md5_etags=True).md5_etags
+    assert S3ObjectStore().md5_etags

@@ -301,7 +301,8 @@ class OpaqueEtagProxy:
     """An HTTP proxy in front of an S3 server that answers like AWS S3 does for SSE-KMS
     objects (AWS S3 user guide, "Checking object integrity": their ETags are not an MD5
     of the data): every ETag the server gives out becomes another value of the same
-    shape, with ``x-amz-server-side-encryption: aws:kms``; ETags clients send back
+    shape, with ``x-amz-server-side-encryption: aws:kms`` (left out with ``announce_kms``
+    false: a store that computes ETags its own way and says nothing of it); ETags clients send back
     (``If-Match``, the part list of CompleteMultipartUpload) are mapped to the server's.
 
     With ``corrupt_writes`` set it also stands for a store that keeps other bytes than
@@ -309,7 +310,7 @@ class OpaqueEtagProxy:
     sent (which would give the corruption away on receipt) are dropped. With
     ``corrupt_reads`` the last byte of every object GET answer flips on the way back."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, announce_kms: bool = True) -> None:
         self._upstream_port = upstream_port
         self._real_of: dict[bytes, bytes] = {}
         self._lock = threading.Lock()
@@ -355,7 +356,7 @@ class OpaqueEtagProxy:
                     for name, value in answer.getheaders():
                         if name.lower() not in _HOP_BY_HOP:
                             self.send_header(name, proxy._to_opaque(value.encode()).decode())
-                    if answer.getheader("ETag") or b"ETag" in content:
+                    if announce_kms and (answer.getheader("ETag") or b"ETag" in content):
                         self.send_header("x-amz-server-side-encryption", "aws:kms")
                     # A HEAD answer has no body but the length of the one GET would send.
                     announced = answer.getheader("Content-Length", "0")
