@@ -376,7 +376,11 @@ class S3ObjectStore(ObjectStore):
         try:
             sent = upload_parts(uri, source, parts, send, self.transfer)
             expected = multipart_etag([entry.pop("md5").hexdigest() for entry in sent])
-            composite = _composite_sha256([entry.get("ChecksumSHA256", "") for entry in sent])
+            composite = (
+                _composite_sha256([entry["ChecksumSHA256"] for entry in sent])
+                if self.part_checksum == "sha256"
+                else None
+            )
             completed = self._call(
                 uri,
                 self.client.complete_multipart_upload,
@@ -398,7 +402,7 @@ class S3ObjectStore(ObjectStore):
             source,
             completed,
             expected_etag=expected,
-            expected_checksum=composite if self.part_checksum == "sha256" else None,
+            expected_checksum=composite,
         )
         return ObjectInfo(uri, source.stat().st_size, etag=_etag(completed))
 
@@ -447,6 +451,10 @@ class S3ObjectStore(ObjectStore):
         )
         digest = hashlib.md5(usedforsecurity=False)
         body = response["Body"]
+        if _etag(response) != etag:
+            # Another writer replaced it (on a store that ignores If-Match): not ours to delete.
+            body.close()
+            raise IntegrityError(uri, "the object changed while it was being verified")
         try:
             for chunk in body.iter_chunks(8 * 1024 * 1024):
                 digest.update(chunk)
