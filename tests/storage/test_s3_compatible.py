@@ -259,3 +259,23 @@ def test_provider_stores_do_not_take_etags_for_md5s() -> None:
     assert not S3ObjectStore.for_provider("oss", "cn-hangzhou").md5_etags
     assert S3ObjectStore.for_provider("oss", "cn-hangzhou", md5_etags=True).md5_etags
     assert S3ObjectStore().md5_etags
+
+
+@pytest.mark.parametrize("server", ["moto", "s3rver"])
+def test_an_upload_an_md5_etag_verifies_is_not_read_back(
+    server: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # S3's MD5 of part MD5s (moto) and s3rver's plain MD5 both verify the bytes: reading
+    # 12 MiB back would double the traffic for nothing.
+    proxy: CountingProxy = request.getfixturevalue(
+        "s3_proxy" if server == "moto" else "s3rver_proxy"
+    )
+    key = S3RVER_KEY if server == "s3rver" else "testing"
+    bucket = _new_bucket(_store(proxy.url, key))
+    proxy.reset()
+    proxy.release()
+    store = _store(proxy.url, key)  # connections opened after the reset are counted
+
+    store.upload(random_file(tmp_path / "video.mp4", 12 * MiB + 7), f"s3://{bucket}/video.mp4")
+
+    assert proxy.bytes_down < 256 * 1024, "only answers came back, not the object"
