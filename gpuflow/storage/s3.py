@@ -1,13 +1,20 @@
 """S3 and S3-compatible object stores (AWS S3, Alibaba OSS, Volcengine TOS, Tencent COS,
 Kingsoft KS3, MinIO) through boto3.
 
-Downloads are parallel ranged GETs pinned to the object's ETag (``If-Match``), so a
-replaced object can never be stitched from two versions, and resume after a kill.
-Each download is verified against the ETag: for a multipart object the ranges are
-aligned to its upload parts, whose MD5s combine into the ETag without a second
-pass. Uploads send every part with its Content-MD5 (and SHA-256 where the store
-supports flexible checksums) and check the ETag the store returns. Credentials are
-prefect-aws ``AwsCredentials`` (SecretStr): never logged, never in an error.
+Downloads are parallel ranged GETs pinned to the object's ETag (``If-Match``, and the
+ETag of every answer compared, for stores that ignore ``If-Match``), so a replaced
+object can never be stitched from two versions, and resume after a kill.
+
+Integrity never rests on an ETag being an MD5 of the data: it is not for SSE-KMS and
+SSE-C objects, and some stores compute it their own way. A download is verified
+against the object's full SHA-256 checksum where the store keeps one
+(``ChecksumMode=ENABLED``), else against an ETag that is an MD5 (of the object, or
+S3's MD5 of the parts' MD5s with the ranges aligned to the parts), else by its size
+alone. An upload is verified by the checksum the store returns, else by an MD5 ETag
+(S3's form or a plain MD5 of the object), else by reading the object back and hashing
+it. Only a verified mismatch deletes what was uploaded; "cannot verify" never does.
+Credentials are prefect-aws ``AwsCredentials`` (SecretStr): never logged, never in an
+error.
 """
 
 from __future__ import annotations
@@ -64,6 +71,9 @@ S3_COMPATIBLE: dict[str, str | None] = {
 
 _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 _MULTIPART = re.compile(r"^[0-9a-f]{32}-(\d+)$")
+# Server-side encryption whose objects get an ETag that is no MD5 of the data (AWS
+# documents this for SSE-KMS, DSSE-KMS and SSE-C); SSE-S3 (AES256) keeps MD5 ETags.
+_OPAQUE_ETAG_ENCRYPTION = {"aws:kms", "aws:kms:dsse"}
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _DENIED = {
     "AccessDenied",
@@ -111,6 +121,12 @@ class S3ObjectStore(ObjectStore):
         description="Checksum sent with every part besides Content-MD5; none for stores "
         "without S3's flexible checksums.",
     )
+    md5_etags: bool = Field(
+        default=True,
+        description="The store's ETags of unencrypted objects are S3's MD5s, so a download "
+        "whose bytes do not match its ETag is refused; false for stores that compute ETags "
+        "their own way (a mismatch then cannot verify, and the size is checked).",
+    )
     verify_tls: bool = True
     transfer: TransferSettings = Field(default_factory=TransferSettings)
 
@@ -132,13 +148,15 @@ class S3ObjectStore(ObjectStore):
         if endpoint is None:
             clouds = [name for name, template in S3_COMPATIBLE.items() if template]
             raise ValueError(f"no public endpoint is known for {provider!r} (known: {clouds})")
-        return cls(
-            scheme=provider,
-            endpoint_url=endpoint.format(region=region),
-            region_name=region,
-            addressing_style="virtual",
-            **fields,
-        )
+        defaults: dict[str, Any] = {
+            "scheme": provider,
+            "endpoint_url": endpoint.format(region=region),
+            "region_name": region,
+            "addressing_style": "virtual",
+            # OSS and COS document multipart ETags that are no MD5 (docs/storage.md).
+            "md5_etags": False,
+        }
+        return cls(**{**defaults, **fields})
 
     @classmethod
     def for_scheme(cls, scheme: str) -> S3ObjectStore | None:
@@ -216,21 +234,24 @@ class S3ObjectStore(ObjectStore):
 
     def download(self, uri: str, destination: Path) -> ObjectInfo:
         parsed = self.check_uri(uri)
-        head = self._call(uri, self.client.head_object, Bucket=parsed.bucket, Key=parsed.key)
+        head = self._call(
+            uri,
+            self.client.head_object,
+            Bucket=parsed.bucket,
+            Key=parsed.key,
+            ChecksumMode="ENABLED",
+        )
         size, etag = int(head["ContentLength"]), _etag(head)
         settings = self.transfer
-        multipart = _MULTIPART.match(etag)
+        full_sha256 = _full_object_sha256(head, etag)
+        etag_is_md5 = not full_sha256 and _etag_may_be_md5(head)
+        multipart = _MULTIPART.match(etag) if etag_is_md5 else None
         digest_block: int | None = None
         if multipart and int(multipart.group(1)) > 1:
-            # Align ranges to the upload parts: their MD5s combine into the ETag.
-            first = self._call(
-                uri, self.client.head_object, Bucket=parsed.bucket, Key=parsed.key, PartNumber=1
-            )
-            digest_block = int(first["ContentLength"])
+            digest_block = self._upload_part_size(uri, parsed, size, int(multipart.group(1)))
+        plain_md5 = etag_is_md5 and bool(_PLAIN_MD5.match(etag))
         parts = plan_parts(size, settings, align=digest_block)
-        in_stream_md5 = digest_block is not None or (
-            len(parts) == 1 and bool(_PLAIN_MD5.match(etag))
-        )
+        in_stream_md5 = digest_block is not None or (len(parts) == 1 and plain_md5)
 
         @contextlib.contextmanager
         def stream(part: Part, whole: bool) -> Iterator[PartReader]:
@@ -244,19 +265,36 @@ class S3ObjectStore(ObjectStore):
                 **extra,
             )
             body = response["Body"]
+            answered = _etag(response)
+            if answered != etag:
+                # Stores that ignore If-Match (s3rver) still name the version they send.
+                body.close()
+                raise IntegrityError(
+                    uri, f"the object changed during the transfer (ETag {etag}, now {answered})"
+                )
             try:
                 yield _BodyReader(uri, body)
             finally:
                 body.close()
 
         def verify(path: Path, digests: builtins.list[str]) -> None:
+            if full_sha256:
+                actual = _base64_of_hex(file_digest(path, "sha256"))
+                if actual != full_sha256:
+                    raise IntegrityError(
+                        uri, f"SHA-256 checksum {full_sha256} expected, the bytes give {actual}"
+                    )
+                return
             if digest_block is not None:
                 actual = multipart_etag(digests)
-            elif _PLAIN_MD5.match(etag):
+            elif plain_md5:
                 actual = digests[0] if in_stream_md5 else file_digest(path, "md5")
             else:
-                return  # an ETag that is no MD5 (SSE-KMS): the size check is what is left
-            if actual != etag:
+                # No checksum and an ETag that is no MD5 (SSE-KMS, or parts of unknown
+                # sizes): the size and the ETag of every answer are what is left.
+                return
+            # Only a store whose ETags are MD5s makes a mismatch a wrong download.
+            if actual != etag and self.md5_etags:
                 raise IntegrityError(uri, f"ETag {etag} expected, the bytes give {actual}")
 
         result = download_ranges(
@@ -283,6 +321,7 @@ class S3ObjectStore(ObjectStore):
         if len(parts) == 1:
             data = source.read_bytes()
             md5 = hashlib.md5(data, usedforsecurity=False)
+            checksum = self._checksum_args(data)
             response = self._call(
                 uri,
                 self.client.put_object,
@@ -290,10 +329,18 @@ class S3ObjectStore(ObjectStore):
                 Key=parsed.key,
                 Body=data,
                 ContentMD5=base64.b64encode(md5.digest()).decode(),
-                **self._checksum_args(data),
+                # Named as well as sent, so that the store keeps it for later reads.
+                **({"ChecksumAlgorithm": "SHA256", **checksum} if checksum else {}),
             )
-            _check_etag(uri, _etag(response), md5.hexdigest())
-            return ObjectInfo(uri, size, etag=md5.hexdigest())
+            self._verify_upload(
+                uri,
+                parsed,
+                source,
+                response,
+                expected_etag=md5.hexdigest(),
+                expected_checksum=checksum.get("ChecksumSHA256"),
+            )
+            return ObjectInfo(uri, size, etag=_etag(response))
         return self._upload_multipart(source, uri, parsed, parts)
 
     def _upload_multipart(
@@ -322,12 +369,18 @@ class S3ObjectStore(ObjectStore):
                 ContentMD5=base64.b64encode(md5.digest()).decode(),
                 **checksum,
             )
-            _check_etag(uri, _etag(response), md5.hexdigest(), f"part {part.number}")
+            # The store checks each part's Content-MD5 on receipt (BadDigest); its part
+            # ETags need not be MD5s, so the whole object is verified once complete.
             return {"PartNumber": part.number, "ETag": response["ETag"], "md5": md5, **checksum}
 
         try:
             sent = upload_parts(uri, source, parts, send, self.transfer)
             expected = multipart_etag([entry.pop("md5").hexdigest() for entry in sent])
+            composite = (
+                _composite_sha256([entry["ChecksumSHA256"] for entry in sent])
+                if self.part_checksum == "sha256"
+                else None
+            )
             completed = self._call(
                 uri,
                 self.client.complete_multipart_upload,
@@ -343,12 +396,92 @@ class S3ObjectStore(ObjectStore):
                     Bucket=parsed.bucket, Key=parsed.key, UploadId=upload_id
                 )
             raise
+        self._verify_upload(
+            uri,
+            parsed,
+            source,
+            completed,
+            expected_etag=expected,
+            expected_checksum=composite,
+        )
+        return ObjectInfo(uri, source.stat().st_size, etag=_etag(completed))
+
+    def _verify_upload(
+        self,
+        uri: str,
+        parsed: ObjectUri,
+        source: Path,
+        response: dict[str, Any],
+        expected_etag: str,
+        expected_checksum: str | None,
+    ) -> None:
+        """Accept the uploaded object, or delete it only when its bytes are shown wrong."""
+        returned_checksum = response.get("ChecksumSHA256")
+        if expected_checksum and returned_checksum:
+            if returned_checksum != expected_checksum:
+                self._delete_wrong(
+                    uri,
+                    parsed,
+                    f"the store's SHA-256 checksum {returned_checksum} of the object is not "
+                    f"{expected_checksum}",
+                )
+            return
+        etag = _etag(response)
+        if _etag_may_be_md5(response):
+            if etag == expected_etag:
+                return
+            # Stores that give a multipart object the plain MD5 of its bytes (s3rver).
+            if _PLAIN_MD5.match(etag) and etag == file_digest(source, "md5"):
+                return
+        # The ETag says nothing checkable (SSE-KMS, a store's own scheme): the bytes do.
+        stored = self._read_back_md5(uri, parsed, etag)
+        local = file_digest(source, "md5")
+        if stored != local:
+            self._delete_wrong(
+                uri, parsed, f"the object read back has MD5 {stored}, the file {local}"
+            )
+
+    def _read_back_md5(self, uri: str, parsed: ObjectUri, etag: str) -> str:
+        response = self._call(
+            uri,
+            self.client.get_object,
+            Bucket=parsed.bucket,
+            Key=parsed.key,
+            IfMatch=f'"{etag}"',
+        )
+        digest = hashlib.md5(usedforsecurity=False)
+        body = response["Body"]
+        if _etag(response) != etag:
+            # Another writer replaced it (on a store that ignores If-Match): not ours to delete.
+            body.close()
+            raise IntegrityError(uri, "the object changed while it was being verified")
         try:
-            _check_etag(uri, _etag(completed), expected)
-        except IntegrityError:
-            self.client.delete_object(Bucket=parsed.bucket, Key=parsed.key)
-            raise
-        return ObjectInfo(uri, source.stat().st_size, etag=expected)
+            for chunk in body.iter_chunks(8 * 1024 * 1024):
+                digest.update(chunk)
+        except (BotoCoreError, OSError) as error:
+            raise StoreError(f"{uri}: connection lost reading the upload back: {error}") from None
+        finally:
+            body.close()
+        return digest.hexdigest()
+
+    def _delete_wrong(self, uri: str, parsed: ObjectUri, reason: str) -> None:
+        # Verified wrong, not merely unverifiable: a corrupt object must not stay.
+        self._call(uri, self.client.delete_object, Bucket=parsed.bucket, Key=parsed.key)
+        raise IntegrityError(uri, reason)
+
+    def _upload_part_size(
+        self, uri: str, parsed: ObjectUri, size: int, part_count: int
+    ) -> int | None:
+        """Size of the object's upload parts when they combine into its ETag, else None."""
+        first = self._call(
+            uri, self.client.head_object, Bucket=parsed.bucket, Key=parsed.key, PartNumber=1
+        )
+        part_size = int(first["ContentLength"])
+        # A store that ignores partNumber answers the whole object; parts of uneven
+        # sizes cannot be aligned to either.
+        if part_size <= 0 or part_size >= size or -(-size // part_size) != part_count:
+            return None
+        return part_size
 
     def _checksum_args(self, data: bytes) -> dict[str, str]:
         if self.part_checksum == "none":
@@ -414,7 +547,34 @@ def _etag(response: dict[str, Any]) -> str:
     return str(response.get("ETag", "")).strip('"').lower()
 
 
-def _check_etag(uri: str, returned: str, expected: str, what: str = "object") -> None:
-    # Only an ETag shaped like an MD5 is one: SSE-KMS objects get an opaque ETag.
-    if (_PLAIN_MD5.match(returned) or _MULTIPART.match(returned)) and returned != expected:
-        raise IntegrityError(uri, f"the store's ETag {returned} of the {what} is not {expected}")
+def _etag_may_be_md5(response: dict[str, Any]) -> bool:
+    """False where the answer shows encryption whose ETags are no MD5 of the data."""
+    encryption = str(response.get("ServerSideEncryption") or "").lower()
+    return encryption not in _OPAQUE_ETAG_ENCRYPTION and not response.get("SSECustomerAlgorithm")
+
+
+def _full_object_sha256(head: dict[str, Any], etag: str) -> str:
+    """The object's SHA-256 (base64) where the store vouches it covers the whole object.
+
+    A composite checksum (``<base64>-<parts>``, ChecksumType COMPOSITE) needs the part
+    boundaries. A checksum with no type is trusted only on a single-part object: moto
+    5.2 answers a multipart object with a bare checksum that is no SHA-256 of it.
+    """
+    checksum = str(head.get("ChecksumSHA256") or "")
+    kind = head.get("ChecksumType")
+    if not checksum or "-" in checksum:
+        return ""
+    if kind == "FULL_OBJECT" or (kind is None and not _MULTIPART.match(etag)):
+        return checksum
+    return ""
+
+
+def _base64_of_hex(hex_digest: str) -> str:
+    return base64.b64encode(bytes.fromhex(hex_digest)).decode()
+
+
+def _composite_sha256(part_checksums: builtins.list[str]) -> str:
+    """S3's composite checksum of a multipart object: SHA-256 of the parts' binary
+    SHA-256s, base64, then ``-<count>``."""
+    joined = b"".join(base64.b64decode(checksum) for checksum in part_checksums)
+    return f"{base64.b64encode(hashlib.sha256(joined).digest()).decode()}-{len(part_checksums)}"

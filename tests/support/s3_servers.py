@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import fcntl
 import hashlib
+import http.client
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -220,6 +223,175 @@ class RangeFileServer:
         self.port = int(self._server.server_address[1])
         self.url = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+S3RVER_PROJECT = Path(__file__).parent / "s3rver"
+# s3rver's built-in account (its README): the only keys it accepts.
+S3RVER_KEY = "S3RVER"
+
+
+def _installed_s3rver() -> Path:
+    """s3rver from the pinned lock file, installed once per lock into a cache folder."""
+    lock = (S3RVER_PROJECT / "package-lock.json").read_bytes()
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpuflow-tests"
+    folder = cache / f"s3rver-{hashlib.sha256(lock).hexdigest()[:16]}"
+    binary = folder / "node_modules" / ".bin" / "s3rver"
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".install.lock").open("w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)  # parallel test sessions install once
+        if not binary.exists():
+            for name in ("package.json", "package-lock.json"):
+                (folder / name).write_bytes((S3RVER_PROJECT / name).read_bytes())
+            npm = shutil.which("npm")
+            if npm is None:
+                raise RuntimeError("npm is missing: install the Debian packages nodejs and npm")
+            subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
+                cwd=folder,
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
+    return binary
+
+
+class S3rverServer:
+    """s3rver 3.7.1 (npm), a second S3 implementation: unlike S3 it gives a multipart
+    object the plain MD5 of its bytes as ETag, ignores ``If-Match`` and ``partNumber``
+    and keeps no additional checksums."""
+
+    def __init__(self, data: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [str(_installed_s3rver()), "-d", str(data), "-a", "127.0.0.1"]
+        self._process = subprocess.Popen(
+            [*command, "-p", str(self.port), "-s", "--no-vhost-buckets"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("s3rver did not start") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+_ETAG_VALUE = re.compile(rb"(&quot;|\")([0-9a-f]{32})(-\d+)?(&quot;|\")")
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "expect", "content-length"}
+
+
+class OpaqueEtagProxy:
+    """An HTTP proxy in front of an S3 server that answers like AWS S3 does for SSE-KMS
+    objects (AWS S3 user guide, "Checking object integrity": their ETags are not an MD5
+    of the data): every ETag the server gives out becomes another value of the same
+    shape, with ``x-amz-server-side-encryption: aws:kms`` (left out with ``announce_kms``
+    false: a store that computes ETags its own way and says nothing of it); ETags clients send back
+    (``If-Match``, the part list of CompleteMultipartUpload) are mapped to the server's.
+
+    With ``corrupt_writes`` set it also stands for a store that keeps other bytes than
+    it was sent: the last byte of every PUT body flips, and the checksums the client
+    sent (which would give the corruption away on receipt) are dropped. With
+    ``corrupt_reads`` the last byte of every object GET answer flips on the way back."""
+
+    def __init__(self, upstream_port: int, announce_kms: bool = True) -> None:
+        self._upstream_port = upstream_port
+        self._real_of: dict[bytes, bytes] = {}
+        self._lock = threading.Lock()
+        self.corrupt_writes = False
+        self.corrupt_reads = False
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._relay()
+
+            do_HEAD = do_PUT = do_POST = do_DELETE = do_GET
+
+            def _relay(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = proxy._to_real(self.rfile.read(length)) if length else b""
+                headers = {
+                    name: proxy._to_real(value.encode()).decode()
+                    for name, value in self.headers.items()
+                    if name.lower() not in _HOP_BY_HOP
+                }
+                if proxy.corrupt_writes and self.command == "PUT" and body:
+                    body = body[:-1] + bytes([body[-1] ^ 0xFF])
+                    headers = {
+                        name: value
+                        for name, value in headers.items()
+                        if not name.lower().startswith(("content-md5", "x-amz-checksum"))
+                    }
+                upstream = http.client.HTTPConnection("127.0.0.1", proxy._upstream_port)
+                try:
+                    upstream.request(self.command, self.path, body=body, headers=headers)
+                    answer = upstream.getresponse()
+                    content = proxy._to_opaque(answer.read())
+                    object_read = self.command == "GET" and "?" not in self.path
+                    if proxy.corrupt_reads and object_read and content:
+                        content = content[:-1] + bytes([content[-1] ^ 0xFF])
+                    self.send_response(answer.status)
+                    for name, value in answer.getheaders():
+                        if name.lower() not in _HOP_BY_HOP:
+                            self.send_header(name, proxy._to_opaque(value.encode()).decode())
+                    if announce_kms and (answer.getheader("ETag") or b"ETag" in content):
+                        self.send_header("x-amz-server-side-encryption", "aws:kms")
+                    # A HEAD answer has no body but the length of the one GET would send.
+                    announced = answer.getheader("Content-Length", "0")
+                    self.send_header(
+                        "Content-Length", announced if self.command == "HEAD" else str(len(content))
+                    )
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(content)
+                finally:
+                    upstream.close()
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def _to_opaque(self, data: bytes) -> bytes:
+        def opaque(match: re.Match[bytes]) -> bytes:
+            real = match.group(2)
+            fake = hashlib.md5(b"kms:" + real, usedforsecurity=False).hexdigest().encode()
+            with self._lock:
+                self._real_of[fake] = real
+            return match.group(1) + fake + (match.group(3) or b"") + match.group(4)
+
+        return _ETAG_VALUE.sub(opaque, data)
+
+    def _to_real(self, data: bytes) -> bytes:
+        def real(match: re.Match[bytes]) -> bytes:
+            with self._lock:
+                value = self._real_of.get(match.group(2), match.group(2))
+            return match.group(1) + value + (match.group(3) or b"") + match.group(4)
+
+        return _ETAG_VALUE.sub(real, data)
 
     def stop(self) -> None:
         self._server.shutdown()

@@ -1,0 +1,281 @@
+"""S3ObjectStore on stores whose ETags are not S3's MD5s: s3rver 3.7.1 (a second, independent
+S3 implementation with plain-MD5 multipart ETags, no If-Match, no partNumber, no additional
+checksums) and moto behind a proxy that answers with SSE-KMS-style opaque ETags."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from prefect_aws import AwsCredentials
+
+from gpuflow.core.errors import IntegrityError, ObjectNotFoundError
+from gpuflow.storage.s3 import S3ObjectStore
+from gpuflow.storage.transfer import MiB
+from tests.storage.conftest import SMALL_PARTS
+from tests.support.files import random_file, sha256_of
+from tests.support.s3_servers import (
+    S3RVER_KEY,
+    CountingProxy,
+    MotoServer,
+    OpaqueEtagProxy,
+    S3rverServer,
+)
+
+pytestmark = pytest.mark.integration
+
+SIZES = [1000, 12 * MiB + 7]  # one PUT, and a multipart upload of three parts
+
+
+@pytest.fixture(scope="module")
+def s3rver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3rverServer]:
+    server = S3rverServer(tmp_path_factory.mktemp("s3rver"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3rver_proxy(s3rver: S3rverServer) -> Iterator[CountingProxy]:
+    proxy = CountingProxy(s3rver.port)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture(scope="module")
+def kms_proxy(moto_server: MotoServer) -> Iterator[OpaqueEtagProxy]:
+    proxy = OpaqueEtagProxy(moto_server.port)
+    yield proxy
+    proxy.stop()
+
+
+def _store(url: str, key: str) -> S3ObjectStore:
+    return S3ObjectStore(
+        endpoint_url=url,
+        region_name="us-east-1",
+        addressing_style="path",
+        credentials=AwsCredentials(aws_access_key_id=key, aws_secret_access_key=key),
+        transfer=SMALL_PARTS,
+    )
+
+
+@pytest.fixture
+def s3rver_store(s3rver_proxy: CountingProxy) -> S3ObjectStore:
+    s3rver_proxy.reset()
+    s3rver_proxy.release()
+    return _store(s3rver_proxy.url, S3RVER_KEY)
+
+
+@pytest.fixture
+def kms_store(kms_proxy: OpaqueEtagProxy) -> S3ObjectStore:
+    return _store(kms_proxy.url, "testing")
+
+
+@pytest.fixture(params=["s3rver", "kms"])
+def odd_store(request: pytest.FixtureRequest) -> S3ObjectStore:
+    store: S3ObjectStore = request.getfixturevalue(f"{request.param}_store")
+    return store
+
+
+def _new_bucket(store: S3ObjectStore) -> str:
+    name = f"bucket-{uuid.uuid4().hex[:12]}"
+    store.client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda size: f"{size}B")
+def test_upload_whose_etag_is_no_s3_md5_is_kept_and_downloads_intact(
+    odd_store: S3ObjectStore, tmp_path: Path, size: int
+) -> None:
+    bucket = _new_bucket(odd_store)
+    source = random_file(tmp_path / "video.mp4", size)
+    uri = f"s3://{bucket}/out/video.mp4"
+
+    uploaded = odd_store.upload(source, uri)
+
+    # The object the store holds is the one uploaded, under the ETag the store gave it.
+    assert odd_store.stat(uri).etag == uploaded.etag
+    odd_store.download(uri, tmp_path / "copy.mp4")
+    assert sha256_of(tmp_path / "copy.mp4") == sha256_of(source)
+
+
+def test_s3rver_gives_multipart_objects_a_plain_md5_etag(
+    s3rver_store: S3ObjectStore, tmp_path: Path
+) -> None:
+    # What the store does, so that the test above covers the plain-MD5 case.
+    bucket = _new_bucket(s3rver_store)
+    source = random_file(tmp_path / "blob", 12 * MiB)
+    uploaded = s3rver_store.upload(source, f"s3://{bucket}/blob")
+    assert uploaded.etag is not None and "-" not in uploaded.etag
+
+
+def test_download_of_an_object_another_client_uploaded_in_parts(
+    odd_store: S3ObjectStore, tmp_path: Path
+) -> None:
+    bucket = _new_bucket(odd_store)
+    source = random_file(tmp_path / "weights", 17 * MiB + 3)
+    odd_store.client.upload_file(
+        str(source),
+        bucket,
+        "weights",
+        Config=TransferConfig(multipart_threshold=6 * MiB, multipart_chunksize=6 * MiB),
+    )
+
+    odd_store.download(f"s3://{bucket}/weights", tmp_path / "copy")
+
+    assert sha256_of(tmp_path / "copy") == sha256_of(source)
+
+
+@pytest.mark.parametrize("server", ["moto", "s3rver"])
+def test_object_replaced_during_a_ranged_download_is_detected(
+    server: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    # moto honours If-Match (PreconditionFailed); s3rver ignores it and sends the new
+    # version, whose ETag in the answer gives the change away.
+    proxy: CountingProxy = request.getfixturevalue(
+        f"{'s3' if server == 'moto' else 's3rver'}_proxy"
+    )
+    backend_port = request.getfixturevalue("moto_server" if server == "moto" else "s3rver").port
+    key = S3RVER_KEY if server == "s3rver" else "testing"
+    store = _store(proxy.url, key)
+    proxy.reset()
+    proxy.release()
+    bucket = _new_bucket(store)
+    uri = f"s3://{bucket}/big"
+    store.upload(random_file(tmp_path / "v1", 40 * MiB), uri)
+    direct = boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{backend_port}",
+        region_name="us-east-1",
+        aws_access_key_id=key,
+        aws_secret_access_key=key,
+        config=Config(s3={"addressing_style": "path"}),
+    )
+    destination = tmp_path / "dl" / "big"
+    failures: list[BaseException] = []
+
+    # A new store: its connections open after the reset below, so the proxy counts them.
+    downloader = _store(proxy.url, key)
+
+    def download() -> None:
+        try:
+            downloader.download(uri, destination)
+        except BaseException as error:
+            failures.append(error)
+
+    # The first parts' answers (old version) pass until the object is replaced.
+    proxy.reset()
+    proxy.stall_after(5 * MiB)
+    worker = threading.Thread(target=download)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while proxy.bytes_down <= 5 * MiB:
+            assert worker.is_alive(), f"the download ended before the object changed: {failures}"
+            assert time.monotonic() < deadline, "the download sent nothing in time"
+            time.sleep(0.02)
+        direct.put_object(Bucket=bucket, Key="big", Body=(tmp_path / "v1").read_bytes()[::-1])
+    finally:
+        proxy.release()
+        worker.join(timeout=120)
+
+    assert len(failures) == 1 and isinstance(failures[0], IntegrityError), failures
+    assert "changed during the transfer" in str(failures[0])
+    assert not destination.exists()
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda size: f"{size}B")
+def test_upload_the_store_keeps_wrong_is_shown_wrong_and_deleted(
+    kms_store: S3ObjectStore, kms_proxy: OpaqueEtagProxy, tmp_path: Path, size: int
+) -> None:
+    bucket = _new_bucket(kms_store)
+    source = random_file(tmp_path / "video.mp4", size)
+    uri = f"s3://{bucket}/out/video.mp4"
+
+    kms_proxy.corrupt_writes = True
+    try:
+        # Shown wrong by the checksum the store computed of what it kept (moto does for a
+        # PUT naming its algorithm) or, where the store returns none, by reading it back.
+        with pytest.raises(IntegrityError, match=r"read back has MD5|SHA-256 checksum .* is not"):
+            kms_store.upload(source, uri)
+    finally:
+        kms_proxy.corrupt_writes = False
+
+    with pytest.raises(ObjectNotFoundError):
+        kms_store.stat(uri)
+
+
+def test_download_with_an_opaque_etag_is_checked_against_the_stored_checksum(
+    kms_store: S3ObjectStore, kms_proxy: OpaqueEtagProxy, tmp_path: Path
+) -> None:
+    # The ETag of an SSE-KMS object says nothing of its bytes; the SHA-256 checksum the
+    # object was uploaded with (ChecksumMode=ENABLED) still does.
+    bucket = _new_bucket(kms_store)
+    uri = f"s3://{bucket}/cat.png"
+    kms_store.upload(random_file(tmp_path / "cat.png", 1000), uri)
+
+    kms_proxy.corrupt_reads = True
+    try:
+        with pytest.raises(IntegrityError, match="SHA-256 checksum"):
+            kms_store.download(uri, tmp_path / "copy.png")
+    finally:
+        kms_proxy.corrupt_reads = False
+    assert not (tmp_path / "copy.png").exists()
+
+
+@pytest.mark.parametrize("md5_etags", [False, True])
+def test_a_store_computing_etags_its_own_way_is_declared_so(
+    moto_server: MotoServer, tmp_path: Path, md5_etags: bool
+) -> None:
+    # Opaque ETags with no encryption header: only the store's settings say whether a
+    # mismatch means wrong bytes (md5_etags) or an ETag that is no MD5 (OSS, COS).
+    proxy = OpaqueEtagProxy(moto_server.port, announce_kms=False)
+    try:
+        store = _store(proxy.url, "testing").model_copy(update={"md5_etags": md5_etags})
+        bucket = _new_bucket(store)
+        source = random_file(tmp_path / "weights", 12 * MiB + 7)
+        uri = f"s3://{bucket}/weights"
+        store.upload(source, uri)  # verified by reading it back either way
+
+        if md5_etags:
+            with pytest.raises(IntegrityError, match=r"ETag \S+ expected"):
+                store.download(uri, tmp_path / "copy")
+        else:
+            store.download(uri, tmp_path / "copy")
+            assert sha256_of(tmp_path / "copy") == sha256_of(source)
+    finally:
+        proxy.stop()
+
+
+def test_provider_stores_do_not_take_etags_for_md5s() -> None:
+    assert not S3ObjectStore.for_provider("oss", "cn-hangzhou").md5_etags
+    assert S3ObjectStore.for_provider("oss", "cn-hangzhou", md5_etags=True).md5_etags
+    assert S3ObjectStore().md5_etags
+
+
+@pytest.mark.parametrize("server", ["moto", "s3rver"])
+def test_an_upload_an_md5_etag_verifies_is_not_read_back(
+    server: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # S3's MD5 of part MD5s (moto) and s3rver's plain MD5 both verify the bytes: reading
+    # 12 MiB back would double the traffic for nothing.
+    proxy: CountingProxy = request.getfixturevalue(
+        "s3_proxy" if server == "moto" else "s3rver_proxy"
+    )
+    key = S3RVER_KEY if server == "s3rver" else "testing"
+    bucket = _new_bucket(_store(proxy.url, key))
+    proxy.reset()
+    proxy.release()
+    store = _store(proxy.url, key)  # connections opened after the reset are counted
+
+    store.upload(random_file(tmp_path / "video.mp4", 12 * MiB + 7), f"s3://{bucket}/video.mp4")
+
+    assert proxy.bytes_down < 256 * 1024, "only answers came back, not the object"
