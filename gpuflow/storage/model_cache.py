@@ -241,6 +241,14 @@ class ModelCache(Block):
             if not (local.is_file() and local.stat().st_size == info.size):
                 store.download(info.uri, local)
                 fetched += info.size
+                # The listing's size is a promise too (an index without checksums has only
+                # it): a file that came shorter or longer is never published as ready.
+                received = local.stat().st_size
+                if received != info.size:
+                    local.unlink()
+                    raise IntegrityError(
+                        info.uri, f"the listing says {info.size} bytes, {received} arrived"
+                    )
             files.append(_file_entry(staging, local, info))
         manifest = {
             "format": 1,
