@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
+from gpuflow.core.redaction import redacted_url
 from gpuflow.gpu.admission.base import (
     POOL_SEPARATOR,
     SELECT_ENTRIES,
+    AdmissionConfigError,
     AdmissionError,
     AdmissionQueue,
     entry_from_row,
@@ -57,8 +59,7 @@ class PostgresAdmissionQueue(AdmissionQueue):
 
     @property
     def location(self) -> str:
-        scheme, _, rest = self._dsn.partition("://")
-        return f"{scheme}://{rest.rpartition('@')[2]}"
+        return redacted_url(self._dsn)
 
     async def _pool(self) -> asyncpg.Pool:
         loop = asyncio.get_running_loop()
@@ -83,6 +84,12 @@ class PostgresAdmissionQueue(AdmissionQueue):
             raise AdmissionError(
                 f"cannot reach the admission queue {self.location}: {exc}"
             ) from exc
+        except (ValueError, TypeError, OverflowError, asyncpg.InterfaceError) as exc:
+            # The driver's parse errors quote pieces of the URL, password included.
+            raise AdmissionConfigError(
+                f"the admission queue URL {self.location} is malformed ({type(exc).__name__}); "
+                "percent-encode a user or password that holds '/', '?', '#' or '@'"
+            ) from None
         return pool
 
     @contextlib.asynccontextmanager
