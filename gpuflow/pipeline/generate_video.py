@@ -27,6 +27,7 @@ from gpuflow.core.workspace import Workspace, run_id_for
 from gpuflow.envs.fabric import ResolvedEnv
 from gpuflow.gpu.capacity import check_gpu_capacity
 from gpuflow.pipeline.costs import RunCosts
+from gpuflow.pipeline.input_image import check_input_image
 from gpuflow.pipeline.job_contract import OUTPUT_NAME, RAW_OUTPUT, job_spec
 from gpuflow.pipeline.progress import ProgressReporter, job_line_handler
 from gpuflow.pipeline.stack import GpuflowStack
@@ -44,10 +45,11 @@ def _retry_if_retryable(task: object, task_run: TaskRun, state: State) -> bool:
 
 @task(cache_policy=NO_CACHE)
 def stage_inputs(stack: GpuflowStack, request: VideoRequest, workspace: Workspace) -> Path:
-    """Copy the input image into the run's workspace under a safe name."""
+    """Copy the input image into the run's workspace under a safe name, and check it."""
     name = ObjectUri.parse(request.image_uri).name or "input-image"
     destination = workspace.input_path(name)
     stack.store_for(request.image_uri).download(request.image_uri, destination)
+    check_input_image(destination, request.image_uri)
     return destination
 
 
