@@ -106,7 +106,11 @@ async def run_gpu_job(
             logger.info("Admitted after %.1fs (priority %s)", hold.waited_s, priority.value)
         logger.info("Holding %d slot(s) of %s", job.gpus, ", ".join(hold.lease.names))
         emit_run_event(GpuflowEvent.JOB_STARTED, job.workdir.name, job=job.name)
-        result = await stack.compute.run(job, job_line_handler(job, progress, logger))
+        lines = job_line_handler(job, progress, logger)
+        try:
+            result = await stack.compute.run(job, lines)
+        finally:
+            lines.close()
     if result.exit_code != 0:
         raise JobFailedError(result.exit_code, "\n".join(result.last_lines[-5:]))
     await progress.finish()
