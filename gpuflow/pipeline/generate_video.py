@@ -155,6 +155,9 @@ async def generate_video(request: VideoRequest, stack: str = "default") -> str:
     # Refuse what can never run before anything is downloaded or any GPU is held.
     await check_gpu_capacity(pipeline.gpu_limits(request.gpu_type), request.gpus)
     pipeline.store_for(request.image_uri)
+    if not pipeline.model_cache.is_ready(request.model):
+        source = pipeline.model_source(request.model)
+        pipeline.model_cache.require_source(pipeline.store_for(source), source)
 
     run_id = run_id_for(flow_run.get_id())
     workspace = Workspace.create(pipeline.nas_root, run_id)

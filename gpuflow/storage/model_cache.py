@@ -98,10 +98,8 @@ class ModelCache(Block):
         if check.ready and not check.drifted:
             self._touch(final)
             return CachedModel(final, downloaded=False, bytes_downloaded=0)
-        # A missing or empty source (a model name with a typo) fails here, before the
-        # cache makes a directory or a lock for it.
-        if check.manifest is None and not any(True for _ in store.list(source_uri)):
-            raise ObjectNotFoundError(source_uri, "no model files under this prefix")
+        if check.manifest is None:
+            self.require_source(store, source_uri)
         final.parent.mkdir(parents=True, exist_ok=True)
         with self._fill_lock(model):
             # Another process may have filled it while we waited for the lock.
@@ -116,6 +114,12 @@ class ModelCache(Block):
                 size = self._fill(final, model, store, source_uri)
         self._touch(final)
         return CachedModel(final, downloaded=size > 0, bytes_downloaded=size)
+
+    def require_source(self, store: ObjectStore, source_uri: str) -> None:
+        """Refuse a missing or empty source (a model name with a typo) before anything is
+        made for it: no directory, no lock, no in-use marker."""
+        if not any(True for _ in store.list(source_uri)):
+            raise ObjectNotFoundError(source_uri, "no model files under this prefix")
 
     def is_ready(self, model: ModelRef) -> bool:
         return self.verify(self.model_dir(model))

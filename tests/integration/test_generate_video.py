@@ -228,6 +228,18 @@ def test_more_gpus_than_the_limit_is_refused_before_any_download(
     _assert_clean_failure(layout, state, gpu_limit_name, workspace_created=False)
 
 
+def test_a_model_name_with_a_typo_fails_before_anything_is_created(
+    layout: EmbeddedLayout, stack_name: str, gpu_limit_name: str
+) -> None:
+    typo = {"name": "wan2.2-i2v-standni", "revision": "v1"}
+    state = _run(_request(layout, model=typo), stack_name)
+    assert state.is_failed()
+    with pytest.raises(ObjectNotFoundError, match=r"wan2\.2-i2v-standni"):
+        state.result()
+    assert not (layout.nas_root / "models" / "wan2.2-i2v-standni").exists()
+    _assert_clean_failure(layout, state, gpu_limit_name, workspace_created=False)
+
+
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [("resolution", "300x200", "300"), ("num_frames", 20, "20"), ("resolution", "64x4096", "4096")],
