@@ -98,7 +98,19 @@ class PodLogs:
                 if last_stamp:
                     resume["since_seconds"] = int(time.time() - last_seen) + 2
                 try:
-                    response = await self._open_log(pod, resume)
+                    response = cast(
+                        aiohttp.ClientResponse,
+                        await self.core.read_namespaced_pod_log(
+                            pod,
+                            self.namespace,
+                            container=CONTAINER_NAME,
+                            follow=True,
+                            timestamps=True,
+                            _preload_content=False,
+                            _request_timeout=aiohttp.ClientTimeout(sock_read=_LOG_SILENCE_S),
+                            **resume,
+                        ),
+                    )
                 except (ApiException, aiohttp.ClientError, TimeoutError) as error:
                     if isinstance(error, ApiException) and error.status in (400, 404):
                         return  # pod gone, or its container never started
@@ -133,28 +145,6 @@ class PodLogs:
                 if await self._container_done(pod):
                     return
                 await asyncio.sleep(min(1.0, self.poll_interval_s))
-
-    async def _open_log(self, pod: str, resume: dict[str, Any]) -> aiohttp.ClientResponse:
-        response = cast(
-            aiohttp.ClientResponse,
-            await self.core.read_namespaced_pod_log(
-                pod,
-                self.namespace,
-                container=CONTAINER_NAME,
-                follow=True,
-                timestamps=True,
-                _preload_content=False,
-                _request_timeout=aiohttp.ClientTimeout(sock_read=_LOG_SILENCE_S),
-                **resume,
-            ),
-        )
-        # Unpreloaded responses are not checked by the client: an error status (the pod
-        # deleted meanwhile, say) would otherwise be copied into the log as a line.
-        if not 200 <= response.status <= 299:
-            reason = response.reason or ""
-            response.release()
-            raise ApiException(status=response.status, reason=reason)
-        return response
 
     async def _container_done(self, pod: str) -> bool:
         try:
