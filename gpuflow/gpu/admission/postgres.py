@@ -93,11 +93,23 @@ class PostgresAdmissionQueue(AdmissionQueue):
         return pool
 
     @contextlib.asynccontextmanager
+    async def _unreachable_as_admission_error(self) -> AsyncIterator[None]:
+        """A dropped connection or a database that is down is an ``AdmissionError``, which
+        waiting rides out, never a bare ``ConnectionError`` that would fail the run."""
+        try:
+            yield
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise AdmissionError(
+                f"the admission queue {self.location} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        pool = await self._pool()
-        async with pool.acquire() as connection, connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock($1)", _POSTGRES_LOCK_KEY)
-            yield connection
+        async with self._unreachable_as_admission_error():
+            pool = await self._pool()
+            async with pool.acquire() as connection, connection.transaction():
+                await connection.execute("SELECT pg_advisory_xact_lock($1)", _POSTGRES_LOCK_KEY)
+                yield connection
 
     @staticmethod
     async def _reap(connection: asyncpg.Connection) -> None:
@@ -151,19 +163,23 @@ class PostgresAdmissionQueue(AdmissionQueue):
             return True
 
     async def heartbeat(self, ticket_id: str, ttl_s: float) -> bool:
-        pool = await self._pool()
-        renewed = await pool.execute(
-            "UPDATE gpuflow_admission_ticket "
-            "SET expires_at = EXTRACT(EPOCH FROM clock_timestamp()) + $2 "
-            "WHERE ticket_id = $1",
-            ticket_id,
-            ttl_s,
-        )
+        async with self._unreachable_as_admission_error():
+            pool = await self._pool()
+            renewed = await pool.execute(
+                "UPDATE gpuflow_admission_ticket "
+                "SET expires_at = EXTRACT(EPOCH FROM clock_timestamp()) + $2 "
+                "WHERE ticket_id = $1",
+                ticket_id,
+                ttl_s,
+            )
         return bool(renewed != "UPDATE 0")
 
     async def leave(self, ticket_id: str) -> None:
-        pool = await self._pool()
-        await pool.execute("DELETE FROM gpuflow_admission_ticket WHERE ticket_id = $1", ticket_id)
+        async with self._unreachable_as_admission_error():
+            pool = await self._pool()
+            await pool.execute(
+                "DELETE FROM gpuflow_admission_ticket WHERE ticket_id = $1", ticket_id
+            )
 
     async def entries(self) -> list[QueueEntry]:
         async with self._transaction() as connection:
