@@ -5,6 +5,9 @@ PYTHON ?= python3
 UV_TOOLS := $(CURDIR)/.tools/uv
 UV ?= $(shell command -v uv 2>/dev/null || echo $(UV_TOOLS)/bin/uv)
 RUN := $(UV) run --frozen
+# Test processes: most integration tests wait on servers and subprocesses, so three
+# workers keep two cores busy. A file's tests stay on one worker (they share fixtures).
+TEST_WORKERS ?= 3
 
 .PHONY: demo test lint typecheck unit templates sync server-stop clean
 
@@ -12,7 +15,7 @@ demo: sync
 	$(RUN) gpuflow demo
 
 test: sync lint typecheck
-	$(RUN) pytest
+	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The tests that need no service (no Prefect server, database, emulator or uv build).
 unit: sync

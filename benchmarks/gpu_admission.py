@@ -16,6 +16,7 @@ production: on SQLite, 40 flow runs starting at once on a 2-core machine get
 import argparse
 import asyncio
 import contextlib
+import json
 import statistics
 import sys
 import tempfile
@@ -23,7 +24,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from prefect import flow
@@ -32,12 +33,44 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gpuflow.compute.base import JobSpec
 from gpuflow.compute.local import LocalSubprocess
 from gpuflow.gpu.capacity import ensure_gpu_limits
 from gpuflow.ops.bootstrap import bootstrap
 from gpuflow.ops.embedded import EmbeddedLayout
 from gpuflow.ops.local_server import ensure_server, stop_server
-from tests.support.gpu_probe import PROBE_JOB, gpu_probe, read_records
+from gpuflow.pipeline.generate_video import run_gpu_job
+from gpuflow.pipeline.stack import GpuflowStack
+
+# The job: records when it started and ended (its own clock) under <record_dir>/<name>.json.
+PROBE_JOB = """
+import json, os, sys, time
+record_dir, name, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+record = {"name": name, "started": time.time()}
+time.sleep(seconds)
+record["ended"] = time.time()
+with open(os.path.join(record_dir, name + ".json"), "w") as out:
+    json.dump(record, out)
+"""
+
+
+def read_records(record_dir: Path) -> dict[str, dict[str, Any]]:
+    return {path.stem: json.loads(path.read_text()) for path in sorted(record_dir.glob("*.json"))}
+
+
+@flow(name="gpu-probe")
+async def gpu_probe(stack: str, name: str, seconds: float, record_dir: str) -> dict[str, Any]:
+    """The probe job through gpuflow's GPU step, the way generate-video runs its job."""
+    flow_started = time.time()
+    pipeline = cast(GpuflowStack, await GpuflowStack.aload(stack))
+    job = JobSpec(
+        name=name,
+        argv=[sys.executable, "-c", PROBE_JOB, record_dir, name, str(seconds)],
+        workdir=Path(record_dir),
+        gpus=1,
+    )
+    await run_gpu_job(pipeline, job)
+    return {"flow_started": flow_started}
 
 
 @flow(name="bare-concurrency-probe")
@@ -53,7 +86,7 @@ async def bare_probe(limit: str, name: str, seconds: float, record_dir: str) -> 
 
 
 async def _gpuflow_run(stack: str, name: str, seconds: float, record_dir: Path) -> Any:
-    return await gpu_probe(stack, name, 1, seconds, str(record_dir))
+    return await gpu_probe(stack, name, seconds, str(record_dir))
 
 
 async def _bare_run(limit: str, name: str, seconds: float, record_dir: Path) -> Any:

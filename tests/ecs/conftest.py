@@ -1,4 +1,5 @@
-"""ECS tests: moto's server on 127.0.0.1 over HTTP, with a recorded-answers proxy in front."""
+"""ECS tests: moto's server on 127.0.0.1 over HTTP, with the answers proxy in front
+(tests/support/ecs_answers.py: what moto does not model, hand-written from the AWS docs)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ RECORDED = Path(__file__).parent / "recorded"
 
 
 def recorded(name: str) -> dict[str, Any]:
-    """A recorded AWS answer (see recorded/README.md for where each comes from)."""
+    """An AWS answer written by hand from the AWS docs, not captured from AWS (see
+    recorded/README.md for the page each follows)."""
     answer: dict[str, Any] = json.loads((RECORDED / f"{name}.json").read_text())
     return answer
 

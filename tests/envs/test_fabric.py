@@ -18,6 +18,7 @@ import pytest
 from gpuflow.core.errors import EnvironmentBuildError
 from gpuflow.envs.fabric import METADATA, EnvironmentFabric
 from tests.support.env_kit import GatedWheelServer, lock_job, make_job, set_source_marker
+from tests.support.services import service_missing
 
 pytestmark = pytest.mark.integration
 
@@ -266,7 +267,7 @@ def test_cache_on_another_filesystem_reports_the_copy_fallback(
 ) -> None:
     shm = Path("/dev/shm")
     if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
-        pytest.skip("needs /dev/shm on a filesystem other than the test's tmp dir")
+        service_missing("needs /dev/shm on a filesystem other than the test's tmp dir")
     cache = shm / f"gpuflow-test-cache-{os.getpid()}-{tmp_path.name}"
     try:
         fabric = EnvironmentFabric(root=tmp_path / "nas", cache_dir=cache, build_timeout_s=120)
@@ -288,7 +289,7 @@ def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
     """A 192 KiB tmpfs: too small for the 256 KiB bulkpkg the demo job installs."""
     mount, umount = shutil.which("mount"), shutil.which("umount")
     if mount is None or umount is None:
-        pytest.skip("no mount/umount commands here")
+        service_missing("no mount/umount commands here")
     mountpoint = tmp_path / "tiny"
     mountpoint.mkdir()
     mounted = subprocess.run(
@@ -297,7 +298,7 @@ def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
         text=True,
     )
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
+        service_missing(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
     try:
         yield mountpoint
     finally:

@@ -25,6 +25,8 @@ import hcl2
 import pytest
 from hcl2 import SerializationOptions
 
+from tests.support.services import service_missing
+
 REPO = Path(__file__).resolve().parents[2]
 TF_ROOT = REPO / "infra" / "terraform"
 MODULES_DIR = TF_ROOT / "modules"
@@ -378,7 +380,7 @@ def test_module_calls_pass_tags() -> None:
 def _terraform() -> str:
     binary = shutil.which("terraform")
     if binary is None:
-        pytest.skip("terraform binary not on PATH: `terraform fmt -check` cannot run here")
+        service_missing("terraform binary not on PATH: `terraform fmt -check` cannot run here")
     return binary
 
 
@@ -581,7 +583,7 @@ def _uv() -> str:
         except FileNotFoundError:
             found = shutil.which("uv")
     if found is None:
-        pytest.skip("uv not found: it installs checkov from infra/terraform/checks/uv.lock")
+        service_missing("uv not found: it installs checkov from infra/terraform/checks/uv.lock")
     return found
 
 
@@ -633,7 +635,6 @@ def _failures(report: dict[str, Any]) -> list[str]:
     ]
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.integration
 def test_checkov_passes() -> None:
@@ -651,7 +652,6 @@ def test_checkov_passes() -> None:
     assert summary["failed"] == 0
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.integration
 def test_checkov_flags_bad_configuration(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -73,12 +74,8 @@ def test_concurrent_waiters_are_served_in_order_and_never_over_capacity(
 
     async def arrive(name: str, slots: int, priority: Priority) -> asyncio.Task[None]:
         """Start a request and return once it is queued, so arrivals have a known order."""
-        queued = len(await queue.entries())
         started = asyncio.create_task(request(name, slots, priority))
-        for _ in range(500):
-            if len(await queue.entries()) > queued:
-                break
-            await asyncio.sleep(0.01)
+        await _until_queued(queue, name, started)
         return started
 
     async def main() -> None:
@@ -100,6 +97,18 @@ def test_concurrent_waiters_are_served_in_order_and_never_over_capacity(
     assert asyncio.run(queue.entries()) == []
 
 
+async def _until_queued(queue: AdmissionQueue, holder: str, request: asyncio.Future[Any]) -> None:
+    """Wait until ``holder`` has an entry in the queue; a request that ended first (it
+    failed) or a minute without one fails the test, naming which."""
+    deadline = time.monotonic() + 60  # only a stuck test reaches this, never a slow one
+    while not [entry for entry in await queue.entries() if entry.holder == holder]:
+        if request.done():
+            request.result()  # its exception, if it failed
+            raise AssertionError(f"{holder} ended without ever being queued")
+        assert time.monotonic() < deadline, f"{holder} never reached the admission queue"
+        await asyncio.sleep(0.01)
+
+
 def test_a_dead_waiter_stops_blocking_the_queue_after_its_deadline(queue: AdmissionQueue) -> None:
     async def main() -> float:
         # A 2-GPU request whose process died while waiting: it never polls again.
@@ -110,8 +119,11 @@ def test_a_dead_waiter_stops_blocking_the_queue_after_its_deadline(queue: Admiss
         async with admitted(queue, alive, {"gpu": 2}, ttl_s=10, poll_s=0.1):
             return time.monotonic() - started
 
-    waited = asyncio.run(main())
-    assert 0.5 < waited < 5
+    # That it gets in at all is the behaviour: a minute is "never" (a stuck queue), not
+    # a speed bound. That it waited for the dead entry's 1 s deadline is the other half,
+    # a lower bound, which load can only make longer.
+    waited = asyncio.run(asyncio.wait_for(main(), timeout=60))
+    assert waited > 0.5
 
 
 def test_cancelling_a_waiter_removes_its_entry(queue: AdmissionQueue) -> None:
@@ -121,7 +133,7 @@ def test_cancelling_a_waiter_removes_its_entry(queue: AdmissionQueue) -> None:
             waiter = asyncio.create_task(
                 admitted(queue, Ticket(("gpu",), 1, Priority.NORMAL, "w"), {"gpu": 1}).__aenter__()
             )
-            await asyncio.sleep(0.3)
+            await _until_queued(queue, "w", waiter)
             waiter.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await waiter
@@ -161,11 +173,12 @@ def test_waiters_in_other_processes_share_the_queue(tmp_path: Path) -> None:
             await asyncio.sleep(0.3)
             assert not stamp.exists(), "the child got in while the only slot was held"
             released = time.time()
-        assert await asyncio.wait_for(child.wait(), 15) == 0
+        assert await asyncio.wait_for(child.wait(), 60) == 0  # 60 s: "never", not a bound
         return released, float(stamp.read_text())
 
     released, child_admitted = asyncio.run(main())
-    assert released <= child_admitted < released + 2
+    # The order is the behaviour (in only after the release); how soon depends on load.
+    assert released <= child_admitted
 
 
 def test_an_unknown_queue_url_is_refused_naming_the_scheme() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 import time
@@ -18,6 +19,7 @@ from prefect.client.schemas.objects import StateType
 from gpuflow.ops.embedded import EmbeddedLayout
 from gpuflow.ops.local_server import LocalServer
 from tests.integration.test_deployments import request_fields
+from tests.integration.test_janitor import PAYLOAD, _runs_in_states, _workspace
 from tests.support.deployed import GPUFLOW, Deployed, cli_env
 from tests.support.media import probe
 
@@ -152,11 +154,30 @@ def test_batch_check_lists_every_bad_line(
     assert "1 valid request(s), 2 invalid line(s)" in checked.stdout
 
 
-def test_janitor_command_reports_what_it_did(
+def _would_remove(stdout: str) -> tuple[int, int]:
+    """(workspaces, bytes) of the janitor's "Would remove/Removed N of M ..., B bytes" line."""
+    found = re.search(r"(?:Would remove|Removed) (\d+) of \d+ workspace\(s\), (\d+) bytes", stdout)
+    assert found, stdout
+    return int(found[1]), int(found[2])
+
+
+def test_janitor_dry_run_reports_a_stale_workspace_and_keeps_it(
     deployed: Deployed, layout: EmbeddedLayout, env: dict[str, str]
 ) -> None:
-    layout.nas_root.mkdir(parents=True, exist_ok=True)
-    done = _gpuflow(env, "janitor", "--stack", deployed.stack, "--dry-run")
+    (finished,) = asyncio.run(_runs_in_states([StateType.COMPLETED]))
+    stale = _workspace(layout.nas_root, finished, age_s=48 * 3600)
+
+    dry = _gpuflow(env, "janitor", "--stack", deployed.stack, "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    removed, freed = _would_remove(dry.stdout)
+    assert removed >= 1 and freed >= PAYLOAD, dry.stdout
+    assert dry.stdout.startswith("Would remove"), dry.stdout
+    assert "% used" in dry.stdout and "GPU limit gpu: 0/" in dry.stdout
+    assert (stale / "outputs" / "raw.mp4").is_file(), "a dry run removes nothing"
+
+    # The same pass for real removes what the dry run named.
+    done = _gpuflow(env, "janitor", "--stack", deployed.stack)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "Would remove" in done.stdout and "% used" in done.stdout
-    assert "GPU limit gpu: 0/" in done.stdout
+    assert done.stdout.startswith("Removed"), done.stdout
+    assert _would_remove(done.stdout)[0] >= 1
+    assert not stale.exists()

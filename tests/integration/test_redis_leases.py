@@ -26,6 +26,7 @@ from prefect.exceptions import PrefectHTTPStatusError
 
 from gpuflow.ops.local_server import LocalServer, ensure_server, stop_server
 from tests.support.postgres import fresh_database
+from tests.support.services import service_missing
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +48,10 @@ def redis_url() -> str:
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5)
     try:
         client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        # Only a Redis that is not there skips; one that answers with an error (a
+        # password it wants, a database it lacks) fails the test with that error.
+        service_missing(f"no Redis at {REDIS_URL}: {exc}")
     finally:
         client.close()
     return REDIS_URL

@@ -39,7 +39,7 @@ def s3_proxy(moto_server: MotoServer) -> Iterator[CountingProxy]:
 @pytest.fixture
 def s3_store(s3_proxy: CountingProxy) -> S3ObjectStore:
     s3_proxy.reset()
-    s3_proxy.delay_per_chunk_s = 0.0
+    s3_proxy.release()
     return S3ObjectStore(
         endpoint_url=s3_proxy.url,
         region_name="us-east-1",

@@ -216,7 +216,10 @@ def test_killed_download_resumes_fetching_only_unfinished_parts(
     destination = tmp_path / "dl" / "big"
     journal = journal_path(destination)
 
-    s3_proxy.delay_per_chunk_s = 0.01  # slow enough to kill it midway
+    # At most 7 of the 8 parts' bytes pass until the kill, so the kill lands midway
+    # however fast or slow the machine is.
+    s3_proxy.reset()
+    s3_proxy.stall_after(7 * 5 * MiB)
     process = subprocess.Popen(
         [sys.executable, "-c", _KILLABLE_DOWNLOAD, s3_proxy.url, uri, str(destination)],
         cwd=REPOSITORY,
@@ -230,12 +233,12 @@ def test_killed_download_resumes_fetching_only_unfinished_parts(
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
+        s3_proxy.release()
     finished_parts = len(journal.read_text().splitlines()) - 1
     assert 3 <= finished_parts < 8
     assert not destination.exists(), "a killed download must not publish"
     assert partial_path(destination).exists()
 
-    s3_proxy.delay_per_chunk_s = 0.0
     s3_proxy.reset()
     # A new store, so its connections are counted from the reset on.
     resumed = S3ObjectStore(

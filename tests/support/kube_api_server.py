@@ -1,13 +1,20 @@
 """A Kubernetes API server for tests: the REST protocol for what the PyTorchJob backend uses.
 
-It listens on 127.0.0.1 (a free port) and serves, like kube-apiserver does:
+It listens on 127.0.0.1 (a free port) and serves, like kube-apiserver 1.33 does (its
+generic checks and semantics are in ``kube_semantics.py``, modeled on that release and
+independent of the code under test):
 
-- ``kubeflow.org/v1`` pytorchjobs: create (with ``fieldValidation``), get, list, watch
-  (chunked JSON lines from a ``resourceVersion``, ``410 Gone`` for compacted ones),
-  delete (recording ``propagationPolicy``);
+- a bearer token on every request (401 without it);
+- ``kubeflow.org/v1`` pytorchjobs: create (names and ``generateName``, the CRD's
+  openAPIV3Schema with structural pruning, ``fieldValidation``, 409 for a duplicate),
+  get, list, watch (chunked JSON lines from a ``resourceVersion``, ``410 Gone`` for
+  compacted ones, the current state first when no ``resourceVersion`` is given),
+  delete by ``propagationPolicy`` with the garbage collector's part (dependents by
+  ``ownerReferences``);
 - core pods (list by label selector, get, ``/log`` with ``follow``/``timestamps``/
-  ``sinceSeconds``), events (by ``involvedObject.name``), secrets (create/patch/delete);
-- the PyTorchJob CRD under ``apiextensions.k8s.io/v1`` (the real one from shared/).
+  ``sinceSeconds``), events (by ``involvedObject.name``), secrets (create/patch/delete,
+  checked by Kubernetes 1.33's schemas, ``stringData`` written into ``data``);
+- the PyTorchJob CRD under ``apiextensions.k8s.io/v1`` (the copy in tests/support/schemas).
 
 It runs no operator: each test scripts the operator's part (pods, conditions, logs,
 exit codes) with the helper methods, in the same event loop as the code under test.
@@ -29,12 +36,24 @@ from typing import Any
 
 from aiohttp import web
 
-from gpuflow.compute.kubernetes.crd import crd_schema, validate_against_crd
-from gpuflow.compute.kubernetes.manifest import KubernetesConfigError
+from tests.support.kube_semantics import (
+    ApiRejection,
+    CustomResourceSchema,
+    admit_core,
+    admit_metadata,
+    apply_patch,
+    authenticate,
+    field_validation,
+    watch_starts_with_current_state,
+    write_secret,
+)
 
 JobScript = Callable[["KubeApiServer", dict[str, Any]], Coroutine[Any, Any, None]]
 
 _JOBS = "/apis/kubeflow.org/v1/namespaces/{namespace}/pytorchjobs"
+_JOB_API_VERSION = "kubeflow.org/v1"
+_JOB_KIND = "PyTorchJob"
+TOKEN = "test-token"
 _CORE = "/api/v1/namespaces/{namespace}"
 
 
@@ -69,15 +88,13 @@ def _now() -> str:
 
 
 def _status(code: int, reason: str, message: str) -> web.Response:
-    body = {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "status": "Failure",
-        "reason": reason,
-        "message": message,
-        "code": code,
-    }
-    return web.json_response(body, status=code)
+    return web.json_response(ApiRejection(code, reason, message).status(), status=code)
+
+
+def _with_warnings(response: web.Response, warnings: list[str]) -> web.Response:
+    for warning in warnings:  # one RFC 7234 Warning header each, code 299, as the server
+        response.headers.add("Warning", f"299 - {json.dumps(warning)}")
+    return response
 
 
 def _selector_matches(selector: str, values: dict[str, str]) -> bool:
@@ -108,6 +125,12 @@ class KubeApiServer:
         self.drop_logs_after: dict[str, int] = {}  # pod -> abort its log stream after n lines
         self.failing_reads = 0  # answer this many pod lists and log reads with 500
         self.crd_forbidden = False  # the caller's RBAC does not allow reading CRDs
+        self.token = TOKEN
+        self.garbage_collection: list[asyncio.Task[None]] = []
+        # Cleared, the garbage collector waits (a busy controller): a test can then see
+        # what an owner being deleted looks like before its dependents are gone.
+        self.collector_running = asyncio.Event()
+        self.collector_running.set()
         self.version = 100
         self.stopping = False
         self._runner: web.AppRunner | None = None
@@ -118,6 +141,7 @@ class KubeApiServer:
     async def start(self) -> None:
         app = web.Application()
         app.middlewares.append(self._record)
+        app.middlewares.append(self._authenticate)
         app.router.add_route("*", _JOBS, self._jobs)
         app.router.add_route("*", _JOBS + "/{name}", self._job)
         app.router.add_get(_CORE + "/pods", self._list_pods)
@@ -158,7 +182,7 @@ class KubeApiServer:
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "test", "cluster": {"server": self.url}}],
-            "users": [{"name": "test", "user": {"token": "test-token"}}],
+            "users": [{"name": "test", "user": {"token": self.token}}],
             "contexts": [
                 {
                     "name": "test",
@@ -186,10 +210,23 @@ class KubeApiServer:
         request[_BODY] = body
         return await handler(request)
 
+    @web.middleware
+    async def _authenticate(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """The bearer token first; any refusal a handler raises becomes its ``Status``."""
+        try:
+            authenticate(request.headers.get("Authorization"), self.token)
+            return await handler(request)
+        except ApiRejection as rejection:
+            return web.json_response(rejection.status(), status=rejection.code)
+
     # ---- pytorchjobs ----------------------------------------------------------------
 
     async def _jobs(self, request: web.Request) -> web.StreamResponse:
         namespace = request.match_info["namespace"]
+        if self.crd is None:  # no CRD installed: the API server does not serve the group
+            return _status(404, "NotFound", "the server could not find the requested resource")
         if request.method == "POST":
             return self._create_job(namespace, request)
         if request.method != "GET":
@@ -212,20 +249,16 @@ class KubeApiServer:
         )
 
     def _create_job(self, namespace: str, request: web.Request) -> web.Response:
+        assert self.crd is not None
+        directive = field_validation(request.query)
         job = copy.deepcopy(_body(request))
-        if self.crd is not None:
-            # As kube-apiserver does: the CRD's schema, unknown fields refused (Strict).
-            try:
-                validate_against_crd(job, crd_schema(self.crd))
-            except KubernetesConfigError as error:
-                return _status(422, "Invalid", str(error))
-        name = job["metadata"]["name"]
+        name = admit_metadata(_JOB_KIND, job, namespace)
+        job, warnings = CustomResourceSchema.of(self.crd, "v1").admit(job, directive)
         if (namespace, name) in self.jobs:
             return _status(
                 409, "AlreadyExists", f'pytorchjobs.kubeflow.org "{name}" already exists'
             )
         job["metadata"].update(
-            namespace=namespace,
             uid=str(uuid.uuid4()),
             creationTimestamp=_now(),
             resourceVersion=self._next_version(),
@@ -235,7 +268,7 @@ class KubeApiServer:
         self._job_changed("ADDED", job)
         if self.script is not None:
             self.script_tasks.append(asyncio.create_task(self.script(self, copy.deepcopy(job))))
-        return web.json_response(job, status=201)
+        return _with_warnings(web.json_response(job, status=201), warnings)
 
     async def _job(self, request: web.Request) -> web.Response:
         key = (request.match_info["namespace"], request.match_info["name"])
@@ -245,17 +278,86 @@ class KubeApiServer:
         if request.method == "GET":
             return web.json_response(job)
         if request.method == "DELETE":
-            del self.jobs[key]
-            for pod_key in [k for k, pod in self.pods.items() if self._pod_of(pod, key[1])]:
-                del self.pods[pod_key]
-                self.logs[pod_key].closed = True
-                self.logs[pod_key].changed.set()
-            job["metadata"]["resourceVersion"] = self._next_version()
-            self._job_changed("DELETED", job)
-            return web.json_response(
-                {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {}}
-            )
+            return self._delete_job(key, _propagation_policy(request))
         return _status(405, "MethodNotAllowed", request.method)
+
+    # ---- deletion and the garbage collector (generic semantics, Kubernetes 1.33) ------
+
+    def _delete_job(self, key: tuple[str, str], policy: str) -> web.Response:
+        """Cascading deletion as documented ("Use cascading deletion in a cluster"):
+        Background (the default for custom resources) removes the job now and its
+        dependents after; Orphan removes it and leaves its dependents, without the owner
+        reference; Foreground marks it (``deletionTimestamp``, the ``foregroundDeletion``
+        finalizer) and removes it only once the dependents that block it are gone."""
+        job = self.jobs[key]
+        metadata = job["metadata"]
+        if metadata.get("deletionTimestamp"):
+            return web.json_response(job)  # already being deleted: nothing changes
+        if policy == "Foreground":
+            metadata["deletionTimestamp"] = _now()[:19] + "Z"
+            metadata["deletionGracePeriodSeconds"] = 0
+            metadata["finalizers"] = [*metadata.get("finalizers", []), "foregroundDeletion"]
+            metadata["resourceVersion"] = self._next_version()
+            self._job_changed("MODIFIED", job)
+            self._collect(self._foreground_deletion(key, metadata["uid"]))
+            return web.json_response(job)
+        self._remove_job(key)
+        if policy == "Orphan":
+            self._orphan_dependents(metadata["uid"])
+        else:
+            self._collect(self._delete_dependents(metadata["uid"]))
+        return web.json_response(job)
+
+    def _remove_job(self, key: tuple[str, str]) -> None:
+        job = self.jobs.pop(key)
+        job["metadata"]["resourceVersion"] = self._next_version()
+        self._job_changed("DELETED", job)
+
+    def _collect(self, work: Coroutine[Any, Any, None]) -> None:
+        """The garbage collector works apart from the request, as the controller does."""
+        self.garbage_collection.append(asyncio.create_task(work))
+
+    async def garbage_collected(self) -> None:
+        """Wait until the garbage collector has done what deletions so far asked of it."""
+        while pending := [task for task in self.garbage_collection if not task.done()]:
+            await asyncio.gather(*pending)
+
+    def _dependents(self, owner_uid: str) -> list[tuple[str, tuple[str, str]]]:
+        stores = {"pod": self.pods, "secret": self.secrets}
+        return [
+            (kind, key)
+            for kind, store in stores.items()
+            for key, obj in store.items()
+            if any(ref.get("uid") == owner_uid for ref in _owner_references(obj))
+        ]
+
+    async def _delete_dependents(self, owner_uid: str) -> None:
+        await asyncio.sleep(0)  # after the owner's deletion was answered
+        await self.collector_running.wait()
+        for kind, key in self._dependents(owner_uid):
+            self._remove_dependent(kind, key)
+
+    async def _foreground_deletion(self, key: tuple[str, str], owner_uid: str) -> None:
+        await self._delete_dependents(owner_uid)
+        if key in self.jobs:
+            self._remove_job(key)
+
+    def _remove_dependent(self, kind: str, key: tuple[str, str]) -> None:
+        if kind == "secret":
+            self.secrets.pop(key, None)
+            return
+        self.pods.pop(key, None)
+        log = self.logs.get(key)
+        if log is not None:
+            log.closed = True
+            log.changed.set()
+
+    def _orphan_dependents(self, owner_uid: str) -> None:
+        for kind, key in self._dependents(owner_uid):
+            obj = (self.pods if kind == "pod" else self.secrets)[key]
+            obj["metadata"]["ownerReferences"] = [
+                ref for ref in _owner_references(obj) if ref.get("uid") != owner_uid
+            ]
 
     def _job_changed(self, kind: str, job: dict[str, Any]) -> None:
         self.history.append((int(job["metadata"]["resourceVersion"]), kind, copy.deepcopy(job)))
@@ -263,7 +365,9 @@ class KubeApiServer:
         self.watch_changed = asyncio.Event()
 
     async def _watch_jobs(self, namespace: str, request: web.Request) -> web.StreamResponse:
-        since = int(request.query.get("resourceVersion") or 0)
+        requested = request.query.get("resourceVersion")
+        from_current_state = watch_starts_with_current_state(requested)
+        since = self.version if from_current_state else int(str(requested))
         selector = request.query.get("fieldSelector", "")
         deadline = asyncio.get_running_loop().time() + float(
             request.query.get("timeoutSeconds", "300")
@@ -290,6 +394,11 @@ class KubeApiServer:
             await response.write(json.dumps(gone).encode() + b"\n")
             return response
         sent = since
+        if from_current_state:
+            for (ns, name), job in list(self.jobs.items()):
+                if ns == namespace and _selector_matches(selector, {"metadata.name": name}):
+                    line = json.dumps({"type": "ADDED", "object": job}).encode() + b"\n"
+                    await response.write(line)
         while True:
             changed = self.watch_changed
             for version, kind, job in list(self.history):
@@ -414,26 +523,45 @@ class KubeApiServer:
         )
 
     async def _create_secret(self, request: web.Request) -> web.Response:
+        namespace = request.match_info["namespace"]
+        directive = field_validation(request.query)
         secret = copy.deepcopy(_body(request))
+        name = admit_metadata("Secret", secret, namespace)
+        warnings = admit_core(secret, directive)
+        if (namespace, name) in self.secrets:
+            return _status(409, "AlreadyExists", f'secrets "{name}" already exists')
+        secret = write_secret(secret)
         secret["metadata"].update(
-            namespace=request.match_info["namespace"],
-            uid=str(uuid.uuid4()),
-            resourceVersion=self._next_version(),
+            uid=str(uuid.uuid4()), resourceVersion=self._next_version(), creationTimestamp=_now()
         )
-        self.secrets[(request.match_info["namespace"], secret["metadata"]["name"])] = secret
-        return web.json_response(secret, status=201)
+        self.secrets[(namespace, name)] = secret
+        return _with_warnings(web.json_response(secret, status=201), warnings)
 
     async def _secret(self, request: web.Request) -> web.Response:
         key = (request.match_info["namespace"], request.match_info["name"])
         if key not in self.secrets:
             return _status(404, "NotFound", f'secrets "{key[1]}" not found')
         if request.method == "PATCH":
-            self.secrets[key]["metadata"].update(_body(request)["metadata"])
-            return web.json_response(self.secrets[key])
+            return self._patch_secret(key, request)
         if request.method == "DELETE":
-            del self.secrets[key]
-            return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Success"})
+            secret = self.secrets.pop(key)
+            details = {"name": key[1], "kind": "secrets", "uid": secret["metadata"]["uid"]}
+            return web.json_response(
+                {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": details}
+            )
         return web.json_response(self.secrets[key])
+
+    def _patch_secret(self, key: tuple[str, str], request: web.Request) -> web.Response:
+        directive = field_validation(request.query)
+        stored = self.secrets[key]
+        patched = apply_patch(stored, _body(request), request.content_type)
+        identity = {k: stored["metadata"][k] for k in ("name", "namespace", "uid")}
+        patched["metadata"].update(identity)  # a patch cannot rename or move an object
+        warnings = admit_core(patched, directive)
+        patched = write_secret(patched)
+        patched["metadata"]["resourceVersion"] = self._next_version()
+        self.secrets[key] = patched
+        return _with_warnings(web.json_response(patched), warnings)
 
     async def _get_crd(self, request: web.Request) -> web.Response:
         if self.crd_forbidden:
@@ -500,6 +628,17 @@ class KubeApiServer:
                         "labels": labels,
                         "uid": str(uuid.uuid4()),
                         "resourceVersion": self._next_version(),
+                        # The operator's pods are its job's controlled dependents.
+                        "ownerReferences": [
+                            {
+                                "apiVersion": _JOB_API_VERSION,
+                                "kind": _JOB_KIND,
+                                "name": name,
+                                "uid": job["metadata"]["uid"],
+                                "controller": True,
+                                "blockOwnerDeletion": True,
+                            }
+                        ],
                     },
                     "spec": template["spec"],
                     "status": {"phase": "Pending", "conditions": []},
@@ -578,6 +717,29 @@ class KubeApiServer:
 
     def requests_to(self, method: str, path_part: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.method == method and path_part in r.path]
+
+
+def _propagation_policy(request: web.Request) -> str:
+    """``propagationPolicy`` from the query or the DeleteOptions body; Background when
+    neither names one (custom resources and secrets default to it)."""
+    body = _body(request)
+    policy = request.query.get("propagationPolicy") or (
+        body.get("propagationPolicy") if isinstance(body, dict) else None
+    )
+    if policy is None:
+        return "Background"
+    if policy not in ("Foreground", "Background", "Orphan"):
+        raise ApiRejection(
+            422,
+            "Invalid",
+            f'DeleteOptions.propagationPolicy: Unsupported value: "{policy}": supported values: '
+            '"Foreground", "Background", "Orphan"',
+        )
+    return str(policy)
+
+
+def _owner_references(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(obj.get("metadata", {}).get("ownerReferences") or [])
 
 
 def _stamp_seconds(line: str) -> float:

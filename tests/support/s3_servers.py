@@ -74,7 +74,11 @@ class CountingProxy:
         self._lock = threading.Lock()
         self.bytes_down = 0
         self._generation = 0
-        self.delay_per_chunk_s = 0.0
+        # Past this many bytes down, hold every further chunk until release(): a client
+        # can be caught midway on an event, not on a guess of how fast it goes.
+        self.stall_after_bytes: int | None = None
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._closed = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -85,7 +89,18 @@ class CountingProxy:
             self.bytes_down = 0
             self._generation += 1
 
+    def stall_after(self, byte_count: int) -> None:
+        with self._lock:
+            self.stall_after_bytes = byte_count
+            self._flowing.clear()
+
+    def release(self) -> None:
+        with self._lock:
+            self.stall_after_bytes = None
+            self._flowing.set()
+
     def close(self) -> None:
+        self.release()
         self._closed.set()
         self._listener.close()
 
@@ -111,8 +126,12 @@ class CountingProxy:
                     with self._lock:
                         if generation == self._generation:
                             self.bytes_down += len(chunk)
-                    if self.delay_per_chunk_s:
-                        time.sleep(self.delay_per_chunk_s)
+                        stalled = (
+                            self.stall_after_bytes is not None
+                            and self.bytes_down > self.stall_after_bytes
+                        )
+                    if stalled:
+                        self._flowing.wait()
                 sink.sendall(chunk)
         except OSError:
             pass

@@ -44,8 +44,9 @@ def test_kill_9_of_the_flow_process_kills_the_job_and_its_children(tmp_path: Pat
         assert running(job_pid) and running(child_pid)
         flow.kill()  # SIGKILL: no cleanup code of the flow runs
         flow.wait()
+        # The job sleeps far longer: dying at all is the behaviour, and 30 s means "never".
         killed_at = time.monotonic()
-        while (running(job_pid) or running(child_pid)) and time.monotonic() < killed_at + 5:
+        while (running(job_pid) or running(child_pid)) and time.monotonic() < killed_at + 30:
             time.sleep(0.02)
         assert not running(job_pid), "the job outlived its flow process"
         assert not running(child_pid), "the job's child outlived the flow process"
@@ -56,7 +57,7 @@ def test_kill_9_of_the_flow_process_kills_the_job_and_its_children(tmp_path: Pat
         async def ignore(line: str) -> None:
             return None
 
-        result = asyncio.run(asyncio.wait_for(target.run(spec, ignore), 10))
+        result = asyncio.run(asyncio.wait_for(target.run(spec, ignore), 60))
         assert result.exit_code == 0 and result.devices == ("0",)
     finally:
         if flow.poll() is None:

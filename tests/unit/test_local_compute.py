@@ -117,9 +117,11 @@ def test_cancelling_stops_the_job_and_its_children(tmp_path: Path) -> None:
             await job
         return time.monotonic() - began
 
-    assert asyncio.run(main()) < 10
+    # The bound is the behaviour: cancelling does not wait out the 600 s job. 60 s leaves
+    # the kill's grace period and a loaded machine far inside it.
+    assert asyncio.run(main()) < 60
     parent, child = map(int, pids.read_text().split())
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while (process_alive(parent) or process_alive(child)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not process_alive(parent) and not process_alive(child)
@@ -132,7 +134,8 @@ def test_a_job_over_its_timeout_is_killed_as_a_resource_error(tmp_path: Path) ->
         _collect(target, _spec(tmp_path, "import time; time.sleep(60)", timeout_s=1))
     )
     assert exit_code == 4
-    assert time.monotonic() - started < 10
+    # The bound is the behaviour: killed at its 1 s timeout, not after the job's 60 s.
+    assert time.monotonic() - started < 30
 
 
 def test_progress_bars_that_redraw_with_carriage_returns_arrive_as_lines(tmp_path: Path) -> None:

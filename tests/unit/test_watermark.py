@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
+from gpuflow.core.errors import RequestError
 from gpuflow.postprocess.base import PostprocessError
 from gpuflow.postprocess.watermark import Corner, Watermark
 
@@ -31,10 +32,12 @@ def test_a_missing_logo_or_raw_video_is_named(tmp_path: Path) -> None:
     with pytest.raises(PostprocessError, match=r"raw\.mp4"):
         Watermark().apply(tmp_path / "raw.mp4", tmp_path / "out.mp4")
     (tmp_path / "raw.mp4").write_bytes(b"")
-    with pytest.raises(Exception, match=r"logo\.png"):
+    # A missing logo is the request's fault: RequestError, which no retry can fix.
+    with pytest.raises(RequestError, match=r"logo\.png") as missing_logo:
         Watermark(text=None, logo=tmp_path / "logo.png").apply(
             tmp_path / "raw.mp4", tmp_path / "o.mp4"
         )
+    assert not missing_logo.value.retryable
 
 
 def test_ffmpeg_failure_is_reported_and_leaves_no_output(tmp_path: Path) -> None:
