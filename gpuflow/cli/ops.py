@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from gpuflow.cli.runs import StateDir
 from gpuflow.cli.support import ExitCode, fail, human_bytes, load_data_file, prefect_api
+from gpuflow.core.redaction import validation_problems
 from gpuflow.ops.embedded import EmbeddedLayout
 from gpuflow.pipeline.submission import DEFAULT_DEPLOYMENT
 
@@ -60,8 +62,14 @@ def bootstrap(
     if stack_file is not None:
         try:
             stack = GpuflowStack.model_validate(load_data_file(stack_file))
+        except ValidationError as exc:
+            raise fail(
+                f"{stack_file} is not a valid gpuflow stack: {validation_problems(exc)}"
+            ) from None
         except ValueError as exc:
-            raise fail(f"{stack_file} is not a valid gpuflow stack: {exc}") from None
+            raise fail(
+                f"{stack_file} is not a valid gpuflow stack ({type(exc).__name__})"
+            ) from None
     else:
         stack = EmbeddedLayout(state_dir).stack()
     with prefect_api(state_dir) as api_url:

@@ -13,6 +13,7 @@ from typing import Any
 import typer
 import yaml
 
+from gpuflow.core.redaction import yaml_problem
 from gpuflow.ops.local_server import read_server
 
 
@@ -102,8 +103,13 @@ def load_data_file(path: Path) -> dict[str, Any]:
         data = (
             yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
         )
-    except (yaml.YAMLError, ValueError) as exc:
-        raise fail(f"{path} is not valid JSON/YAML: {exc}") from None
+    except yaml.YAMLError as exc:
+        # Never quote the document: a stack file holds credentials.
+        raise fail(f"{path} is not valid YAML: {yaml_problem(exc)}") from None
+    except json.JSONDecodeError as exc:
+        raise fail(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except ValueError as exc:
+        raise fail(f"{path} is not valid JSON/YAML ({type(exc).__name__})") from None
     if not isinstance(data, dict):
         raise fail(f"{path} must hold a mapping of fields, not {type(data).__name__}")
     return data

@@ -28,12 +28,21 @@ from gpuflow_progress import ExitCode
 from pydantic import Field
 
 from gpuflow.compute.base import ComputeTarget, JobResult, JobSpec, LineHandler
+from gpuflow.compute.output_lines import OutputLines
 from gpuflow.core.errors import GpuCapacityError
 from gpuflow.gpu.discovery import discover_gpu_indices
 
 _TERMINATE_GRACE_S = 5.0
 _TAIL_LINES = 20
 _LINE_LIMIT = 1024 * 1024  # longest line a job may print before we split it
+_READ_CHUNK = 64 * 1024
+# What a job gets of the flow process's environment: enough to run programs, find the
+# GPUs' libraries and speak the locale; never its credentials (PREFECT_API_KEY, AWS_*).
+JOB_ENV_NAMES = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
+     "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR"}
+)  # fmt: skip
+JOB_ENV_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "NCCL_")
 
 
 class LocalSubprocess(ComputeTarget):
@@ -52,6 +61,30 @@ class LocalSubprocess(ComputeTarget):
         ),
     )
     lock_dir: Path = Field(description="Directory for the per-device locks.")
+    inherit_env: list[str] = Field(
+        default_factory=list,
+        description=(
+            "More variables of the flow process's environment that jobs get, by name, beside "
+            "PATH, HOME, the locale and the CUDA/NVIDIA/NCCL settings (jobs never get the "
+            "rest, such as PREFECT_API_KEY or AWS credentials)."
+        ),
+    )
+
+    def job_environment(self, job: JobSpec, devices: tuple[str, ...]) -> dict[str, str]:
+        """The allowed part of this process's environment, then the job's own variables."""
+        allowed = set(self.inherit_env)
+        inherited = {
+            name: value
+            for name, value in os.environ.items()
+            if name in JOB_ENV_NAMES or name in allowed or name.startswith(JOB_ENV_PREFIXES)
+        }
+        # Unbuffered, so a Python job's lines reach the run when printed, in order.
+        return {
+            **inherited,
+            "PYTHONUNBUFFERED": "1",
+            **job.env,
+            "CUDA_VISIBLE_DEVICES": ",".join(devices),
+        }
 
     def offered_devices(self) -> list[int]:
         """The configured devices, or those NVML finds when none are configured."""
@@ -96,7 +129,7 @@ class LocalSubprocess(ComputeTarget):
 
     async def run(self, job: JobSpec, on_line: LineHandler) -> JobResult:
         async with self._claim_devices(job.gpus) as devices:
-            env = {**os.environ, **job.env, "CUDA_VISIBLE_DEVICES": ",".join(devices)}
+            env = self.job_environment(job, devices)
             started = time.monotonic()
             # Only this process holds the lifeline's write end (os.pipe is not inherited);
             # when this process dies, the guard sees the pipe close and kills the job.
@@ -110,7 +143,6 @@ class LocalSubprocess(ComputeTarget):
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.STDOUT,
-                    limit=_LINE_LIMIT,
                     pass_fds=(lifeline_read,),
                     start_new_session=True,  # its own process group: stopping it stops all
                 )  # fmt: skip
@@ -142,8 +174,12 @@ class LocalSubprocess(ComputeTarget):
         tail: collections.deque[str],
     ) -> int:
         assert process.stdout is not None
-        async for raw in process.stdout:
-            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        lines = OutputLines(_LINE_LIMIT)
+        while chunk := await process.stdout.read(_READ_CHUNK):
+            for line in lines.feed(chunk):
+                tail.append(line)
+                await on_line(line)
+        for line in lines.close():
             tail.append(line)
             await on_line(line)
         return await process.wait()

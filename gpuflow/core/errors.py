@@ -6,6 +6,8 @@ infrastructure failures can; config, input and logic errors cannot.
 
 from __future__ import annotations
 
+import errno
+
 from gpuflow_progress import ExitCode
 
 
@@ -51,6 +53,21 @@ class IntegrityError(StoreError):
     def __init__(self, uri: str, reason: str) -> None:
         super().__init__(f"{uri}: integrity check failed: {reason}")
         self.uri = uri
+
+
+class DiskFullError(GpuflowError, OSError):
+    """No space (or quota) left where gpuflow writes: final until someone frees space."""
+
+    def __init__(self, path: str, error: OSError) -> None:
+        super().__init__(error.errno, f"{path}: no space left ({error.strerror or error})")
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class WorkspacePathError(GpuflowError, ValueError):

@@ -25,6 +25,21 @@ _FRAMES_SCHEMA = {"enum": list(range(1, _MAX_FRAMES + 1, 4))}
 # A scheme and something after it: what every store's URIs look like (s3://, file:///, https://).
 _URI_SCHEMA = {"pattern": r"^[A-Za-z][A-Za-z0-9+.-]*://.+$"}
 
+# Characters no value may carry into argv, files or manifests: NUL (argv cannot hold it),
+# the other C0 and C1 controls and DEL (terminal escapes, line tricks); pydantic already
+# refuses lone surrogates. A prompt may hold tabs and line breaks; a URI may not.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL_OR_SPACING = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _refuse_control_characters(field: str, value: str, forbidden: re.Pattern[str]) -> str:
+    found = forbidden.search(value)
+    if found:
+        raise ValueError(
+            f"{field} holds the control character {found.group()!r} at offset {found.start()}"
+        )
+    return value
+
 
 class Priority(enum.StrEnum):
     HIGH = "high"
@@ -94,6 +109,16 @@ class VideoRequest(BaseModel):
         str, Field(pattern=_NAME, description="Job definition: a uv project under jobs/.")
     ] = "i2v"
     model: ModelRef = ModelRef(name="wan2.2-i2v-standin", revision="v1")
+
+    @field_validator("prompt")
+    @classmethod
+    def _check_prompt(cls, value: str) -> str:
+        return _refuse_control_characters("prompt", value, _CONTROL)
+
+    @field_validator("image_uri")
+    @classmethod
+    def _check_image_uri(cls, value: str) -> str:
+        return _refuse_control_characters("image_uri", value, _CONTROL_OR_SPACING)
 
     @field_validator("resolution")
     @classmethod

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
 import shutil
 import time
@@ -11,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from gpuflow.core.errors import WorkspacePathError
+
+logger = logging.getLogger(__name__)
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -84,10 +88,21 @@ class Workspace:
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def keep_after_failure(self, keep_s: float, error: str) -> None:
-        """Leave the workspace for debugging; the janitor removes it ``keep_s`` from now."""
+    def keep_after_failure(self, keep_s: float, error: str) -> bool:
+        """Leave the workspace for debugging; the janitor removes it ``keep_s`` from now.
+
+        False when the marker could not be written (a full disk, a NAS gone): the run's
+        own failure is what matters, so this never raises; without a marker the janitor
+        treats the workspace as any other (removed once it is old and its run is over)."""
         now = time.time()
         record = {"failed_at": now, "keep_until": now + keep_s, "error": error[:2000]}
         staging = self.root / f".{FAILURE_MARKER}.tmp"
-        staging.write_text(json.dumps(record, indent=2))
-        staging.replace(self.root / FAILURE_MARKER)
+        try:
+            staging.write_text(json.dumps(record, indent=2))
+            staging.replace(self.root / FAILURE_MARKER)
+        except OSError as exc:
+            logger.warning("Could not mark workspace %s as failed: %s", self.root, exc)
+            with contextlib.suppress(OSError):
+                staging.unlink(missing_ok=True)
+            return False
+        return True

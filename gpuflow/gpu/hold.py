@@ -11,6 +11,7 @@ lease expiry, cancellation):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -66,7 +67,26 @@ async def gpu_hold(
         lease = await held.enter_async_context(held_gpu_slots(limits, slots, lease_s, holder))
         if run_id is not None:
             emit_run_event(GpuflowEvent.GPU_ADMITTED, run_id, job=job_name)
-        held.enter_context(
-            registry.recorded(RunningJob.here(str(lease.lease_id), limits, slots, job_name, run_id))
-        )
+        record = RunningJob.here(str(lease.lease_id), limits, slots, job_name, run_id, lease_s)
+        held.enter_context(registry.recorded(record))
+        await held.enter_async_context(_refreshed(registry, record.lease_id, lease_s / 3))
         yield GpuHold(lease, waited)
+
+
+@contextlib.asynccontextmanager
+async def _refreshed(registry: JobRegistry, lease_id: str, every_s: float) -> AsyncIterator[None]:
+    """Refresh the job's record while the body runs: reconciliation on another host tells
+    a live holder from a dead one by it, whatever the flow run's state still says."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            await asyncio.to_thread(registry.refresh, lease_id)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -2,7 +2,8 @@
 
 A job holding slots has a record in the job registry (lease id, slots, flow run, host
 and pid of its flow process). A record whose flow process is gone, or whose flow run
-has ended, belongs to a dead holder: its lease still counts until it expires. With
+has ended, or (on another host) that its holder stopped refreshing for longer than its
+lease, belongs to a dead holder: its lease still counts until it expires. With
 ``repair=True`` those leases are released at once and their records removed.
 
 Slots the limit counts that no live record explains (a holder outside gpuflow, or a
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
@@ -24,6 +26,8 @@ from gpuflow.core.locks import process_alive
 from gpuflow.gpu.registry import JobRegistry, RunningJob
 
 logger = logging.getLogger(__name__)
+
+_CLOCK_SKEW_S = 30.0  # between this host and the NAS that stamps the records
 
 
 class LimitReport(BaseModel):
@@ -82,12 +86,18 @@ async def _flow_run_ended(flow_run_id: str | None) -> bool:
     return run.state is not None and run.state.is_final()
 
 
-async def _job_alive(job: RunningJob) -> bool:
+async def _job_alive(job: RunningJob, registry: JobRegistry) -> bool:
     if await _flow_run_ended(job.flow_run_id):
         return False
     if job.host == socket.gethostname():
         return process_alive(job.pid)
-    return True  # another host's process: its flow run says it is still going
+    # Another host's process: a flow run still says Running after a kill -9 until something
+    # marks it Crashed, so its record's freshness decides. A live holder refreshes it every
+    # third of its lease; one older than the lease (plus clock skew) has lost its lease too.
+    seen = registry.seen_at(job)
+    if job.lease_s is None or seen is None:
+        return True  # a record from before records were refreshed: trust the run's state
+    return time.time() - seen <= job.lease_s + _CLOCK_SKEW_S
 
 
 async def _read_limits(names: list[str]) -> tuple[dict[str, tuple[int, int]], list[str]]:
@@ -115,7 +125,7 @@ async def reconcile_gpu_slots(
     for job in jobs:
         if not set(job.limits) & set(limit_names):
             continue
-        (live if await _job_alive(job) else dead).append(job)
+        (live if await _job_alive(job, registry) else dead).append(job)
 
     released: list[str] = []
     if repair and dead:

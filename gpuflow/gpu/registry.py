@@ -31,10 +31,19 @@ class RunningJob(BaseModel):
     host: str
     pid: int
     started_at: float
+    # The lease's duration: the holder refreshes its record at least this often, so an
+    # older record belongs to a dead holder. None in records from before it was kept.
+    lease_s: float | None = None
 
     @classmethod
     def here(
-        cls, lease_id: str, limits: list[str], slots: int, job_name: str, flow_run_id: str | None
+        cls,
+        lease_id: str,
+        limits: list[str],
+        slots: int,
+        job_name: str,
+        flow_run_id: str | None,
+        lease_s: float | None = None,
     ) -> RunningJob:
         """A record for a job owned by this process."""
         return cls(
@@ -46,6 +55,7 @@ class RunningJob(BaseModel):
             host=socket.gethostname(),
             pid=os.getpid(),
             started_at=time.time(),
+            lease_s=lease_s,
         )
 
 
@@ -61,6 +71,20 @@ class JobRegistry:
         temporary = self.root / f".{job.lease_id}.tmp"
         temporary.write_text(job.model_dump_json())
         temporary.replace(self._path(job.lease_id))  # readers never see half a record
+
+    def refresh(self, lease_id: str) -> None:
+        """Say the record's holder is still alive (its mtime is the last sign of life)."""
+        try:
+            os.utime(self._path(lease_id))
+        except OSError as exc:  # a NAS hiccup: the next refresh tries again
+            logger.warning("Job record %s not refreshed: %s", lease_id, exc)
+
+    def seen_at(self, job: RunningJob) -> float | None:
+        """When the holder of ``job`` last refreshed its record (epoch seconds)."""
+        try:
+            return self._path(job.lease_id).stat().st_mtime
+        except OSError:
+            return None
 
     def remove(self, lease_id: str) -> None:
         self._path(lease_id).unlink(missing_ok=True)

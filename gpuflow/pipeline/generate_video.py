@@ -27,6 +27,7 @@ from gpuflow.core.workspace import Workspace, run_id_for
 from gpuflow.envs.fabric import ResolvedEnv
 from gpuflow.gpu.capacity import check_gpu_capacity
 from gpuflow.pipeline.costs import RunCosts
+from gpuflow.pipeline.input_image import check_input_image
 from gpuflow.pipeline.job_contract import OUTPUT_NAME, RAW_OUTPUT, job_spec
 from gpuflow.pipeline.progress import ProgressReporter, job_line_handler
 from gpuflow.pipeline.stack import GpuflowStack
@@ -44,10 +45,11 @@ def _retry_if_retryable(task: object, task_run: TaskRun, state: State) -> bool:
 
 @task(cache_policy=NO_CACHE)
 def stage_inputs(stack: GpuflowStack, request: VideoRequest, workspace: Workspace) -> Path:
-    """Copy the input image into the run's workspace under a safe name."""
+    """Copy the input image into the run's workspace under a safe name, and check it."""
     name = ObjectUri.parse(request.image_uri).name or "input-image"
     destination = workspace.input_path(name)
     stack.store_for(request.image_uri).download(request.image_uri, destination)
+    check_input_image(destination, request.image_uri)
     return destination
 
 
@@ -104,7 +106,11 @@ async def run_gpu_job(
             logger.info("Admitted after %.1fs (priority %s)", hold.waited_s, priority.value)
         logger.info("Holding %d slot(s) of %s", job.gpus, ", ".join(hold.lease.names))
         emit_run_event(GpuflowEvent.JOB_STARTED, job.workdir.name, job=job.name)
-        result = await stack.compute.run(job, job_line_handler(job, progress, logger))
+        lines = job_line_handler(job, progress, logger)
+        try:
+            result = await stack.compute.run(job, lines)
+        finally:
+            lines.close()
     if result.exit_code != 0:
         raise JobFailedError(result.exit_code, "\n".join(result.last_lines[-5:]))
     await progress.finish()
@@ -154,6 +160,9 @@ async def generate_video(request: VideoRequest, stack: str = "default") -> str:
     # Refuse what can never run before anything is downloaded or any GPU is held.
     await check_gpu_capacity(pipeline.gpu_limits(request.gpu_type), request.gpus)
     pipeline.store_for(request.image_uri)
+    if not pipeline.model_cache.is_ready(request.model):
+        source = pipeline.model_source(request.model)
+        pipeline.model_cache.require_source(pipeline.store_for(source), source)
 
     run_id = run_id_for(flow_run.get_id())
     workspace = Workspace.create(pipeline.nas_root, run_id)

@@ -1,5 +1,5 @@
-"""The janitor flow: remove stale workspaces, watch the NAS disk, report GPU slots in use
-(every 5 minutes)."""
+"""The janitor flow: remove stale workspaces, keep the model cache within its budget, watch
+the NAS disk, report GPU slots in use (every 5 minutes)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,20 @@ class JanitorReport(BaseModel):
     disk_used_percent: float
     disk_warning: bool
     gpu_slots: list[GpuSlotUsage]
+    models_evicted: list[str] = []
+
+
+@task(cache_policy=NO_CACHE)
+def evict_models(stack: GpuflowStack, policy: JanitorPolicy) -> list[str]:
+    """Keep the model cache within the stack's budget (never a model in use or filling)."""
+    budget = stack.model_cache_max_bytes
+    if budget is None or policy.dry_run:
+        return []
+    evicted = stack.model_cache.evict_least_recently_used(budget)
+    logger = get_run_logger()
+    for path in evicted:
+        logger.info("Evicted model %s (cache budget %d bytes)", path, budget)
+    return [str(path) for path in evicted]
 
 
 @task(cache_policy=NO_CACHE)
@@ -126,7 +140,8 @@ async def reconcile_gpu_slot_leases(
 
 @flow(name="gpuflow-janitor")
 async def janitor(stack: str = "default", policy: JanitorPolicy | None = None) -> JanitorReport:
-    """Remove stale workspaces, report NAS disk usage and reconcile the GPU slots.
+    """Remove stale workspaces, evict models over the cache's budget, report NAS disk usage
+    and reconcile the GPU slots.
 
     Args:
         stack: Name of the saved ``gpuflow-stack`` block whose NAS to clean.
@@ -135,6 +150,7 @@ async def janitor(stack: str = "default", policy: JanitorPolicy | None = None) -
     policy = policy or JanitorPolicy()
     pipeline = cast(GpuflowStack, await GpuflowStack.aload(stack))
     cleanup = await remove_stale_workspaces(pipeline, policy)
+    evicted = evict_models(pipeline, policy)
     usage = check_nas_disk(pipeline, policy)
     slots = await read_gpu_slots(pipeline)
     reconciled = await reconcile_gpu_slot_leases(pipeline, slots, repair=not policy.dry_run)
@@ -144,6 +160,7 @@ async def janitor(stack: str = "default", policy: JanitorPolicy | None = None) -
         disk_used_percent=round(usage.used_percent, 2),
         disk_warning=usage.used_percent > policy.disk_warning_percent,
         gpu_slots=slots,
+        models_evicted=evicted,
     )
     rows: list[dict[str, object]] = [
         {"measure": "workspaces scanned", "value": cleanup.scanned},
@@ -152,6 +169,7 @@ async def janitor(stack: str = "default", policy: JanitorPolicy | None = None) -
         {"measure": "kept: run active", "value": cleanup.kept_active},
         {"measure": "kept: younger than max age", "value": cleanup.kept_young},
         {"measure": "kept: failed, within keep time", "value": cleanup.kept_failed},
+        {"measure": "models evicted", "value": len(evicted)},
         {"measure": "NAS used %", "value": report.disk_used_percent},
         {"measure": "NAS free bytes", "value": usage.free_bytes},
     ]

@@ -30,19 +30,24 @@ def job_spec(
     workspace: Workspace,
     timeout_s: float,
 ) -> JobSpec:
-    """The job's command line for ``request``; every value is one argv element, verbatim."""
+    """The job's command line for ``request``: each option and its value are one argv
+    element, ``--name=value``, so no value (a prompt of ``--help``, ``-cinematic``) can be
+    read as an option by the job's argument parser."""
+    options = {
+        "model-dir": str(model.path),
+        "image": str(image),
+        "prompt": request.prompt,
+        "width": str(request.width),
+        "height": str(request.height),
+        "frames": str(request.num_frames),
+        "fps": str(request.fps),
+        "seed": str(request.seed),
+        "output": str(workspace.output_path(RAW_OUTPUT)),
+    }
     argv = [
         str(env.script(console_script(job_dir))),
-        "--model-dir", str(model.path),
-        "--image", str(image),
-        "--prompt", request.prompt,
-        "--width", str(request.width),
-        "--height", str(request.height),
-        "--frames", str(request.num_frames),
-        "--fps", str(request.fps),
-        "--seed", str(request.seed),
-        "--output", str(workspace.output_path(RAW_OUTPUT)),
-    ]  # fmt: skip
+        *(f"--{name}={value}" for name, value in options.items()),
+    ]
     return JobSpec(
         name=f"{request.job}-{workspace.root.name}",
         argv=argv,

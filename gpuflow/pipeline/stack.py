@@ -96,6 +96,14 @@ class GpuflowStack(Block):
         ge=0,
         description="How long a failed run's workspace stays on the NAS for debugging.",
     )
+    model_cache_max_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Size budget of the NAS model cache: the janitor evicts the least recently used "
+            "models not in use until the cache fits. Unset: models are never evicted."
+        ),
+    )
     fair_admission: bool = Field(
         default=True,
         description="Queue GPU requests by priority, then arrival, before they take slots.",

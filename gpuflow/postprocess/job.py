@@ -76,10 +76,11 @@ def postprocess_job_spec(
     workdir: Path,
 ) -> JobSpec:
     """The job that runs ``steps`` from ``raw`` to ``destination`` (both on the NAS)."""
-    argv = [compute.gpuflow_python, "-m", MODULE, "--steps", encode_steps(steps)]
+    # ``--steps=`` and ``--`` keep every value an argument, never an option.
+    argv = [compute.gpuflow_python, "-m", MODULE, f"--steps={encode_steps(steps)}"]
     return JobSpec(
         name=f"postprocess-{workdir.name}",
-        argv=[*argv, str(raw), str(destination)],
+        argv=[*argv, "--", str(raw), str(destination)],
         workdir=workdir,
         gpus=0,
         timeout_s=sum(step.timeout_s for step in steps) + 60.0,

@@ -71,19 +71,24 @@ class Watermark(PostprocessStep):
             return self.logo
         assert self.text is not None
         font = ImageFont.load_default(size=self.font_size_px)
-        left, top, right, bottom = font.getbbox(self.text)
+        stroke = max(1, self.font_size_px // 12)
+        # Measured as several lines: a text with line breaks is drawn line under line.
+        measure = ImageDraw.Draw(Image.new("RGBA", (1, 1)))
+        left, top, right, bottom = measure.multiline_textbbox(
+            (0, 0), self.text, font=font, stroke_width=stroke
+        )
         pad = max(2, self.font_size_px // 6)
         mark = Image.new(
             "RGBA", (int(right - left) + 2 * pad, int(bottom - top) + 2 * pad), (0, 0, 0, 0)
         )
         draw = ImageDraw.Draw(mark)
         # A dark outline keeps the mark readable on light and dark frames alike.
-        draw.text(
+        draw.multiline_text(
             (pad - left, pad - top),
             self.text,
             font=font,
             fill=(255, 255, 255, 255),
-            stroke_width=max(1, self.font_size_px // 12),
+            stroke_width=stroke,
             stroke_fill=(0, 0, 0, 255),
         )
         mark.save(destination)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import builtins
 import contextlib
 import http.client
+import ipaddress
 import json
+import socket
 import ssl
 import threading
 from collections.abc import Iterator
@@ -53,6 +55,14 @@ class HttpSource(ObjectStore):
         description="File under a prefix that lists its files (HTTP has no listing).",
     )
     verify_tls: bool = True
+    allow_private_redirects: bool = Field(
+        default=False,
+        description=(
+            "Follow redirects to another host at a loopback, link-local (the cloud metadata "
+            "address) or private address, as an on-premises mirror may need. Off: such a "
+            "redirect is refused."
+        ),
+    )
     timeout_s: float = Field(default=60.0, gt=0, description="Connect and read timeout.")
     transfer: TransferSettings = Field(default_factory=TransferSettings)
 
@@ -73,22 +83,20 @@ class HttpSource(ObjectStore):
                     maxsize=self.transfer.max_concurrency * 2,
                     cert_reqs="CERT_REQUIRED" if self.verify_tls else "CERT_NONE",
                     timeout=urllib3.Timeout(connect=self.timeout_s, read=self.timeout_s),
-                    retries=urllib3.Retry(total=3, backoff_factor=0.5, redirect=5),
+                    # Redirects are followed by _request, which checks each hop.
+                    retries=urllib3.Retry(total=3, backoff_factor=0.5, redirect=False),
                 )
             return self._pool
 
     def stat(self, uri: str) -> ObjectInfo:
-        response = self._request(uri, "HEAD")
-        length = response.headers.get("Content-Length")
-        if length is None:
-            raise StoreError(f"{uri}: the server sent no Content-Length")
-        return ObjectInfo(uri, int(length), etag=response.headers.get("ETag"))
+        response, _ = self._request(uri, "HEAD")
+        return ObjectInfo(uri, _content_length(uri, response), etag=response.headers.get("ETag"))
 
     def list(self, prefix_uri: str) -> Iterator[ObjectInfo]:
         prefix = self.check_uri(prefix_uri)
         index_uri = str(prefix.join(self.index_name))
         try:
-            response = self._request(index_uri, "GET")
+            response, _ = self._request(index_uri, "GET")
         except ObjectNotFoundError:
             raise ObjectNotFoundError(
                 prefix_uri, f"no {self.index_name} under this prefix (https sources list by it)"
@@ -107,21 +115,20 @@ class HttpSource(ObjectStore):
             yield ObjectInfo(str(prefix.join(*relative.parts)), size, sha256=sha256)
 
     def download(self, uri: str, destination: Path) -> ObjectInfo:
-        head = self._request(uri, "HEAD")
-        if "Content-Length" not in head.headers:
-            raise StoreError(f"{uri}: the server sent no Content-Length")
-        size = int(head.headers["Content-Length"])
+        head, location = self._request(uri, "HEAD")
+        size = _content_length(uri, head)
         validator = head.headers.get("ETag") or head.headers.get("Last-Modified") or ""
         ranged = head.headers.get("Accept-Ranges", "").lower() == "bytes" and bool(validator)
         settings = self.transfer
         parts = plan_parts(size, settings) if ranged else [Part(1, 0, size)]
 
-        # Ranges go to where the HEAD was redirected (a hub sends files to its CDN).
-        location = urljoin(self._url(uri), head.geturl() or "")
+        # Ranges go to where the HEAD was redirected (a hub sends files to its CDN), with
+        # the token only where the HEAD itself could carry it.
+        auth = self._auth_headers(uri, location)
 
         @contextlib.contextmanager
         def stream(part: Part, whole: bool) -> Iterator[PartReader]:
-            headers = {"Accept-Encoding": "identity", **self._auth_headers()}
+            headers = {"Accept-Encoding": "identity", **auth}
             if not whole:
                 headers["Range"] = f"bytes={part.offset}-{part.end}"
                 headers["If-Range"] = validator
@@ -159,27 +166,98 @@ class HttpSource(ObjectStore):
         parsed = self.check_uri(uri)
         return f"{parsed.scheme}://{parsed.bucket}/{quote(parsed.key)}"
 
-    def _auth_headers(self) -> dict[str, str]:
+    def _auth_headers(self, uri: str, url: str) -> dict[str, str]:
+        """The token, for ``url`` only over https and on the origin of ``uri`` itself: never
+        to the host a redirect leads to, never in clear."""
         if self.bearer_token is None:
+            return {}
+        if urlsplit(self._url(uri)).scheme != "https":
+            raise StoreAccessError(
+                uri, "a bearer token is only sent over https: use an https:// URI"
+            )
+        if _origin(url) != _origin(self._url(uri)):
             return {}
         return {"Authorization": f"Bearer {self.bearer_token.get_secret_value()}"}
 
     def _request(
-        self, uri: str, method: str, headers: dict[str, str] | None = None, stream: bool = False
-    ) -> Any:
+        self, uri: str, method: str, headers: dict[str, str] | None = None
+    ) -> tuple[Any, str]:
+        """The response to ``method`` on ``uri`` after its redirects, and the URL it came
+        from; each redirect is checked against the policy before it is followed."""
         url = self._url(uri)
-        all_headers = {**(headers or {}), **self._auth_headers()}
+        for _ in range(_MAX_REDIRECTS + 1):
+            all_headers = {**(headers or {}), **self._auth_headers(uri, url)}
+            try:
+                response = self.pool.request(
+                    method, url, headers=all_headers, preload_content=True, redirect=False
+                )
+            except urllib3.exceptions.HTTPError as error:
+                raise StoreError(f"{uri}: request failed: {type(error).__name__}") from None
+            if response.status in _REDIRECTS and response.headers.get("Location"):
+                target = urljoin(url, response.headers["Location"])
+                self._check_redirect(uri, url, target)
+                url = target
+                continue
+            if response.status < 400:
+                return response, url
+            raise _status_error(uri, response.status)
+        raise StoreError(f"{uri}: more than {_MAX_REDIRECTS} redirects")
+
+    def _check_redirect(self, uri: str, current: str, target: str) -> None:
+        parts = urlsplit(target)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise StoreAccessError(uri, f"redirected to {_without_query(target)}: not http(s)")
+        if self.allow_private_redirects or _origin(target) == _origin(current):
+            return
         try:
-            response = self.pool.request(
-                method, url, headers=all_headers, preload_content=not stream, redirect=True
-            )
-        except urllib3.exceptions.HTTPError as error:
-            raise StoreError(f"{uri}: request failed: {type(error).__name__}") from None
-        if response.status < 400:
-            return response
-        response.drain_conn()
-        response.release_conn()
-        raise _status_error(uri, response.status)
+            addresses = {
+                info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 443)
+            }
+        except OSError as error:
+            raise StoreError(
+                f"{uri}: redirected to unresolvable {parts.hostname}: {error}"
+            ) from None
+        for address in addresses:
+            if not ipaddress.ip_address(str(address).split("%")[0]).is_global:
+                raise StoreAccessError(
+                    uri,
+                    f"redirected to {_without_query(target)}, a loopback, link-local or "
+                    f"private address ({address}); set allow_private_redirects to follow "
+                    "redirects to an on-premises mirror",
+                )
+
+
+_MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    default_port = 443 if parts.scheme == "https" else 80
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default_port
+
+
+def _without_query(url: str) -> str:
+    """A URL fit for an error message: no query (signed URLs carry credentials there)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
+def _content_length(uri: str, response: Any) -> int:
+    """The response's Content-Length, refused unless it is a plain non-negative integer."""
+    text = response.headers.get("Content-Length")
+    if text is None:
+        raise StoreError(f"{uri}: the server sent no Content-Length")
+    if not text.isascii() or not text.isdigit() or len(text) > _MAX_LENGTH_DIGITS:
+        raise IntegrityError(uri, f"the server sent an invalid Content-Length {text[:40]!r}")
+    size = int(text)
+    if size > _MAX_OBJECT_BYTES:
+        raise IntegrityError(uri, f"Content-Length {size} is larger than any file gpuflow takes")
+    return size
+
+
+_MAX_LENGTH_DIGITS = 20
+_MAX_OBJECT_BYTES = 2**50  # 1 PiB: far beyond any model file, far below what breaks os calls
 
 
 class _ThreadConnections(threading.local):

@@ -1,7 +1,7 @@
 """The model cache on the NAS: ``models/<name>/<revision>/``, filled once, verified, shared.
 
 Filling is single-flight across processes and hosts that share the NAS: an
-exclusive ``flock`` on ``models/<name>/<revision>.lock`` (released by the kernel
+exclusive ``flock`` on ``models/<name>/.<revision>.lock`` (released by the kernel
 when its holder dies, so a killed download never blocks the next one; the lock
 file names its holder for whoever waits). A model is downloaded into
 ``.<revision>.partial/`` and renamed into place with its manifest, so a
@@ -10,9 +10,12 @@ files are kept, unfinished ones resume from their transfer journal).
 
 Checking a cached model is cheap: each file's size and mtime are compared with the
 manifest, and only a file whose stat changed is hashed again. A truncated or
-corrupted file is re-fetched alone. Runs hold ``<revision>.inuse`` with a shared
+corrupted file is re-fetched alone. Runs hold ``.<revision>.inuse`` with a shared
 lock while they use a model, and every use touches the manifest, so
 ``evict_least_recently_used`` removes the oldest models and never one in use.
+
+The cache's own files all start with a dot and a revision never does, so no revision
+name (``v1.lock``, ``v1.partial``) can be taken for another revision's file.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import Any, Literal
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from gpuflow.core.errors import IntegrityError, ModelCacheError
+from gpuflow.core.errors import IntegrityError, ModelCacheError, ObjectNotFoundError
 from gpuflow.core.locks import LockTimeoutError, exclusive_lock, exclusive_lock_if_free
 from gpuflow.core.request import ModelRef
 from gpuflow.storage.base import ObjectStore
@@ -95,6 +98,8 @@ class ModelCache(Block):
         if check.ready and not check.drifted:
             self._touch(final)
             return CachedModel(final, downloaded=False, bytes_downloaded=0)
+        if check.manifest is None:
+            self.require_source(store, source_uri)
         final.parent.mkdir(parents=True, exist_ok=True)
         with self._fill_lock(model):
             # Another process may have filled it while we waited for the lock.
@@ -109,6 +114,12 @@ class ModelCache(Block):
                 size = self._fill(final, model, store, source_uri)
         self._touch(final)
         return CachedModel(final, downloaded=size > 0, bytes_downloaded=size)
+
+    def require_source(self, store: ObjectStore, source_uri: str) -> None:
+        """Refuse a missing or empty source (a model name with a typo) before anything is
+        made for it: no directory, no lock, no in-use marker."""
+        if not any(True for _ in store.list(source_uri)):
+            raise ObjectNotFoundError(source_uri, "no model files under this prefix")
 
     def is_ready(self, model: ModelRef) -> bool:
         return self.verify(self.model_dir(model))
@@ -136,6 +147,10 @@ class ModelCache(Block):
         """
         models = []
         for manifest_path in self.root.glob(f"*/*/{MANIFEST}"):
+            if manifest_path.parent.name.startswith(
+                "."
+            ) or manifest_path.parent.parent.name.startswith("."):
+                continue  # a fill in progress, or one being evicted: not a model yet
             try:
                 manifest = json.loads(manifest_path.read_text())
                 size = sum(int(entry["size"]) for entry in manifest["files"])
@@ -241,6 +256,14 @@ class ModelCache(Block):
             if not (local.is_file() and local.stat().st_size == info.size):
                 store.download(info.uri, local)
                 fetched += info.size
+                # The listing's size is a promise too (an index without checksums has only
+                # it): a file that came shorter or longer is never published as ready.
+                received = local.stat().st_size
+                if received != info.size:
+                    local.unlink()
+                    raise IntegrityError(
+                        info.uri, f"the listing says {info.size} bytes, {received} arrived"
+                    )
             files.append(_file_entry(staging, local, info))
         manifest = {
             "format": 1,
@@ -265,11 +288,11 @@ class ModelCache(Block):
             os.utime(model_dir / MANIFEST)
 
     def _in_use_marker(self, model: ModelRef) -> Path:
-        return self.root / model.name / f"{model.revision}.inuse"
+        return self.root / model.name / f".{model.revision}.inuse"
 
     @contextlib.contextmanager
     def _fill_lock(self, model: ModelRef, timeout_s: float | None = None) -> Iterator[None]:
-        path = self.root / model.name / f"{model.revision}.lock"
+        path = self.root / model.name / f".{model.revision}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         with exclusive_lock_if_free(path) as free:
             if free:

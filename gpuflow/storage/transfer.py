@@ -23,7 +23,13 @@ from typing import Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gpuflow.core.errors import GpuflowError, IntegrityError, StoreError
+from gpuflow.core.errors import (
+    DiskFullError,
+    GpuflowError,
+    IntegrityError,
+    StoreError,
+    is_disk_full,
+)
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -241,6 +247,35 @@ def download_ranges(
         "block_size": block_size,
         "parts": [[part.offset, part.length] for part in parts],
     }
+    try:
+        return _download_into(
+            uri, destination, partial, journal, header, size, parts, stream, settings, digest,
+            block_size, verify,
+        )  # fmt: skip
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        # Nothing to resume until someone frees space: give back what the partial file holds.
+        _discard(partial, journal)
+        if isinstance(error, DiskFullError):
+            raise
+        raise DiskFullError(str(destination), error) from error
+
+
+def _download_into(
+    uri: str,
+    destination: Path,
+    partial: Path,
+    journal: Path,
+    header: dict[str, object],
+    size: int,
+    parts: list[Part],
+    stream: RangeStream,
+    settings: TransferSettings,
+    digest: DigestName,
+    block_size: int | None,
+    verify: Verifier | None,
+) -> DownloadResult:
     resumable = len(parts) > 1
     done = _resume(partial, journal, header, parts, digest, block_size) if resumable else {}
     if not done:
@@ -347,6 +382,8 @@ def _fetch_part(
                 raise
         except OSError as error:
             # Network resets surface as OSError subclasses; a full disk is final.
+            if is_disk_full(error):
+                raise DiskFullError(uri, error) from error
             if isinstance(error, FileNotFoundError | PermissionError) or attempt == (
                 settings.part_attempts
             ):

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -18,6 +19,7 @@ from gpuflow.gpu.admission.policy import QueueEntry, Ticket
 from gpuflow.gpu.admission.queues import admission_queue
 from gpuflow.gpu.admission.waiting import admitted
 from tests.support.postgres import fresh_database
+from tests.support.tcp_proxy import OutageProxy
 
 pytestmark = pytest.mark.integration
 
@@ -190,3 +192,59 @@ def test_an_unreachable_postgresql_is_a_clear_error() -> None:
     with pytest.raises(AdmissionError, match=r"postgresql://127\.0\.0\.1:1/none") as failure:
         asyncio.run(queue.enqueue(ticket, {"gpu": 1}, 10))
     assert "secret-pw" not in str(failure.value)
+
+
+def _proxy_for(url: str) -> OutageProxy:
+    parts = urlsplit(url)
+    return OutageProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+
+
+def _through(proxy: OutageProxy, url: str) -> str:
+    parts = urlsplit(url)
+    user = f"{parts.username}@" if parts.username else ""
+    return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}"))
+
+
+def test_a_postgresql_outage_while_holding_admission_never_fails_the_job(
+    postgresql_url_with_clean_tables: str,
+) -> None:
+    async def main() -> tuple[str, list[QueueEntry]]:
+        proxy = _proxy_for(postgresql_url_with_clean_tables)
+        await proxy.start()
+        queue = admission_queue(_through(proxy, postgresql_url_with_clean_tables))
+        ticket = Ticket(("gpu",), 1, Priority.NORMAL, "job-a")
+        try:
+            async with admitted(queue, ticket, {"gpu": 1}, ttl_s=1.5):
+                await proxy.cut()  # heartbeats every 0.5 s fail for 2 s: the job goes on
+                await asyncio.sleep(2.0)
+                await proxy.restore()
+                await asyncio.sleep(1.0)
+                result = "job finished"
+            return result, await queue.entries()
+        finally:
+            await proxy.close()
+
+    result, entries = asyncio.run(main())
+    assert result == "job finished" and entries == []
+
+
+def test_leaving_rides_out_an_outage_at_the_end_of_the_job(
+    postgresql_url_with_clean_tables: str,
+) -> None:
+    async def main() -> list[QueueEntry]:
+        proxy = _proxy_for(postgresql_url_with_clean_tables)
+        await proxy.start()
+        queue = admission_queue(_through(proxy, postgresql_url_with_clean_tables))
+        ticket = Ticket(("gpu",), 1, Priority.NORMAL, "job-b")
+        try:
+            # A long ttl: an entry gone afterwards has left, it did not expire.
+            async with admitted(queue, ticket, {"gpu": 1}, ttl_s=60):
+                await proxy.cut()
+                asyncio.get_running_loop().call_later(
+                    1.0, lambda: asyncio.ensure_future(proxy.restore())
+                )
+            return await queue.entries()
+        finally:
+            await proxy.close()
+
+    assert asyncio.run(main()) == []

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 import subprocess
 import time
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -17,7 +19,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.client.schemas.objects import State
 
-from gpuflow.core.errors import GpuCapacityError, JobFailedError, ObjectNotFoundError
+from gpuflow.core.errors import GpuCapacityError, ObjectNotFoundError, RequestError
 from gpuflow.core.request import VideoRequest
 from gpuflow.core.workspace import kept_until
 from gpuflow.envs.fabric import METADATA, environment_key
@@ -171,11 +173,31 @@ def test_missing_input_object_fails_cleanly(
     _assert_clean_failure(layout, state, gpu_limit_name)
 
 
-def test_unreadable_image_is_an_input_error_and_not_retried(
-    layout: EmbeddedLayout, stack_name: str, gpu_limit_name: str
+def _bomb_header() -> bytes:
+    """A PNG claiming 100000x100000 pixels, in a hundred bytes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b"this is not a PNG", "not a readable image"), (_bomb_header(), "decompression bomb")],
+)
+def test_a_bad_image_is_refused_when_staged_before_any_gpu(
+    layout: EmbeddedLayout, stack_name: str, gpu_limit_name: str, content: bytes, reason: str
 ) -> None:
     broken = layout.store_root / "samples" / f"broken-{uuid.uuid4().hex[:6]}.png"
-    broken.write_bytes(b"this is not a PNG")
+    broken.write_bytes(content)
     state = _run(
         _request(
             layout,
@@ -186,13 +208,11 @@ def test_unreadable_image_is_an_input_error_and_not_retried(
         stack_name,
     )
     assert state.is_failed()
-    with pytest.raises(JobFailedError) as failure:
+    with pytest.raises(RequestError, match=reason) as failure:
         state.result()
-    assert failure.value.exit_code == 2
     assert broken.name in str(failure.value)
-    assert not failure.value.retryable
     run_counts = asyncio.run(_task_run_counts(state.state_details.flow_run_id))  # type: ignore[arg-type]
-    assert run_counts["run_gpu_job"] == 1, run_counts
+    assert run_counts.get("run_gpu_job", 0) == 0 and run_counts.get("download_model", 0) == 0
     _assert_clean_failure(layout, state, gpu_limit_name)
 
 
@@ -205,6 +225,18 @@ def test_more_gpus_than_the_limit_is_refused_before_any_download(
     with pytest.raises(GpuCapacityError, match=r"gpus=3 .* 2 GPU slots"):
         state.result()
     assert not (layout.nas_root / "models" / "never-downloaded").exists()
+    _assert_clean_failure(layout, state, gpu_limit_name, workspace_created=False)
+
+
+def test_a_model_name_with_a_typo_fails_before_anything_is_created(
+    layout: EmbeddedLayout, stack_name: str, gpu_limit_name: str
+) -> None:
+    typo = {"name": "wan2.2-i2v-standni", "revision": "v1"}
+    state = _run(_request(layout, model=typo), stack_name)
+    assert state.is_failed()
+    with pytest.raises(ObjectNotFoundError, match=r"wan2\.2-i2v-standni"):
+        state.result()
+    assert not (layout.nas_root / "models" / "wan2.2-i2v-standni").exists()
     _assert_clean_failure(layout, state, gpu_limit_name, workspace_created=False)
 
 

@@ -23,8 +23,9 @@ from prefect.states import Cancelling
 from gpuflow.compute.local import LocalSubprocess
 from gpuflow.core.errors import GpuCapacityError
 from gpuflow.gpu.capacity import ensure_gpu_limits
-from gpuflow.gpu.leases import LeaseLostError, held_gpu_slots
-from gpuflow.gpu.reconcile import reconcile_gpu_slots
+from gpuflow.gpu.leases import LeaseLostError, acquire_gpu_slots, held_gpu_slots
+from gpuflow.gpu.reconcile import ReconcileReport, reconcile_gpu_slots
+from gpuflow.gpu.registry import JobRegistry, RunningJob
 from gpuflow.ops.bootstrap import bootstrap
 from gpuflow.ops.embedded import EmbeddedLayout
 from gpuflow.ops.local_server import LocalServer, ensure_server, stop_server
@@ -293,3 +294,32 @@ def test_the_reconcile_command_reports_a_consistent_limit(
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert f"{gpu_limit_name}: 0/2 slots active, 0 held by live jobs" in completed.stdout
+
+
+def test_a_record_from_another_host_that_stopped_refreshing_is_dead(
+    prefect_server: LocalServer, tmp_path: Path
+) -> None:
+    """After a kill -9 on another host its flow run still says Running; the record, no
+    longer refreshed, tells reconciliation that the holder is gone."""
+    limit = f"gpu-remote-{uuid.uuid4().hex[:6]}"
+    registry = JobRegistry(tmp_path / "gpu-jobs")
+
+    async def main() -> tuple[ReconcileReport, ReconcileReport, int]:
+        await ensure_gpu_limits({limit: 2})
+        leases = [await acquire_gpu_slots([limit], 1, LEASE_S, None) for _ in range(2)]
+        for lease, age_s in zip(leases, (LEASE_S * 3, 1), strict=True):
+            job = RunningJob.here(str(lease.lease_id), [limit], 1, "i2v", None, LEASE_S)
+            registry.record(job.model_copy(update={"host": "gpu-node-7", "pid": 1}))
+            seen = time.time() - age_s
+            os.utime(registry.root / f"{lease.lease_id}.json", (seen, seen))
+        looked = await reconcile_gpu_slots([limit], repair=False, registry=registry)
+        repaired = await reconcile_gpu_slots([limit], repair=True, registry=registry)
+        return looked, repaired, await _active_slots(limit)
+
+    looked, repaired, active = asyncio.run(main())
+    assert [job.host for job in looked.live_jobs] == ["gpu-node-7"]
+    assert len(looked.dead_jobs) == 1 and not looked.consistent
+    assert repaired.released_leases == [looked.dead_jobs[0].lease_id]
+    assert active == 1 and [job.lease_id for job in registry.jobs()[0]] == [
+        looked.live_jobs[0].lease_id
+    ]

@@ -15,12 +15,15 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State, StateType
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
+from gpuflow.core.request import ModelRef
 from gpuflow.core.workspace import Workspace, run_id_for
 from gpuflow.ops.bootstrap import bootstrap
 from gpuflow.ops.embedded import EmbeddedLayout
 from gpuflow.ops.local_server import LocalServer
 from gpuflow.pipeline.housekeeping import NasUnavailableError
 from gpuflow.pipeline.janitor import JanitorPolicy, JanitorReport, janitor
+from gpuflow.storage.local import LocalObjectStore
+from gpuflow.storage.model_cache import MANIFEST
 
 pytestmark = pytest.mark.integration
 
@@ -176,3 +179,30 @@ def test_bad_policy_values_are_refused() -> None:
 def test_a_missing_nas_is_named(janitor_stack: str, tmp_path: Path) -> None:
     with pytest.raises(NasUnavailableError, match=f"NAS root {tmp_path / 'nas'} does not exist"):
         _run_janitor(janitor_stack)
+
+
+def test_the_janitor_keeps_the_model_cache_within_its_budget(
+    prefect_server: LocalServer, layout: EmbeddedLayout, tmp_path: Path, gpu_limit_name: str
+) -> None:
+    store = LocalObjectStore(root=tmp_path / "store")
+    nas = tmp_path / "nas"
+    stack = layout.stack().model_copy(
+        update={"nas_root": nas, "gpu_limit": gpu_limit_name, "model_cache_max_bytes": 2500}
+    )
+    cache = stack.model_cache
+    models = [ModelRef(name="m", revision=f"r{number}") for number in range(3)]
+    for age, model in zip((3 * HOUR, 2 * HOUR, 1 * HOUR), models, strict=True):
+        source = tmp_path / "store" / "models" / model.revision
+        source.mkdir(parents=True)
+        (source / "weights.bin").write_bytes(b"w" * 1000)
+        path = cache.ensure(model, store, store.uri_for(f"models/{model.revision}")).path
+        stamp = time.time() - age
+        os.utime(path / MANIFEST, (stamp, stamp))  # last use
+    name = f"janitor-{uuid.uuid4().hex[:8]}"
+    asyncio.run(bootstrap(stack, name, gpu_slots=4))
+
+    with cache.hold(models[0]):  # the oldest is in use: it stays, the next oldest goes
+        report = _run_janitor(name)
+
+    assert report.models_evicted == [str(cache.model_dir(models[1]))]
+    assert [cache.is_ready(model) for model in models] == [True, False, True]

@@ -148,7 +148,7 @@ def test_a_lock_left_by_a_killed_process_does_not_block(
 ) -> None:
     prefix = _publish_model(s3_store, bucket, tmp_path)
     cache = ModelCache(root=tmp_path / "models", lock_timeout_s=120)
-    lock = cache.root / MODEL.name / f"{MODEL.revision}.lock"
+    lock = cache.root / MODEL.name / f".{MODEL.revision}.lock"
     lock.parent.mkdir(parents=True)
     holder = subprocess.Popen(
         [

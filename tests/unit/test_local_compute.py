@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
@@ -135,3 +136,47 @@ def test_a_job_over_its_timeout_is_killed_as_a_resource_error(tmp_path: Path) ->
     assert exit_code == 4
     # The bound is the behaviour: killed at its 1 s timeout, not after the job's 60 s.
     assert time.monotonic() - started < 30
+
+
+def test_progress_bars_that_redraw_with_carriage_returns_arrive_as_lines(tmp_path: Path) -> None:
+    target = LocalSubprocess(lock_dir=tmp_path / "locks")
+    # tqdm-style: 3 MiB of redraws and no newline at all, then a CRLF line and a last bare line.
+    code = (
+        "import sys\n"
+        "for i in range(30000): sys.stdout.write(f'\\r{i:05d} ' + 'x' * 100)\n"
+        "sys.stdout.write('\\r\\ndone\\r\\nlast'); sys.stdout.flush()"
+    )
+    exit_code, lines = asyncio.run(_collect(target, _spec(tmp_path, code)))
+    assert exit_code == 0
+    assert lines[0] == ""  # the first \r ends an empty line
+    assert lines[1] == "00000 " + "x" * 100 and lines[30000] == "29999 " + "x" * 100
+    assert lines[30001:] == ["done", "last"]
+
+
+def test_an_endless_line_is_split_and_the_job_runs_on(tmp_path: Path) -> None:
+    target = LocalSubprocess(lock_dir=tmp_path / "locks")
+    code = "import sys; sys.stdout.write('y' * (3 * 1024 * 1024 + 5)); print(); print('after')"
+    exit_code, lines = asyncio.run(_collect(target, _spec(tmp_path, code)))
+    assert exit_code == 0
+    assert [len(line) for line in lines] == [1024 * 1024] * 3 + [5, 5]
+    assert lines[-1] == "after"
+
+
+def test_jobs_get_an_allow_list_of_the_environment_never_its_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PREFECT_API_KEY", "pnu_secret_key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    monkeypatch.setenv("HF_HOME", "/nas/hf")
+    target = LocalSubprocess(lock_dir=tmp_path / "locks", inherit_env=["HF_HOME"])
+    code = "import json, os; print(json.dumps(dict(os.environ)))"
+    job = _spec(tmp_path, code).model_copy(update={"env": {"GPUFLOW_RUN": "r1"}})
+    exit_code, lines = asyncio.run(_collect(target, job))
+    import json
+
+    seen = json.loads(lines[0])
+    assert exit_code == 0
+    assert "PREFECT_API_KEY" not in seen and "AWS_SECRET_ACCESS_KEY" not in seen
+    assert seen["LC_ALL"] == "C.UTF-8" and seen["HF_HOME"] == "/nas/hf"
+    assert seen["GPUFLOW_RUN"] == "r1" and seen["PATH"] == os.environ["PATH"]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -90,7 +91,7 @@ def test_a_lock_held_by_a_killed_process_does_not_block(
     tmp_path: Path, store: CountingStore
 ) -> None:
     cache = ModelCache(root=tmp_path / "nas" / "models", lock_timeout_s=20)
-    lock = cache.model_dir(MODEL).with_name("v1.lock")
+    lock = cache.model_dir(MODEL).with_name(".v1.lock")
     lock.parent.mkdir(parents=True)
     holder = subprocess.Popen(
         [
@@ -114,5 +115,30 @@ def test_an_empty_or_missing_source_names_the_uri_and_leaves_nothing(
     missing = store.uri_for("models/ghost/v9")
     with pytest.raises(ObjectNotFoundError, match="ghost/v9"):
         cache.ensure(ModelRef(name="ghost", revision="v9"), store, missing)
-    assert not (cache.root / "ghost" / "v9").exists()
-    assert [p.name for p in (cache.root / "ghost").iterdir()] == ["v9.lock"]
+    assert not (cache.root / "ghost").exists()  # no directory, no lock: nothing at all
+
+
+def test_revision_names_never_collide_with_the_cache_s_own_files(
+    tmp_path: Path, store: CountingStore
+) -> None:
+    cache = ModelCache(root=tmp_path / "nas" / "models")
+    source = _source(store)
+    first = cache.ensure(MODEL, store, source)
+    for revision in ("v1.lock", "v1.inuse", "v1.partial"):
+        other = ModelRef(name=MODEL.name, revision=revision)
+        with cache.hold(other):
+            cache.ensure(other, store, source)
+    assert cache.is_ready(MODEL) and cache.verify(first.path)
+    with cache.hold(MODEL):
+        assert not cache.ensure(MODEL, store, source).downloaded
+
+
+def test_eviction_skips_a_fill_in_progress_that_already_holds_a_manifest(
+    tmp_path: Path, store: CountingStore
+) -> None:
+    cache = ModelCache(root=tmp_path / "nas" / "models")
+    ready = cache.ensure(MODEL, store, _source(store))
+    leftover = ready.path.with_name(".v2.partial")
+    shutil.copytree(ready.path, leftover)  # a fill killed after writing its manifest
+    assert cache.evict_least_recently_used(0) == [ready.path]
+    assert leftover.is_dir()

@@ -52,3 +52,27 @@ def test_frame_count_error_suggests_valid_neighbours() -> None:
 def test_a_request_object_passes_through() -> None:
     request = VideoRequest.model_validate(GOOD)
     assert parse_request(request) is request
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("prompt", "a cat\x00--help", "'\\x00' at offset 5"),
+        ("prompt", "red\x1b[2Jcat", "'\\x1b' at offset 3"),
+        ("prompt", "cat\x7f", "'\\x7f'"),
+        ("prompt", "cat\x85dog", "'\\x85'"),
+        ("prompt", "cat\ud800", "'cat\\ud800'"),
+        ("image_uri", "file:///srv/cat.png\x00.txt", "'\\x00'"),
+        ("image_uri", "file:///srv/cat\n.png", "'\\n'"),
+        ("image_uri", "s3://bucket/cat\t.png", "'\\t'"),
+    ],
+)
+def test_control_characters_are_refused_at_the_edge(field: str, value: str, named: str) -> None:
+    with pytest.raises(RequestError, match=field) as refused:
+        parse_request({**GOOD, field: value})
+    assert named in str(refused.value)
+
+
+def test_a_prompt_may_hold_tabs_line_breaks_and_any_printable_text() -> None:
+    prompt = "--help\n\t-cinematic, 猫が走る 🐈 \u200b"
+    assert parse_request({**GOOD, "prompt": prompt}).prompt == prompt

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuflow.core.errors import IntegrityError, UriError
+from gpuflow.core.errors import DiskFullError, IntegrityError, UriError
 from gpuflow.storage.transfer import (
     S3_MAX_PARTS,
     GiB,
@@ -26,6 +26,7 @@ from gpuflow.storage.transfer import (
     plan_parts,
 )
 from gpuflow.storage.uri import safe_relative_path
+from tests.support.full_disk import full_filesystem
 
 SETTINGS = TransferSettings(max_concurrency=4, single_stream_below=5 * MiB, min_part_size=5 * MiB)
 
@@ -153,3 +154,15 @@ def test_plain_nested_keys_are_kept() -> None:
     assert str(safe_relative_path("weights/part-1.bin", "s3://b/weights/part-1.bin")) == (
         "weights/part-1.bin"
     )
+
+
+def test_a_full_disk_is_final_and_gives_its_space_back(tmp_path: Path) -> None:
+    data = os.urandom(2 * MiB)
+    with full_filesystem(tmp_path / "nas", size_kib=1024) as nas:
+        destination = nas / "models" / "m" / "weights.bin"
+        source = _Source(data)
+        with pytest.raises(DiskFullError, match="no space left") as failure:
+            _download(source, destination, SETTINGS)
+        assert not failure.value.retryable
+        assert source.fetched == [1]  # not retried: a full disk stays full
+        assert list(destination.parent.iterdir()) == []  # no sparse partial left behind

@@ -47,3 +47,27 @@ def test_ffmpeg_failure_is_reported_and_leaves_no_output(tmp_path: Path) -> None
         Watermark().apply(raw, tmp_path / "video.mp4")
     assert not (tmp_path / "video.mp4").exists()
     assert not list(tmp_path.glob(".video.mp4.partial"))
+
+
+def _opaque_rows(path: Path) -> list[int]:
+    with Image.open(path) as image:
+        alpha = image.getchannel("A")
+        return [
+            y
+            for y in range(image.height)
+            if any(alpha.getpixel((x, y)) for x in range(image.width))
+        ]
+
+
+def test_every_line_of_a_multi_line_text_is_drawn(tmp_path: Path) -> None:
+    one = Watermark(text="gpuflow", font_size_px=24).render_mark(tmp_path / "one.png")
+    three = Watermark(text="gpuflow\nstudio\nWIDE LAST LINE", font_size_px=24).render_mark(
+        tmp_path / "three.png"
+    )
+    with Image.open(one) as single, Image.open(three) as multiple:
+        assert multiple.height > 2.5 * single.height
+        assert multiple.width > single.width  # the widest line decides the width
+    rows = _opaque_rows(three)
+    # Ink in the bottom quarter: the last line is there, not cut off.
+    with Image.open(three) as multiple:
+        assert max(rows) > multiple.height * 3 // 4

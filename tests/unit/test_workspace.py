@@ -6,6 +6,7 @@ import pytest
 
 from gpuflow.core.errors import WorkspacePathError
 from gpuflow.core.workspace import Workspace
+from tests.support.full_disk import fill, full_filesystem
 
 
 def test_workspace_layout(tmp_path: Path) -> None:
@@ -39,3 +40,11 @@ def test_a_symlink_out_of_the_workspace_is_refused(tmp_path: Path) -> None:
 def test_run_ids_cannot_place_a_workspace_elsewhere(tmp_path: Path, run_id: str) -> None:
     with pytest.raises(WorkspacePathError):
         Workspace.create(tmp_path, run_id)
+
+
+def test_a_full_disk_never_hides_the_run_failure_behind_the_marker(tmp_path: Path) -> None:
+    with full_filesystem(tmp_path / "nas") as nas:
+        workspace = Workspace.create(nas, "local-" + "1" * 32)
+        fill(nas)
+        assert workspace.keep_after_failure(3600, "JobFailedError: exit code 4") is False
+        assert sorted(path.name for path in workspace.root.iterdir()) == ["inputs", "outputs"]

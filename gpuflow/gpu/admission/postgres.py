@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
+from gpuflow.core.redaction import redacted_url
 from gpuflow.gpu.admission.base import (
     POOL_SEPARATOR,
     SELECT_ENTRIES,
+    AdmissionConfigError,
     AdmissionError,
     AdmissionQueue,
     entry_from_row,
@@ -57,8 +59,7 @@ class PostgresAdmissionQueue(AdmissionQueue):
 
     @property
     def location(self) -> str:
-        scheme, _, rest = self._dsn.partition("://")
-        return f"{scheme}://{rest.rpartition('@')[2]}"
+        return redacted_url(self._dsn)
 
     async def _pool(self) -> asyncpg.Pool:
         loop = asyncio.get_running_loop()
@@ -83,14 +84,32 @@ class PostgresAdmissionQueue(AdmissionQueue):
             raise AdmissionError(
                 f"cannot reach the admission queue {self.location}: {exc}"
             ) from exc
+        except (ValueError, TypeError, OverflowError, asyncpg.InterfaceError) as exc:
+            # The driver's parse errors quote pieces of the URL, password included.
+            raise AdmissionConfigError(
+                f"the admission queue URL {self.location} is malformed ({type(exc).__name__}); "
+                "percent-encode a user or password that holds '/', '?', '#' or '@'"
+            ) from None
         return pool
 
     @contextlib.asynccontextmanager
+    async def _unreachable_as_admission_error(self) -> AsyncIterator[None]:
+        """A dropped connection or a database that is down is an ``AdmissionError``, which
+        waiting rides out, never a bare ``ConnectionError`` that would fail the run."""
+        try:
+            yield
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise AdmissionError(
+                f"the admission queue {self.location} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        pool = await self._pool()
-        async with pool.acquire() as connection, connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock($1)", _POSTGRES_LOCK_KEY)
-            yield connection
+        async with self._unreachable_as_admission_error():
+            pool = await self._pool()
+            async with pool.acquire() as connection, connection.transaction():
+                await connection.execute("SELECT pg_advisory_xact_lock($1)", _POSTGRES_LOCK_KEY)
+                yield connection
 
     @staticmethod
     async def _reap(connection: asyncpg.Connection) -> None:
@@ -144,19 +163,23 @@ class PostgresAdmissionQueue(AdmissionQueue):
             return True
 
     async def heartbeat(self, ticket_id: str, ttl_s: float) -> bool:
-        pool = await self._pool()
-        renewed = await pool.execute(
-            "UPDATE gpuflow_admission_ticket "
-            "SET expires_at = EXTRACT(EPOCH FROM clock_timestamp()) + $2 "
-            "WHERE ticket_id = $1",
-            ticket_id,
-            ttl_s,
-        )
+        async with self._unreachable_as_admission_error():
+            pool = await self._pool()
+            renewed = await pool.execute(
+                "UPDATE gpuflow_admission_ticket "
+                "SET expires_at = EXTRACT(EPOCH FROM clock_timestamp()) + $2 "
+                "WHERE ticket_id = $1",
+                ticket_id,
+                ttl_s,
+            )
         return bool(renewed != "UPDATE 0")
 
     async def leave(self, ticket_id: str) -> None:
-        pool = await self._pool()
-        await pool.execute("DELETE FROM gpuflow_admission_ticket WHERE ticket_id = $1", ticket_id)
+        async with self._unreachable_as_admission_error():
+            pool = await self._pool()
+            await pool.execute(
+                "DELETE FROM gpuflow_admission_ticket WHERE ticket_id = $1", ticket_id
+            )
 
     async def entries(self) -> list[QueueEntry]:
         async with self._transaction() as connection:

@@ -13,6 +13,8 @@ from gpuflow.gpu.admission.policy import Ticket
 
 logger = logging.getLogger(__name__)
 
+_LEAVE_RETRY_S = 0.5
+
 
 class _Wakeups:
     """Wakes the waiters of this process when a ticket of the same queue leaves, so freed
@@ -72,19 +74,36 @@ async def admitted(
             yield waited
         finally:
             heartbeat.cancel()
+            # Queue bookkeeping never fails the job it admitted: whatever ended the
+            # heartbeat is logged, not raised.
             with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+                try:
+                    await heartbeat
+                except Exception as exc:
+                    logger.warning("Admission heartbeat of %s ended: %s", ticket.ticket_id, exc)
     finally:
         # Shielded: a cancelled request must still leave the queue, or it blocks it until
         # its deadline passes.
-        await asyncio.shield(_leave(queue, ticket.ticket_id))
+        await asyncio.shield(_leave(queue, ticket.ticket_id, ttl_s))
 
 
-async def _leave(queue: AdmissionQueue, ticket_id: str) -> None:
+async def _leave(queue: AdmissionQueue, ticket_id: str, ttl_s: float) -> None:
+    """Leave the queue, retrying through an outage until the entry would have expired
+    anyway (then it no longer blocks anyone)."""
+    give_up_at = time.monotonic() + ttl_s
     try:
-        await queue.leave(ticket_id)
-    except AdmissionError as exc:
-        logger.warning("Could not leave the admission queue (%s); the entry expires", exc)
+        while True:
+            try:
+                await queue.leave(ticket_id)
+                return
+            except AdmissionError as exc:
+                if time.monotonic() + _LEAVE_RETRY_S >= give_up_at:
+                    logger.warning(
+                        "Could not leave the admission queue (%s); the entry expires", exc
+                    )
+                    return
+                logger.warning("Leaving the admission queue failed (%s); retrying", exc)
+                await asyncio.sleep(_LEAVE_RETRY_S)
     finally:
         _wakeups.notify(queue.location)
 

@@ -136,8 +136,17 @@ def run(args: argparse.Namespace) -> int:
     return int(ExitCode.SUCCESS)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The job's arguments; gpuflow passes each as ``--name=value``, so none is an option."""
     args = build_parser().parse_args(argv)
+    if args.prompt == []:
+        # argparse drops a value of exactly "--" (--prompt=--), leaving an empty list.
+        args.prompt = "--"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
     try:
         return run(args)
     except MemoryError:
