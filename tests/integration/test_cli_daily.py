@@ -154,11 +154,16 @@ def test_batch_check_lists_every_bad_line(
     assert "1 valid request(s), 2 invalid line(s)" in checked.stdout
 
 
+_UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+
+
 def _would_remove(stdout: str) -> tuple[int, int]:
-    """(workspaces, bytes) of the janitor's "Would remove/Removed N of M ..., B bytes" line."""
-    found = re.search(r"(?:Would remove|Removed) (\d+) of \d+ workspace\(s\), (\d+) bytes", stdout)
+    """(workspaces, bytes) of the janitor's "Would remove/Removed N of M ..., 1.5 KiB freed"."""
+    found = re.search(
+        r"(?:Would remove|Removed) (\d+) of \d+ workspace\(s\), ([\d.]+) (B|[KMGT]iB) freed", stdout
+    )
     assert found, stdout
-    return int(found[1]), int(found[2])
+    return int(found[1]), int(float(found[2]) * _UNITS[found[3]])
 
 
 def test_janitor_dry_run_reports_a_stale_workspace_and_keeps_it(

@@ -20,6 +20,7 @@ from gpuflow.compute.local import LocalSubprocess
 from gpuflow.core.errors import ObjectNotFoundError, StoreAccessError, UriError, WorkspacePathError
 from gpuflow.core.request import VideoRequest
 from gpuflow.core.workspace import Workspace
+from gpuflow.ops.samples import landscape_png
 from gpuflow.pipeline.generate_video import stage_inputs
 from gpuflow.pipeline.stack import GpuflowStack
 from gpuflow.storage.s3 import S3ObjectStore
@@ -287,7 +288,9 @@ def test_no_secret_in_logs_errors_or_saved_form(
 def test_inputs_are_staged_inside_the_workspace(
     s3_store: S3ObjectStore, bucket: str, tmp_path: Path, key: str, staged_as: str
 ) -> None:
-    s3_store.client.put_object(Bucket=bucket, Key=key, Body=b"image bytes")
+    # A real image: staging also checks that the input is one.
+    image = landscape_png(64, 48)
+    s3_store.client.put_object(Bucket=bucket, Key=key, Body=image)
     stack = _stack(s3_store, bucket, tmp_path)
     workspace = Workspace.create(stack.nas_root, "run-1")
     request = VideoRequest(prompt="a cat", image_uri=f"s3://{bucket}/{key}")
@@ -295,7 +298,7 @@ def test_inputs_are_staged_inside_the_workspace(
     staged = stage_inputs.fn(stack, request, workspace)
 
     assert staged == workspace.inputs / staged_as
-    assert staged.read_bytes() == b"image bytes"
+    assert staged.read_bytes() == image
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == [staged]
 
 
