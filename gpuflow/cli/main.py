@@ -50,13 +50,13 @@ def _root(
 
 def main() -> None:
     """The console script: errors as one line and an exit code, tracebacks only with --debug."""
-    from gpuflow.cli.support import ExitCode, unreachable_api
+    from gpuflow.cli.support import CliExitCode, unreachable_api
     from gpuflow.core.errors import NotFoundError
 
     try:
         app()
     except KeyboardInterrupt:
-        sys.exit(int(ExitCode.INTERRUPTED))
+        sys.exit(int(CliExitCode.INTERRUPTED))
     except Exception as exc:
         if "--debug" in sys.argv[1:] or os.environ.get("GPUFLOW_DEBUG"):
             raise
@@ -66,7 +66,9 @@ def main() -> None:
             sys.exit(unreachable_api(str(exc.request.url), exc).exit_code)
         message = str(exc) if isinstance(exc, GpuflowError) else f"{type(exc).__name__}: {exc}"
         typer.secho(f"error: {message} (--debug shows the traceback)", fg="red", err=True)
-        sys.exit(int(ExitCode.NOT_FOUND if isinstance(exc, NotFoundError) else ExitCode.ERROR))
+        sys.exit(
+            int(CliExitCode.NOT_FOUND if isinstance(exc, NotFoundError) else CliExitCode.ERROR)
+        )
 
 
 StateDir = Annotated[

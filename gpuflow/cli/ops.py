@@ -10,7 +10,7 @@ import typer
 from pydantic import ValidationError
 
 from gpuflow.cli.runs import StateDir
-from gpuflow.cli.support import ExitCode, fail, human_bytes, load_data_file, prefect_api
+from gpuflow.cli.support import CliExitCode, fail, human_bytes, load_data_file, prefect_api
 from gpuflow.core.redaction import validation_problems
 from gpuflow.ops.embedded import EmbeddedLayout
 from gpuflow.pipeline.submission import DEFAULT_DEPLOYMENT
@@ -167,7 +167,7 @@ def batch(
         typer.echo(
             f"{len(parsed.entries)} valid request(s), {len(parsed.problems)} invalid line(s)"
         )
-        raise typer.Exit(int(ExitCode.ERROR if parsed.problems else ExitCode.OK))
+        raise typer.Exit(int(CliExitCode.ERROR if parsed.problems else CliExitCode.OK))
     if check:
         raise fail("--check reads local manifests; pass a path (object URIs are read by a run)")
     with prefect_api(state_dir):
@@ -183,9 +183,9 @@ def batch(
                     poll_interval_s=poll_s,
                 )
             )
-            code = ExitCode.OK
+            code = CliExitCode.OK
         except BatchFailedError as exc:
-            summary, code = exc.summary, ExitCode.RUN_FAILED
+            summary, code = exc.summary, CliExitCode.RUN_FAILED
     for row in summary.rows:
         typer.echo(
             f"line {row.line:>5}  {row.state:<12} {row.flow_run_id or '-':<36}  "

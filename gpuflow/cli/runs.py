@@ -11,7 +11,7 @@ from uuid import UUID
 
 import typer
 
-from gpuflow.cli.support import ExitCode, fail, load_data_file, prefect_api
+from gpuflow.cli.support import CliExitCode, fail, load_data_file, prefect_api
 from gpuflow.core.request import Priority, parse_request
 from gpuflow.ops.embedded import default_state_dir
 from gpuflow.pipeline.submission import DEFAULT_DEPLOYMENT
@@ -36,16 +36,16 @@ StateDir = Annotated[
 Stack = Annotated[str, typer.Option(help="Name of the saved gpuflow-stack block.")]
 
 
-def _exit_code(snap: RunSnapshot) -> ExitCode:
+def _exit_code(snap: RunSnapshot) -> CliExitCode:
     from prefect.client.schemas.objects import StateType
 
     if not snap.finished:
-        return ExitCode.RUN_NOT_FINISHED
+        return CliExitCode.RUN_NOT_FINISHED
     if snap.state_type == StateType.COMPLETED:
-        return ExitCode.OK
+        return CliExitCode.OK
     if snap.state_type == StateType.CANCELLED:
-        return ExitCode.RUN_CANCELLED
-    return ExitCode.RUN_FAILED
+        return CliExitCode.RUN_CANCELLED
+    return CliExitCode.RUN_FAILED
 
 
 def _describe(snap: RunSnapshot) -> str:
@@ -253,7 +253,7 @@ def submit(
                 typer.echo(f"Cancelling run {run_id}.", err=True)
             else:
                 typer.echo(f"Run {run_id} goes on: `gpuflow status {run_id}`.", err=True)
-            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+            raise typer.Exit(int(CliExitCode.INTERRUPTED)) from None
         asyncio.run(_finish_line(snap))
         raise typer.Exit(int(_exit_code(snap)))
 

@@ -17,7 +17,7 @@ from gpuflow.core.redaction import yaml_problem
 from gpuflow.ops.local_server import read_server
 
 
-class ExitCode(enum.IntEnum):
+class CliExitCode(enum.IntEnum):
     """Exit codes scripts can rely on (docs/daily-use.md lists them)."""
 
     OK = 0
@@ -42,7 +42,7 @@ def human_bytes(size: int) -> str:
     return f"{value / 1024:.1f} PiB"
 
 
-def fail(message: str, code: ExitCode = ExitCode.ERROR) -> typer.Exit:
+def fail(message: str, code: CliExitCode = CliExitCode.ERROR) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(int(code))
 
@@ -52,7 +52,7 @@ def unreachable_api(api_url: str, reason: object) -> typer.Exit:
     return fail(
         f"cannot reach the Prefect API at {api_url} ({reason}): start it with "
         "`gpuflow server start`, or set PREFECT_API_URL to a running server",
-        ExitCode.NOT_FOUND,
+        CliExitCode.NOT_FOUND,
     )
 
 
@@ -87,7 +87,7 @@ def prefect_api(state_dir: Path) -> Iterator[str]:
             f"no Prefect API: no local server runs for {state_dir}; set PREFECT_API_URL, "
             "start the local server with `gpuflow server start`, or name the state directory "
             "of a running one with --state-dir or GPUFLOW_STATE_DIR",
-            ExitCode.NOT_FOUND,
+            CliExitCode.NOT_FOUND,
         )
     with temporary_settings({PREFECT_API_URL: server.api_url}):
         yield server.api_url
