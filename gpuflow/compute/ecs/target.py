@@ -288,10 +288,10 @@ class EcsTask(ComputeTarget):
         if self.create_log_group:
             try:
                 logs.create_log_group(logGroupName=self.log_group)
-            except logs.exceptions.ResourceAlreadyExistsException:
-                pass
             except ClientError as error:
-                raise as_gpuflow_error(error, f"log group {self.log_group!r}") from error
+                # A group that already exists is the one wanted: every task definition shares it.
+                if error.response.get("Error", {}).get("Code") != "ResourceAlreadyExistsException":
+                    raise as_gpuflow_error(error, f"log group {self.log_group!r}") from error
         fingerprint = request.fingerprint()
         try:
             current = ecs.describe_task_definition(taskDefinition=request.family, include=["TAGS"])
