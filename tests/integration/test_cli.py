@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,7 +52,12 @@ def test_server_status_reports_the_running_server(
 ) -> None:
     completed = _gpuflow("server", "status", state_dir=state_dir)
     assert completed.returncode == 0
-    assert f"pid {prefect_server.pid}" in completed.stdout
+    # Not the fixture's pid: a crash-safety test restarts the session's server on the same port.
+    reported = re.fullmatch(r"running: pid (\d+), UI (\S+), API (\S+)\n", completed.stdout)
+    assert reported is not None, completed.stdout
+    assert reported[2] == prefect_server.ui_url and reported[3] == prefect_server.api_url
+    command_line = Path(f"/proc/{reported[1]}/cmdline").read_bytes().split(b"\0")
+    assert command_line[1:4] == [b"-m", b"prefect", b"server"], command_line
 
 
 def test_server_status_fails_where_none_runs(tmp_path: Path) -> None:
