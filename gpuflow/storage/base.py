@@ -63,7 +63,8 @@ class ObjectStore(Block, ABC):
 
     @abstractmethod
     def download(self, uri: str, destination: Path) -> ObjectInfo:
-        """Copy one object to ``destination``, which appears only once complete."""
+        """Copy one object to ``destination``, which appears only once complete; the
+        answer's ``bytes_moved`` is what this call fetched (less after a resume)."""
 
     @abstractmethod
     def upload(self, source: Path, uri: str) -> ObjectInfo:

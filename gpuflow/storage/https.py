@@ -152,7 +152,9 @@ class HttpSource(ObjectStore):
             stream=stream,
             settings=settings,
         )
-        return ObjectInfo(uri, result.size, etag=head.headers.get("ETag"))
+        return ObjectInfo(
+            uri, result.size, etag=head.headers.get("ETag"), bytes_moved=result.bytes_fetched
+        )
 
     def upload(self, source: Path, uri: str) -> ObjectInfo:
         raise StoreAccessError(uri, "https sources are read-only")

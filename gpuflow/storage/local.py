@@ -85,7 +85,7 @@ class LocalObjectStore(ObjectStore):
             size = copy_atomically(source, destination)
         except OSError as exc:
             raise StoreError(f"downloading {uri} to {destination} failed: {exc}") from exc
-        return ObjectInfo(uri, size)
+        return ObjectInfo(uri, size, bytes_moved=size)
 
     def upload(self, source: Path, uri: str) -> ObjectInfo:
         destination = self._path(uri)
@@ -93,4 +93,4 @@ class LocalObjectStore(ObjectStore):
             size = copy_atomically(source, destination)
         except OSError as exc:
             raise StoreError(f"uploading {source} to {uri} failed: {exc}") from exc
-        return ObjectInfo(uri, size)
+        return ObjectInfo(uri, size, bytes_moved=size)

@@ -231,13 +231,13 @@ class ModelCache(Block):
             path = final / relative
             uri = str(prefix.join(*Path(relative).parts))
             _log.warning("Re-fetching %s of %s: missing, truncated or corrupted", relative, final)
-            store.download(uri, path)
+            downloaded = store.download(uri, path)
             if file_digest(path, "sha256") != entry["sha256"]:
                 path.unlink(missing_ok=True)
                 raise IntegrityError(
                     uri, f"it no longer matches the checksum in {final / MANIFEST}"
                 )
-            fetched += entry["size"]
+            fetched += _bytes_moved(downloaded)
         for relative in [*check.broken, *check.drifted]:
             entries[relative]["mtime_ns"] = (final / relative).stat().st_mtime_ns
         _write_manifest(final, manifest)
@@ -254,8 +254,8 @@ class ModelCache(Block):
         for info, local in plan:
             # Downloads publish atomically: a file present with its size is complete.
             if not (local.is_file() and local.stat().st_size == info.size):
-                store.download(info.uri, local)
-                fetched += info.size
+                # A killed fill's partial file resumes: only the missing parts count.
+                fetched += _bytes_moved(store.download(info.uri, local))
                 # The listing's size is a promise too (an index without checksums has only
                 # it): a file that came shorter or longer is never published as ready.
                 received = local.stat().st_size
@@ -312,6 +312,11 @@ class ModelCache(Block):
                 f"gave up after {wait_s:.0f}s waiting for {model.name}/{model.revision}, "
                 f"filled by {_read_owner(path)}"
             ) from error
+
+
+def _bytes_moved(downloaded: ObjectInfo) -> int:
+    # A store that does not say what it moved is taken to have moved the whole object.
+    return downloaded.size if downloaded.bytes_moved is None else downloaded.bytes_moved
 
 
 def _file_entry(staging: Path, local: Path, info: ObjectInfo) -> dict[str, Any]:

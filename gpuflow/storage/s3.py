@@ -309,7 +309,7 @@ class S3ObjectStore(ObjectStore):
             block_size=digest_block,
             verify=verify,
         )
-        return ObjectInfo(uri, result.size, etag=etag)
+        return ObjectInfo(uri, result.size, etag=etag, bytes_moved=result.bytes_fetched)
 
     def upload(self, source: Path, uri: str) -> ObjectInfo:
         parsed = self.check_uri(uri)
@@ -340,7 +340,7 @@ class S3ObjectStore(ObjectStore):
                 expected_etag=md5.hexdigest(),
                 expected_checksum=checksum.get("ChecksumSHA256"),
             )
-            return ObjectInfo(uri, size, etag=_etag(response))
+            return ObjectInfo(uri, size, etag=_etag(response), bytes_moved=size)
         return self._upload_multipart(source, uri, parsed, parts)
 
     def _upload_multipart(
@@ -404,7 +404,8 @@ class S3ObjectStore(ObjectStore):
             expected_etag=expected,
             expected_checksum=composite,
         )
-        return ObjectInfo(uri, source.stat().st_size, etag=_etag(completed))
+        size = source.stat().st_size
+        return ObjectInfo(uri, size, etag=_etag(completed), bytes_moved=size)
 
     def _verify_upload(
         self,

@@ -209,7 +209,7 @@ def journal_path(destination: Path) -> Path:
 class DownloadResult:
     size: int
     digests: list[str]
-    bytes_fetched: int
+    bytes_fetched: int  # body bytes received by this call, failed attempts included
     parts_resumed: int
 
 
@@ -294,11 +294,11 @@ def _download_into(
             journal_lock = threading.Lock()
             cancelled = threading.Event()
 
-            def fetch(part: Part) -> list[str]:
+            def fetch(part: Part) -> tuple[list[str], int]:
                 if cancelled.is_set():
                     raise _Stopped(f"{uri}: download stopped after another part failed")
                 try:
-                    digests = _fetch_part(
+                    digests, received = _fetch_part(
                         uri, fd, part, len(parts) == 1, stream, settings, digest, block_size,
                         cancelled,
                     )  # fmt: skip
@@ -310,13 +310,13 @@ def _download_into(
                         journal_file.write(json.dumps({"part": part.number, "digests": digests}))
                         journal_file.write("\n")
                         journal_file.flush()
-                return digests
+                return digests, received
 
             futures = {part.number: pool.submit(fetch, part) for part in todo}
             _wait_all(futures.values(), cancelled)
             for number, future in futures.items():
-                done[number] = future.result()
-                fetched += next(part.length for part in parts if part.number == number)
+                done[number], received = future.result()
+                fetched += received
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -364,19 +364,21 @@ def _fetch_part(
     digest: DigestName,
     block_size: int | None,
     cancelled: threading.Event,
-) -> list[str]:
+) -> tuple[list[str], int]:
+    """The part's block digests and the bytes received for it over all attempts."""
+    received = [0]  # grows as bytes arrive, so an attempt that fails midway still counts
     for attempt in range(1, settings.part_attempts + 1):
         digester = _BlockDigester(digest, part.length, block_size)
         try:
             with stream(part, whole) as reader:
-                received = _read_part(uri, fd, part, reader, digester, settings, cancelled)
-                if received < part.length:
+                count = _read_part(uri, fd, part, reader, digester, settings, cancelled, received)
+                if count < part.length:
                     raise IntegrityError(
-                        uri, f"part {part.number} ended after {received} of {part.length} bytes"
+                        uri, f"part {part.number} ended after {count} of {part.length} bytes"
                     )
                 if reader.readinto(memoryview(bytearray(1))):
                     raise IntegrityError(uri, f"part {part.number} sent more than {part.length} B")
-            return digester.finish()
+            return digester.finish(), received[0]
         except GpuflowError as error:
             if not error.retryable or cancelled.is_set() or attempt == settings.part_attempts:
                 raise
@@ -399,6 +401,7 @@ def _read_part(
     digester: _BlockDigester,
     settings: TransferSettings,
     cancelled: threading.Event,
+    total_received: list[int],
 ) -> int:
     # One small buffer per part, reused: it stays in the CPU cache between the copy
     # from the socket and the copy into the file (mapping the file instead costs a
@@ -417,6 +420,7 @@ def _read_part(
         while written < count:
             written += os.pwrite(fd, chunk[written:], part.offset + received + written)
         received += count
+        total_received[0] += count
     return received
 
 

@@ -59,6 +59,9 @@ class ObjectInfo:
     size: int
     etag: str | None = None
     sha256: str | None = None  # when the store publishes one (an https source's index)
+    # What a download or upload moved over the network: less than ``size`` when it resumed
+    # a killed transfer; None for a listing or a stat, which move no object bytes.
+    bytes_moved: int | None = None
 
 
 def safe_relative_path(relative_key: str, uri: str) -> PurePosixPath:

@@ -17,9 +17,9 @@ from gpuflow.core.request import ModelRef
 from gpuflow.storage.https import HttpSource
 from gpuflow.storage.model_cache import MANIFEST, ModelCache
 from gpuflow.storage.s3 import S3ObjectStore
-from gpuflow.storage.transfer import MiB
+from gpuflow.storage.transfer import MiB, TransferSettings, journal_path
 from tests.support.files import random_file, sha256_of
-from tests.support.s3_servers import CountingProxy, RangeFileServer
+from tests.support.s3_servers import CountingProxy, MotoServer, RangeFileServer
 
 pytestmark = pytest.mark.integration
 
@@ -232,3 +232,100 @@ def test_model_from_an_https_source_with_ranges_and_verified_checksums(
     with pytest.raises(IntegrityError, match=r"config\.json.*sha256"):
         cache.ensure(other, HttpSource(), prefix)
     assert not cache.is_ready(other)
+
+
+# Eight 5 MiB parts, two at a time: a fill can be caught with some parts done, some not.
+_RESUMABLE_PARTS = TransferSettings(
+    max_concurrency=2, single_stream_below=5 * MiB, min_part_size=5 * MiB, max_part_size=5 * MiB
+)
+_BIG = 40 * MiB
+
+_KILLABLE_FILL = """
+import sys
+from pathlib import Path
+from prefect_aws import AwsCredentials
+from gpuflow.core.request import ModelRef
+from gpuflow.storage.https import HttpSource
+from gpuflow.storage.model_cache import ModelCache
+from gpuflow.storage.s3 import S3ObjectStore
+from gpuflow.storage.transfer import MiB, TransferSettings
+kind, endpoint, cache_root, prefix = sys.argv[1:]
+transfer = TransferSettings(max_concurrency=2, single_stream_below=5 * MiB,
+                            min_part_size=5 * MiB, max_part_size=5 * MiB)
+store = HttpSource(transfer=transfer) if kind == "https" else S3ObjectStore(
+    endpoint_url=endpoint, region_name="us-east-1", addressing_style="path",
+    credentials=AwsCredentials(aws_access_key_id="testing", aws_secret_access_key="x"),
+    transfer=transfer,
+)
+ModelCache(root=Path(cache_root)).ensure(ModelRef(name="tiny-i2v", revision="r1"), store, prefix)
+"""
+
+
+@pytest.mark.parametrize("kind", ["s3", "https"])
+def test_a_resumed_fill_counts_only_the_bytes_it_fetched(
+    kind: str,
+    s3_store: S3ObjectStore,
+    bucket: str,
+    tmp_path: Path,
+    web_root: Path,
+    web_server: RangeFileServer,
+    moto_server: MotoServer,
+) -> None:
+    files = {"config.json": 300, "weights/big.bin": _BIG}
+    source = tmp_path / "source-model" if kind == "s3" else web_root / "hub"
+    for relative, size in files.items():
+        random_file(source / relative, size)
+    if kind == "s3":
+        prefix_path = f"{bucket}/models/{MODEL.name}/{MODEL.revision}"
+        s3_store.upload_prefix(source, f"s3://{prefix_path}")
+        upstream_port = moto_server.port
+    else:
+        _write_index(source)
+        upstream_port = web_server.port
+    # A proxy of its own: it stalls the first fill midway and counts what the second fetches.
+    proxy = CountingProxy(upstream_port)
+    prefix = f"s3://{prefix_path}" if kind == "s3" else f"{proxy.url}/hub"
+    cache_root = tmp_path / "nas" / "models"
+    journal = journal_path(
+        cache_root / MODEL.name / f".{MODEL.revision}.partial" / "weights/big.bin"
+    )
+    try:
+        proxy.stall_after(7 * 5 * MiB)  # at most 7 of the 8 parts pass before the kill
+        first = subprocess.Popen(
+            [sys.executable, "-c", _KILLABLE_FILL, kind, proxy.url, str(cache_root), prefix],
+            cwd=REPOSITORY,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not (journal.is_file() and len(journal.read_text().splitlines()) >= 4):
+                assert first.poll() is None, "the fill ended before it could be killed"
+                assert time.monotonic() < deadline, "no part finished in time"
+                time.sleep(0.02)
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+            proxy.release()
+        finished_parts = len(journal.read_text().splitlines()) - 1
+        assert 3 <= finished_parts < 8
+
+        proxy.reset()
+        if kind == "s3":
+            store: S3ObjectStore | HttpSource = S3ObjectStore(
+                **s3_store.model_dump(exclude={"credentials", "transfer", "endpoint_url"}),
+                endpoint_url=proxy.url,
+                credentials=s3_store.credentials,
+                transfer=_RESUMABLE_PARTS,
+            )
+        else:
+            store = HttpSource(transfer=_RESUMABLE_PARTS)
+        cached = ModelCache(root=cache_root).ensure(MODEL, store, prefix)
+        fetched_body_bytes = proxy.bytes_down
+    finally:
+        proxy.close()
+
+    unfinished = (8 - finished_parts) * 5 * MiB
+    assert cached.downloaded
+    assert cached.bytes_downloaded == unfinished, "only the parts the kill left out count"
+    # What the server sent: those parts, plus listings and headers, not the whole model.
+    assert unfinished <= fetched_body_bytes <= unfinished + 64 * 1024
+    assert sha256_of(cached.path / "weights/big.bin") == sha256_of(source / "weights/big.bin")

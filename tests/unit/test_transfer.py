@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuflow.core.errors import DiskFullError, IntegrityError, UriError
+from gpuflow.core.errors import DiskFullError, IntegrityError, StoreError, UriError
 from gpuflow.storage.transfer import (
     S3_MAX_PARTS,
     GiB,
@@ -102,6 +102,59 @@ def test_interrupted_download_resumes_and_refetches_a_corrupted_finished_part(
     assert sorted(again.fetched) == [2, 3, 4]
     assert destination.read_bytes() == data
     assert not journal_path(destination).exists()
+
+
+class _BreaksOnce:
+    """Part ``number``'s body loses its connection after ``after`` bytes, the first time."""
+
+    def __init__(self, data: bytes, number: int, after: int) -> None:
+        self.data, self.number, self.after, self.broken = data, number, after, False
+
+    @contextlib.contextmanager
+    def stream(self, part: Part, whole: bool) -> Iterator[io.BytesIO | _Breaking]:
+        body = self.data[part.offset : part.offset + part.length]
+        if part.number == self.number and not self.broken:
+            self.broken = True
+            yield _Breaking(body[: self.after])
+            return
+        yield io.BytesIO(body)
+
+
+class _Breaking:
+    """Sends its bytes, then fails as a reset connection does."""
+
+    def __init__(self, data: bytes) -> None:
+        self._body = io.BytesIO(data)
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        count = self._body.readinto(buffer)
+        if not count:
+            raise StoreError("s3://b/k: connection lost mid-part")
+        return count
+
+
+def test_bytes_fetched_counts_what_arrived_including_a_retried_part(tmp_path: Path) -> None:
+    serial = SETTINGS.model_copy(update={"max_concurrency": 1, "max_part_size": 5 * MiB})
+    data = os.urandom(20 * MiB)  # four parts
+    destination = tmp_path / "out.bin"
+    with pytest.raises(KeyboardInterrupt):
+        _download(_Source(data, fail_part=3), destination, serial)
+
+    resumed = download_ranges(
+        "s3://b/k",
+        destination,
+        size=len(data),
+        version="v1",
+        parts=plan_parts(len(data), serial),
+        stream=_BreaksOnce(data, number=3, after=MiB + 7).stream,
+        settings=serial,
+    )
+
+    # Parts 1 and 2 were done before the kill. Parts 3 and 4 move now, and the bytes of
+    # part 3's broken first attempt crossed the network too.
+    assert resumed.parts_resumed == 2
+    assert resumed.bytes_fetched == 10 * MiB + MiB + 7
+    assert destination.read_bytes() == data
 
 
 def test_a_failed_verification_publishes_nothing(tmp_path: Path) -> None:
