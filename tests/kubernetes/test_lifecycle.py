@@ -480,6 +480,63 @@ async def test_a_dropped_log_stream_resumes_without_losing_or_repeating_lines(
     assert len(kube_api.requests_to("GET", "/log")) >= 2
 
 
+async def test_pod_log_copies_stop_at_their_limits_with_a_note_and_say_what_they_dropped(
+    kube_api: KubeApiServer,
+    target: KubernetesPyTorchJob,
+    nas: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    job = i2v_job(nas, gpus=2)
+    line = "x" * 99  # 100 bytes with its newline
+    name_of: dict[str, str] = {}
+
+    async def chatty(api: KubeApiServer, manifest: dict[str, Any]) -> None:
+        master, worker = api.create_pods(manifest)
+        name_of.update(master=master, worker=worker)
+        for pod in (master, worker):
+            api.running(pod)
+        api.set_condition(manifest, "Running")
+        for step in range(40):
+            api.log(master, f"{step:02d}{line[2:]}")
+        # The worker's lines come once the Master's copy is full: the order the totals need.
+        copy = job.workdir / "logs" / f"{master}.log"
+        for _ in range(500):  # 10 s at most: a copy that never closes fails the asserts below
+            if copy.is_file() and "[gpuflow: this copy stops here" in copy.read_text():
+                break
+            await asyncio.sleep(0.02)
+        for step in range(40):
+            api.log(worker, f"{step:02d}{line[2:]}")
+        for pod in (master, worker):
+            api.terminate(pod, 0)
+        api.set_condition(manifest, "Succeeded")
+
+    kube_api.script = chatty
+    lines = Lines()
+    capped = _target(target, pod_log_max_bytes=2000, job_log_max_bytes=3000)
+
+    result = await capped.run(job, lines)
+
+    assert result.exit_code == 0
+    assert len(lines.lines) == 40, "every Master line still reaches the flow"
+    master = (job.workdir / "logs" / f"{name_of['master']}.log").read_text().splitlines()
+    worker = (job.workdir / "logs" / f"{name_of['worker']}.log").read_text().splitlines()
+    # The Master's copy stops at its own 2,000 bytes; the worker's at the job's 3,000.
+    assert master[:-1] == lines.lines[:20]
+    assert worker[:-1] == [f"{step:02d}{line[2:]}" for step in range(10)]
+    kubectl = f"kubectl logs -n default {name_of['master']} -c pytorch"
+    assert master[-1].startswith("[gpuflow: this copy stops here, at its limit of 2000 bytes")
+    assert kubectl in master[-1]
+    assert "the job's limit of 3000 bytes for all pods" in worker[-1]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert f"2000 bytes (20 lines) of pod {name_of['master']}'s log were not copied" in "\n".join(
+        warnings
+    )
+    assert any(
+        f"3000 bytes (30 lines) of pod {name_of['worker']}'s log" in w and "kubectl logs" in w
+        for w in warnings
+    )
+
+
 async def test_in_a_flow_pod_the_job_is_owned_by_the_flow_pods_job(
     kube_api: KubeApiServer,
     target: KubernetesPyTorchJob,

@@ -30,7 +30,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from gpuflow.compute.base import JobResult, JobSpec, LineHandler
 from gpuflow.compute.kubernetes.api import API_FAILURES_TOLERATED, api_error, transient
 from gpuflow.compute.kubernetes.crd import crd_schema, validate_against_crd
-from gpuflow.compute.kubernetes.logs import PodLogs
+from gpuflow.compute.kubernetes.logs import CopyLimits, PodLogs
 from gpuflow.compute.kubernetes.manifest import (
     API_VERSION,
     CONTAINER_NAME,
@@ -98,6 +98,7 @@ class PyTorchJobRun:
             self.tail,
             poll_interval_s=target.poll_interval_s,
             log=self.log,
+            limits=CopyLimits(per_pod=target.pod_log_max_bytes, per_job=target.job_log_max_bytes),
         )
         self.exits = ReplicaExits()
         self.pod_watcher = PodWatcher(

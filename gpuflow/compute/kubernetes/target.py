@@ -13,7 +13,8 @@ custom-objects API:
    cannot be created and invalid images (at once), and a pre-running deadline
    (``status.py``);
 4. stream the Master's log into ``on_line`` and every pod's log into
-   ``<workdir>/logs/`` while the pods exist (``logs.py``);
+   ``<workdir>/logs/`` while the pods exist, up to a size per pod and per job
+   (``logs.py``);
 5. class exit codes like every job's; on cancellation or any error, delete the job with
    propagationPolicy Foreground (``submission.py``).
 """
@@ -67,6 +68,17 @@ class KubernetesPyTorchJob(ComputeTarget):
     )
     log_drain_s: float = Field(
         default=30.0, ge=0, description="How long to wait for log streams after the job ends."
+    )
+    pod_log_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="Most bytes of one pod's log copied to <workdir>/logs/ (the pod keeps "
+        "the full log: kubectl logs).",
+    )
+    job_log_max_bytes: int = Field(
+        default=1024 * 1024 * 1024,
+        ge=1,
+        description="Most bytes of all of a job's pod logs copied to <workdir>/logs/.",
     )
 
     def require_nas_at(self, nas_root: Path, step: str) -> None:
