@@ -277,9 +277,14 @@ class S3ObjectStore(ObjectStore):
             finally:
                 body.close()
 
-        def verify(path: Path, digests: builtins.list[str]) -> None:
+        # The whole object's digest, where one is needed, is taken while it downloads.
+        whole_digest: Literal["sha256", "md5"] | None = (
+            "sha256" if full_sha256 else "md5" if plain_md5 and not in_stream_md5 else None
+        )
+
+        def verify(path: Path, digests: builtins.list[str], whole: str | None) -> None:
             if full_sha256:
-                actual = _base64_of_hex(file_digest(path, "sha256"))
+                actual = _base64_of_hex(str(whole))
                 if actual != full_sha256:
                     raise IntegrityError(
                         uri, f"SHA-256 checksum {full_sha256} expected, the bytes give {actual}"
@@ -288,7 +293,7 @@ class S3ObjectStore(ObjectStore):
             if digest_block is not None:
                 actual = multipart_etag(digests)
             elif plain_md5:
-                actual = digests[0] if in_stream_md5 else file_digest(path, "md5")
+                actual = digests[0] if in_stream_md5 else str(whole)
             else:
                 # No checksum and an ETag that is no MD5 (SSE-KMS, or parts of unknown
                 # sizes): the size and the ETag of every answer are what is left.
@@ -307,6 +312,7 @@ class S3ObjectStore(ObjectStore):
             settings=settings,
             digest="md5" if in_stream_md5 else "crc32",
             block_size=digest_block,
+            whole_digest=whole_digest,
             verify=verify,
         )
         return ObjectInfo(uri, result.size, etag=etag, bytes_moved=result.bytes_fetched)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -193,8 +193,9 @@ class PartReader(Protocol):
 RangeStream = Callable[[Part, bool], contextlib.AbstractContextManager[PartReader]]
 """Opens the response for a part; the flag is True when the part is the whole object."""
 
-Verifier = Callable[[Path, list[str]], None]
-"""Checks the downloaded file and its block digests; raises ``IntegrityError`` on a mismatch."""
+Verifier = Callable[[Path, list[str], str | None], None]
+"""Checks the downloaded file, its block digests and (when asked for) the whole object's
+digest; raises ``IntegrityError`` on a mismatch."""
 
 
 def partial_path(destination: Path) -> Path:
@@ -224,6 +225,7 @@ def download_ranges(
     settings: TransferSettings,
     digest: DigestName = "crc32",
     block_size: int | None = None,
+    whole_digest: DigestName | None = None,
     verify: Verifier | None = None,
 ) -> DownloadResult:
     """Fetch ``parts`` of ``uri`` in parallel into ``destination``, resuming a killed run.
@@ -234,6 +236,10 @@ def download_ranges(
     fetches only the rest. The destination appears only after every part arrived,
     ``verify`` accepted the file and the data reached the disk. One destination has
     one writer at a time (callers hold a lock or own the directory).
+
+    ``whole_digest`` asks for the digest of the whole object, for ``verify``: it is
+    computed in order while later parts still download, from the parts' buffers, so the
+    file is not read a second time (only parts resumed from an earlier run are read back).
     """
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(destination)
@@ -250,7 +256,7 @@ def download_ranges(
     try:
         return _download_into(
             uri, destination, partial, journal, header, size, parts, stream, settings, digest,
-            block_size, verify,
+            block_size, whole_digest, verify,
         )  # fmt: skip
     except OSError as error:
         if not is_disk_full(error):
@@ -274,6 +280,7 @@ def _download_into(
     settings: TransferSettings,
     digest: DigestName,
     block_size: int | None,
+    whole_digest: DigestName | None,
     verify: Verifier | None,
 ) -> DownloadResult:
     resumable = len(parts) > 1
@@ -282,7 +289,14 @@ def _download_into(
         _start_fresh(partial, journal, header if resumable else None, size)
     todo = [part for part in parts if part.number not in done]
     fetched = 0
+    whole: str | None = None
     fd = os.open(partial, os.O_RDWR)
+    cancelled = threading.Event()
+    ordered = (
+        _OrderedDigest(uri, whole_digest, parts, set(done), fd, settings, cancelled)
+        if whole_digest
+        else None
+    )
     try:
         with (
             journal.open("a") if resumable else contextlib.nullcontext() as journal_file,
@@ -292,19 +306,23 @@ def _download_into(
             ) as pool,
         ):
             journal_lock = threading.Lock()
-            cancelled = threading.Event()
 
             def fetch(part: Part) -> tuple[list[str], int]:
-                if cancelled.is_set():
-                    raise _Stopped(f"{uri}: download stopped after another part failed")
+                buffer = ordered.buffer_for(part) if ordered else None
                 try:
+                    if cancelled.is_set():
+                        raise _Stopped(f"{uri}: download stopped after another part failed")
                     digests, received = _fetch_part(
                         uri, fd, part, len(parts) == 1, stream, settings, digest, block_size,
-                        cancelled,
+                        cancelled, buffer,
                     )  # fmt: skip
                 except BaseException:
                     cancelled.set()  # before this worker picks up the next queued part
+                    if ordered:
+                        ordered.give_back(part)
                     raise
+                if ordered and buffer is not None:
+                    ordered.add(part, buffer)
                 if journal_file is not None:
                     with journal_lock:
                         journal_file.write(json.dumps({"part": part.number, "digests": digests}))
@@ -312,13 +330,28 @@ def _download_into(
                         journal_file.flush()
                 return digests, received
 
-            futures = {part.number: pool.submit(fetch, part) for part in todo}
-            _wait_all(futures.values(), cancelled)
+            futures: dict[int, Future[tuple[list[str], int]]] = {}
+            for part in todo:
+                # In part order: the part the digest waits for always has its buffer.
+                if ordered and not ordered.reserve():
+                    break  # a part failed: _wait_all raises its error
+                futures[part.number] = pool.submit(fetch, part)
+            try:
+                _wait_all(futures.values(), cancelled)
+            except _Stopped:
+                if ordered:
+                    ordered.raise_error()  # the digest's failure stopped the parts
+                raise
             for number, future in futures.items():
                 done[number], received = future.result()
                 fetched += received
+            if ordered:
+                whole = ordered.result()
         os.fsync(fd)
     finally:
+        cancelled.set()  # ends the digest thread too, whatever happened
+        if ordered:
+            ordered.join()
         os.close(fd)
     digests = [block for part in parts for block in done[part.number]]
     if partial.stat().st_size != size:
@@ -326,13 +359,117 @@ def _download_into(
         raise IntegrityError(uri, f"expected {size} bytes, wrote {partial.stat().st_size}")
     try:
         if verify is not None:
-            verify(partial, digests)
+            verify(partial, digests, whole)
     except IntegrityError:
         _discard(partial, journal)
         raise
     partial.replace(destination)
     journal.unlink(missing_ok=True)
     return DownloadResult(size, digests, fetched, len(parts) - len(todo))
+
+
+class _OrderedDigest:
+    """The whole object's digest, fed part by part in order by a thread of its own.
+
+    Workers hand in each finished part's buffer; the digest takes them in part order
+    while later parts still download. Buffers are reserved in part order and at most
+    ``max_concurrency + 2`` exist at once (memory: that many parts), so the part the
+    digest waits for is always downloading. Parts resumed from an earlier run are read
+    back from the file.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        name: DigestName,
+        parts: list[Part],
+        resumed: set[int],
+        fd: int,
+        settings: TransferSettings,
+        cancelled: threading.Event,
+    ) -> None:
+        self._uri = uri
+        self._digest = new_digest(name)
+        self._parts = parts
+        self._fd = fd
+        self._cancelled = cancelled
+        self._ready: dict[int, memoryview | None] = dict.fromkeys(resumed)
+        self._free: list[bytearray] = []
+        self._slots = threading.Semaphore(settings.max_concurrency + 2)
+        self._changed = threading.Condition()
+        self._error: BaseException | None = None
+        self._finished = False
+        self._thread = threading.Thread(target=self._run, name="gpuflow-digest", daemon=True)
+        self._thread.start()
+
+    def reserve(self) -> bool:
+        """Wait for room for one more part's buffer; False once the download is stopped."""
+        while not self._slots.acquire(timeout=0.1):
+            if self._cancelled.is_set():
+                return False
+        return not self._cancelled.is_set()
+
+    def buffer_for(self, part: Part) -> memoryview:
+        with self._changed:
+            buffer = self._free.pop() if self._free else None
+        if buffer is None:
+            # Reused rather than reallocated: a fresh buffer costs a page fault per page.
+            buffer = bytearray(max(part.length for part in self._parts))
+        return memoryview(buffer)[: part.length]
+
+    def add(self, part: Part, buffer: memoryview) -> None:
+        with self._changed:
+            self._ready[part.number] = buffer
+            self._changed.notify_all()
+
+    def give_back(self, part: Part) -> None:
+        """A part that failed frees its slot (the download is being stopped)."""
+        self._slots.release()
+
+    def raise_error(self) -> None:
+        """Raise what stopped the digest thread, if anything did."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def result(self) -> str:
+        self.raise_error()
+        if not self._finished:
+            raise _Stopped("download stopped before the whole-object digest was done")
+        return self._digest.hexdigest()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            for part in self._parts:
+                with self._changed:
+                    while part.number not in self._ready:
+                        if self._cancelled.is_set():
+                            return
+                        self._changed.wait(timeout=0.1)
+                    buffer = self._ready.pop(part.number)
+                if buffer is None:
+                    self._hash_from_file(part)
+                    continue
+                self._digest.update(buffer)
+                with self._changed:
+                    self._free.append(cast(bytearray, buffer.obj))
+                self._slots.release()
+            self._finished = True
+        except BaseException as error:  # handed to the caller by result()
+            self._error = error
+            self._cancelled.set()
+
+    def _hash_from_file(self, part: Part) -> None:
+        offset, end = part.offset, part.offset + part.length
+        while offset < end and not self._cancelled.is_set():
+            chunk = os.pread(self._fd, min(8 * MiB, end - offset), offset)
+            if not chunk:
+                raise IntegrityError(self._uri, f"resumed part {part.number} is short on disk")
+            self._digest.update(chunk)
+            offset += len(chunk)
 
 
 class _Stopped(StoreError):
@@ -364,14 +501,23 @@ def _fetch_part(
     digest: DigestName,
     block_size: int | None,
     cancelled: threading.Event,
+    part_buffer: memoryview | None,
 ) -> tuple[list[str], int]:
-    """The part's block digests and the bytes received for it over all attempts."""
+    """The part's block digests and the bytes received for it over all attempts.
+
+    With ``part_buffer`` the part's bytes also stay there (for the whole-object digest);
+    without, one small buffer is reused: it stays in the CPU cache between the copy from
+    the socket and the copy into the file.
+    """
     received = [0]  # grows as bytes arrive, so an attempt that fails midway still counts
+    buffer = part_buffer or memoryview(bytearray(min(settings.chunk_size, max(part.length, 1))))
     for attempt in range(1, settings.part_attempts + 1):
         digester = _BlockDigester(digest, part.length, block_size)
         try:
             with stream(part, whole) as reader:
-                count = _read_part(uri, fd, part, reader, digester, settings, cancelled, received)
+                count = _read_part(
+                    uri, fd, part, reader, digester, settings, cancelled, buffer, received
+                )
                 if count < part.length:
                     raise IntegrityError(
                         uri, f"part {part.number} ended after {count} of {part.length} bytes"
@@ -401,20 +547,22 @@ def _read_part(
     digester: _BlockDigester,
     settings: TransferSettings,
     cancelled: threading.Event,
+    buffer: memoryview,
     total_received: list[int],
 ) -> int:
-    # One small buffer per part, reused: it stays in the CPU cache between the copy
-    # from the socket and the copy into the file (mapping the file instead costs a
-    # page fault and a zero-fill per page).
-    buffer = memoryview(bytearray(min(settings.chunk_size, max(part.length, 1))))
+    # A buffer as long as the part keeps every byte at its offset; a shorter one is
+    # reused for each read.
+    keeps_part = len(buffer) >= part.length
     received = 0
     while received < part.length:
         if cancelled.is_set():
             raise _Stopped(f"{uri}: download stopped after another part failed")
-        count = reader.readinto(buffer[: part.length - received])
+        start = received if keeps_part else 0
+        room = settings.chunk_size if keeps_part else len(buffer)
+        count = reader.readinto(buffer[start : start + min(room, part.length - received)])
         if not count:
             break
-        chunk = buffer[:count]
+        chunk = buffer[start : start + count]
         digester.update(chunk)
         written = 0
         while written < count:

@@ -15,6 +15,7 @@ import pytest
 from gpuflow.core.errors import DiskFullError, IntegrityError, StoreError, UriError
 from gpuflow.storage.transfer import (
     S3_MAX_PARTS,
+    DigestName,
     GiB,
     MiB,
     Part,
@@ -157,8 +158,40 @@ def test_bytes_fetched_counts_what_arrived_including_a_retried_part(tmp_path: Pa
     assert destination.read_bytes() == data
 
 
+@pytest.mark.parametrize("digest", ["md5", "sha256"])
+def test_the_whole_object_digest_is_taken_in_order_also_across_a_resume(
+    tmp_path: Path, digest: DigestName
+) -> None:
+    settings = SETTINGS.model_copy(update={"max_concurrency": 3, "max_part_size": 5 * MiB})
+    data = os.urandom(40 * MiB + 123)  # nine parts, the last a short one
+    destination = tmp_path / "out.bin"
+    seen: list[str | None] = []
+
+    def keep(path: Path, digests: list[str], whole: str | None) -> None:
+        seen.append(whole)
+
+    def download(source: _Source) -> object:
+        return download_ranges(
+            "s3://b/k", destination, size=len(data), version="v1",
+            parts=plan_parts(len(data), settings), stream=source.stream, settings=settings,
+            whole_digest=digest, verify=keep,
+        )  # fmt: skip
+
+    expected = hashlib.new(digest, data).hexdigest()
+    download(_Source(data))
+    destination.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        download(_Source(data, fail_part=6))  # parts 1 to 5 or so done, then a kill
+    resumed = _Source(data)
+    download(resumed)
+
+    assert 1 not in resumed.fetched, "finished parts were read back, not fetched"
+    assert seen == [expected, expected]
+    assert destination.read_bytes() == data
+
+
 def test_a_failed_verification_publishes_nothing(tmp_path: Path) -> None:
-    def reject(path: Path, digests: list[str]) -> None:
+    def reject(path: Path, digests: list[str], whole: str | None) -> None:
         raise IntegrityError("s3://b/k", "checksum mismatch")
 
     data = os.urandom(12 * MiB)
