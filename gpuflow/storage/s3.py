@@ -310,7 +310,7 @@ class S3ObjectStore(ObjectStore):
             parts=parts,
             stream=stream,
             settings=settings,
-            digest="md5" if in_stream_md5 else "crc32",
+            digest="md5" if in_stream_md5 else "crc64nvme",
             block_size=digest_block,
             whole_digest=whole_digest,
             verify=verify,

@@ -14,13 +14,13 @@ import json
 import math
 import os
 import threading
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, TypeVar, cast
 
+from awscrt.checksums import crc64nvme
 from pydantic import BaseModel, ConfigDict, Field
 
 from gpuflow.core.errors import (
@@ -39,7 +39,7 @@ S3_MAX_PART = 5 * GiB
 S3_MAX_PARTS = 10_000
 _JOURNAL_FORMAT = 1
 
-DigestName = Literal["md5", "sha256", "crc32"]
+DigestName = Literal["md5", "sha256", "crc64nvme"]
 T = TypeVar("T")
 
 
@@ -114,22 +114,26 @@ class Digest(Protocol):
     def hexdigest(self) -> str: ...
 
 
-class _Crc32:
-    """zlib's CRC-32 behind hashlib's interface: the cheapest check for a resume journal."""
+class _Crc64Nvme:
+    """CRC-64/NVME behind hashlib's interface: the cheapest check for a resume journal.
+
+    The AWS Common Runtime computes it with carry-less multiplication instructions, at
+    several GB/s and without the GIL: a few per cent of the cost of zlib's CRC-32.
+    """
 
     def __init__(self) -> None:
         self._value = 0
 
     def update(self, data: bytes | memoryview, /) -> None:
-        self._value = zlib.crc32(data, self._value)
+        self._value = crc64nvme(data, self._value)
 
     def hexdigest(self) -> str:
-        return f"{self._value:08x}"
+        return f"{self._value:016x}"
 
 
 def new_digest(name: DigestName) -> Digest:
-    if name == "crc32":
-        return _Crc32()
+    if name == "crc64nvme":
+        return _Crc64Nvme()
     return hashlib.new(name, usedforsecurity=False) if name == "md5" else hashlib.sha256()
 
 
@@ -223,7 +227,7 @@ def download_ranges(
     parts: list[Part],
     stream: RangeStream,
     settings: TransferSettings,
-    digest: DigestName = "crc32",
+    digest: DigestName = "crc64nvme",
     block_size: int | None = None,
     whole_digest: DigestName | None = None,
     verify: Verifier | None = None,
