@@ -18,7 +18,7 @@ from gpuflow.core.errors import GpuflowError
 from gpuflow.ops.embedded import EmbeddedLayout, default_state_dir
 
 if TYPE_CHECKING:
-    from gpuflow.envs.fabric import EnvironmentFabric
+    from gpuflow.envs.catalog import EnvCatalog
 
 env_app = typer.Typer(
     help="Prebuilt, content-addressed job environments on the NAS.",
@@ -42,12 +42,12 @@ NasRoot = Annotated[
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
-def _fabric(nas_root: Path) -> EnvironmentFabric:
-    # Imported when a command runs: the fabric is a Prefect block, and importing Prefect
-    # would make `gpuflow env --help` wait seconds.
-    from gpuflow.envs.fabric import EnvironmentFabric
+def _fabric(nas_root: Path) -> EnvCatalog:
+    # The plain catalog, not its Prefect block: importing Prefect would cost every `env`
+    # command a second and more. Imported when a command runs, so `--help` skips it too.
+    from gpuflow.envs.catalog import EnvCatalog
 
-    return EnvironmentFabric(root=nas_root)
+    return EnvCatalog(root=nas_root)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:

@@ -14,7 +14,7 @@ from pathlib import Path
 from gpuflow.compute.base import JobSpec
 from gpuflow.core.request import VideoRequest
 from gpuflow.core.workspace import Workspace
-from gpuflow.envs.fabric import ResolvedEnv, console_script
+from gpuflow.envs.catalog import ResolvedEnv, console_script
 from gpuflow.storage.model_cache import CachedModel
 
 RAW_OUTPUT = "raw.mp4"  # what the job writes

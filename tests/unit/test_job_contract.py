@@ -9,7 +9,7 @@ import pytest
 
 from gpuflow.core.request import parse_request
 from gpuflow.core.workspace import Workspace
-from gpuflow.envs.fabric import ResolvedEnv
+from gpuflow.envs.catalog import ResolvedEnv
 from gpuflow.pipeline.job_contract import job_spec
 from gpuflow.storage.model_cache import CachedModel
 
