@@ -12,7 +12,7 @@ from uuid import UUID
 import typer
 
 from gpuflow.cli.support import CliExitCode, fail, load_data_file, prefect_api
-from gpuflow.core.request import Priority, parse_request
+from gpuflow.core.request import MAX_GPUS_PER_REQUEST, Priority, parse_request
 from gpuflow.ops.embedded import default_state_dir
 from gpuflow.pipeline.submission import DEFAULT_DEPLOYMENT
 
@@ -136,6 +136,15 @@ def _local_image(image_uri: object) -> Path | None:
     return path.resolve()
 
 
+def _gpus_beyond_bound(fields: dict[str, Any]) -> int | None:
+    """The GPU count asked for when it exceeds the request's sanity bound, else None."""
+    try:
+        gpus = int(fields.get("gpus", 1))
+    except (TypeError, ValueError):
+        return None  # not a number: parse_request names it
+    return gpus if gpus > MAX_GPUS_PER_REQUEST else None
+
+
 def submit(
     state_dir: StateDir,
     file: Annotated[
@@ -211,13 +220,23 @@ def submit(
     local_image = _local_image(fields.get("image_uri"))
     if local_image is not None:
         fields["image_uri"] = "file:///uploaded-before-the-run"  # validated now, replaced below
-    request = parse_request(fields)
+    # Every other field is checked now, with no server; a GPU count beyond the sanity bound
+    # goes first against the stack's GPU limits, the real cap, so the refusal names that.
+    gpus_beyond_bound = _gpus_beyond_bound(fields)
+    if gpus_beyond_bound is None:
+        request = parse_request(fields)
+    else:
+        request = parse_request({**fields, "gpus": MAX_GPUS_PER_REQUEST})
     with prefect_api(state_dir) as api_url:
 
         async def create(request: VideoRequest) -> UUID | None:
             async with get_client() as client:
                 target = await find_deployment(client, deployment)
-                await check_capacity_for(client, stack, request)
+                await check_capacity_for(
+                    client, stack, gpus_beyond_bound or request.gpus, request.gpu_type
+                )
+                if gpus_beyond_bound is not None:
+                    request = parse_request(fields)  # the limits hold them: the bound refuses
                 if dry_run:
                     plan = planned_run(target, request, stack)
                     if local_image is not None:

@@ -14,6 +14,9 @@ _RESOLUTION = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _MIN_SIDE, _MAX_SIDE, _SIDE_STEP = 64, 1920, 16
 _MAX_FRAMES = 241
+# A bound against typos (`--gpus 800`), not a capacity: the stack's GPU limits are the real
+# cap, and `gpuflow submit` checks them first so the user learns the cap, not this bound.
+MAX_GPUS_PER_REQUEST = 64
 
 # The rules the validators below enforce, also written into the JSON schema: Prefect's
 # `enforce_parameter_schema` then refuses a bad value when a run is created (UI form, API,
@@ -99,7 +102,12 @@ class VideoRequest(BaseModel):
     seed: Annotated[int, Field(ge=0, lt=2**32, description="Random seed.")] = 0
     priority: Priority = Priority.NORMAL
     gpus: Annotated[
-        int, Field(ge=1, le=64, description="GPUs the job needs, all replicas together.")
+        int,
+        Field(
+            ge=1,
+            description="GPUs the job needs, all replicas together.",
+            json_schema_extra={"maximum": MAX_GPUS_PER_REQUEST},
+        ),
     ] = 1
     gpu_type: Annotated[
         str | None,
@@ -141,6 +149,16 @@ class VideoRequest(BaseModel):
             raise ValueError(
                 f"num_frames {value} is not of the form 4n+1 (e.g. {value - (value - 1) % 4} "
                 f"or {value - (value - 1) % 4 + 4})"
+            )
+        return value
+
+    @field_validator("gpus")
+    @classmethod
+    def _check_gpus(cls, value: int) -> int:
+        if value > MAX_GPUS_PER_REQUEST:
+            raise ValueError(
+                f"gpus {value} is more than {MAX_GPUS_PER_REQUEST}, the most one request may "
+                "ask for (gpuflow's sanity bound on a request, whatever the GPU limits hold)"
             )
         return value
 

@@ -39,6 +39,13 @@ def test_a_bad_value_is_refused_naming_field_and_value(
     assert named in str(error.value)
 
 
+def test_the_gpu_bound_names_itself_as_a_sanity_bound_and_is_in_the_schema() -> None:
+    with pytest.raises(RequestError, match=r"gpus 65 is more than 64, .*sanity bound"):
+        parse_request(GOOD | {"gpus": 65})
+    assert parse_request(GOOD | {"gpus": 64}).gpus == 64
+    assert VideoRequest.model_json_schema()["properties"]["gpus"]["maximum"] == 64
+
+
 def test_unknown_fields_are_refused() -> None:
     with pytest.raises(RequestError, match="frames"):
         parse_request(GOOD | {"frames": 17})
