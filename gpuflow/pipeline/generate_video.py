@@ -153,7 +153,7 @@ async def generate_video(request: VideoRequest, stack: str = "default") -> str:
 
     Args:
         request: What to generate (prompt, input image URI, resolution, frames, ...).
-        stack: Name of the saved ``gpuflow-stack`` block that says where things run.
+        stack: Name of the saved gpuflow-stack block that says where things run, e.g. default.
     """
     request = parse_request(request)
     pipeline = cast(GpuflowStack, await GpuflowStack.aload(stack))

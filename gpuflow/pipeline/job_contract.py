@@ -53,7 +53,7 @@ def job_spec(
         argv=argv,
         workdir=workspace.root,
         gpus=request.gpus,
-        gpu_type=request.gpu_type,
+        gpu_type=request.gpu_type or None,  # the request's empty type is any
         timeout_s=timeout_s,
         torchrun=str(torchrun) if (torchrun := env.script("torchrun")).exists() else None,
     )

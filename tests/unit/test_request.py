@@ -46,6 +46,12 @@ def test_the_gpu_bound_names_itself_as_a_sanity_bound_and_is_in_the_schema() -> 
     assert VideoRequest.model_json_schema()["properties"]["gpus"]["maximum"] == 64
 
 
+def test_an_empty_or_null_gpu_type_means_any() -> None:
+    assert parse_request(GOOD).gpu_type == ""
+    assert parse_request(GOOD | {"gpu_type": None}).gpu_type == ""
+    assert parse_request(GOOD | {"gpu_type": "h100"}).gpu_type == "h100"
+
+
 def test_unknown_fields_are_refused() -> None:
     with pytest.raises(RequestError, match="frames"):
         parse_request(GOOD | {"frames": 17})
