@@ -9,7 +9,9 @@ times (A, B, A, B, ...), so both see the same load, and prints the median wall t
 and their ratio:
 
 * `gpuflow --help` and `gpuflow submit --help` beside `prefect --help` (goal: ≤ 0.25 times);
-* `gpuflow env build` of an environment that is ready (goal: ≤ 1.5 s), beside `uv --version`;
+* `gpuflow env build` of an environment that is ready (goal: ≤ 1.5 s) and `gpuflow env list`,
+  beside importing the environment fabric's Prefect block alone (what they cost before the
+  env commands used the plain catalog);
 * `gpuflow status RUN` beside `prefect flow-run ls` (goal: ≤ 1 times);
 * `gpuflow submit` until the run exists beside `prefect deployment run` (goal: ≤ 1 times).
 """
@@ -40,14 +42,21 @@ def _run(argv: list[str], env: dict[str, str]) -> float:
     return elapsed
 
 
-def _pair(name: str, a: list[str], b: list[str], env: dict[str, str], rounds: int) -> None:
+def _pair(
+    name: str,
+    a: list[str],
+    b: list[str],
+    env: dict[str, str],
+    rounds: int,
+    baseline: str = "",
+) -> None:
     times_a: list[float] = []
     times_b: list[float] = []
     for _ in range(rounds):
         times_a.append(_run(a, env))
         times_b.append(_run(b, env))
     median_a, median_b = statistics.median(times_a), statistics.median(times_b)
-    baseline = " ".join([Path(b[0]).name, *b[1:3]])
+    baseline = baseline or " ".join([Path(b[0]).name, *b[1:3]])
     print(
         f"{name:<34} {median_a:7.2f} s   {baseline:<30.30} {median_b:7.2f} s"
         f"   ratio {median_a / median_b:5.2f}",
@@ -113,13 +122,12 @@ def main() -> None:
                 env,
                 args.rounds,
             )
-            _pair(
-                "gpuflow env build (ready)",
-                [gpuflow, "env", "build", job_dir],
-                [str(BIN / "uv"), "--version"],
-                env,
-                args.rounds,
-            )
+            import_block = [sys.executable, "-c", "import gpuflow.envs.fabric"]
+            for name, command in (
+                ("gpuflow env build (ready)", [gpuflow, "env", "build", job_dir]),
+                ("gpuflow env list", [gpuflow, "env", "list"]),
+            ):
+                _pair(name, command, import_block, env, args.rounds, "import the fabric block")
             # `status` of a run that is not finished exits 6 by design: time it through sh.
             _pair(
                 "gpuflow status RUN",

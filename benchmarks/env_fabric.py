@@ -33,7 +33,7 @@ from pathlib import Path
 
 import uv
 
-from gpuflow.envs.fabric import EnvironmentFabric
+from gpuflow.envs.catalog import EnvCatalog
 from gpuflow.envs.key import environment_key
 
 TORCH = "torch==2.13.0"
@@ -108,7 +108,7 @@ def percentile(samples: list[float], q: float) -> float:
 
 
 def bench_fabric(work: Path, job: Path, envs: int, resolves: int) -> dict[str, float]:
-    fabric = EnvironmentFabric(root=work / "nas")
+    fabric = EnvCatalog(root=work / "nas")
     started = time.perf_counter()
     first = fabric.ensure(job)
     cold = time.perf_counter() - started

@@ -18,7 +18,7 @@ from gpuflow.core.errors import GpuflowError
 from gpuflow.ops.embedded import EmbeddedLayout, default_state_dir
 
 if TYPE_CHECKING:
-    from gpuflow.envs.fabric import EnvironmentFabric
+    from gpuflow.envs.catalog import EnvCatalog
 
 env_app = typer.Typer(
     help="Prebuilt, content-addressed job environments on the NAS.",
@@ -36,18 +36,19 @@ NasRoot = Annotated[
     typer.Option(
         default_factory=_default_nas_root,
         envvar="GPUFLOW_NAS_ROOT",
-        help="The NAS root holding envs/ and uv-cache/ (default: the embedded default's).",
+        show_default="the embedded default's NAS",
+        help="The NAS root holding envs/ and uv-cache/.",
     ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
-def _fabric(nas_root: Path) -> EnvironmentFabric:
-    # Imported when a command runs: the fabric is a Prefect block, and importing Prefect
-    # would make `gpuflow env --help` wait seconds.
-    from gpuflow.envs.fabric import EnvironmentFabric
+def _fabric(nas_root: Path) -> EnvCatalog:
+    # The plain catalog, not its Prefect block: importing Prefect would cost every `env`
+    # command a second and more. Imported when a command runs, so `--help` skips it too.
+    from gpuflow.envs.catalog import EnvCatalog
 
-    return EnvironmentFabric(root=nas_root)
+    return EnvCatalog(root=nas_root)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -66,7 +67,7 @@ def build(
     job: Annotated[str | None, typer.Option(help="Job name (default: the dir's name).")] = None,
     as_json: AsJson = False,
 ) -> None:
-    """Build the environment of a job project now (nothing happens when it is ready)."""
+    """Build a job project's environment now (nothing to do when ready)."""
     if not job_dir.is_dir():
         raise _fail(f"job directory {job_dir} does not exist")
     fabric = _fabric(nas_root)
@@ -96,7 +97,7 @@ def build(
 
 @env_app.command("list")
 def list_envs(nas_root: NasRoot, as_json: AsJson = False) -> None:
-    """Every environment with its job, status, size, link mode, last use and pins."""
+    """List the environments: job, status, size, links, last use, pins."""
     fabric = _fabric(nas_root)
     pinned = {pin.key: pin.job for pin in fabric.pins()}
     current = {record.current: record.job for record in fabric.job_records()}
@@ -144,7 +145,7 @@ def show(
     key: Annotated[str, typer.Argument(help="The env's key.")],
     nas_root: NasRoot,
 ) -> None:
-    """The metadata of one environment (packages, size, build time, builder, last use)."""
+    """Show one environment's metadata: packages, size, build, use."""
     fabric = _fabric(nas_root)
     metadata = fabric.metadata(key)
     if metadata is None:
@@ -158,7 +159,7 @@ def resolve(
     job: Annotated[str, typer.Argument(help="The job's name.")],
     nas_root: NasRoot,
 ) -> None:
-    """Print the interpreter of a job's env (its pin, else its last prebuilt env)."""
+    """Print the interpreter of a job's env (its pin, else its latest)."""
     try:
         env = _fabric(nas_root).resolve_job(job)
     except GpuflowError as exc:
@@ -173,7 +174,10 @@ def pin(
     nas_root: NasRoot,
     reason: Annotated[str, typer.Option(help="Why (shown by list and show).")] = "",
 ) -> None:
-    """Make runs of a job use this env whatever its sources hash to (rollback)."""
+    """Make a job's runs use this env, whatever its sources hash to.
+
+    A rollback: `gpuflow env unpin` undoes it.
+    """
     try:
         _fabric(nas_root).pin(job, key, reason)
     except GpuflowError as exc:
@@ -196,12 +200,17 @@ def gc(
         float | None, typer.Option(min=0, help="Also evict envs built longer ago than this.")
     ] = None,
     include_current: Annotated[
-        bool, typer.Option(help="Evict a job's current env too (its next run then builds).")
+        bool,
+        typer.Option(
+            "--include-current", help="Evict a job's current env too (its next run then builds)."
+        ),
     ] = False,
-    dry_run: Annotated[bool, typer.Option(help="Tell what would go; remove nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Tell what would go; remove nothing.")
+    ] = False,
     as_json: AsJson = False,
 ) -> None:
-    """Evict environments by last use and age; never pinned, held or building ones."""
+    """Evict envs by last use and age (never pinned, held or building)."""
     from gpuflow.envs.gc import GcPolicy, collect_garbage
 
     policy = GcPolicy(

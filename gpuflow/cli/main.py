@@ -76,6 +76,7 @@ StateDir = Annotated[
     typer.Option(
         default_factory=default_state_dir,
         envvar="GPUFLOW_STATE_DIR",
+        show_default="the nearest .gpuflow/ here or above, else ./.gpuflow",
         help="Where the embedded default keeps its server, NAS and object store.",
     ),
 ]
@@ -98,7 +99,7 @@ def _start_server(state_dir: Path) -> LocalServer:
 
 @server_app.command("start")
 def server_start(state_dir: StateDir) -> None:
-    """Start the local Prefect server (or report the one already running)."""
+    """Start the local Prefect server, or report the one running."""
     server = _start_server(state_dir)
     typer.echo(f"export PREFECT_API_URL={server.api_url}")
 
@@ -128,13 +129,20 @@ def demo(
     prompt: Annotated[str, typer.Option(help="What should happen in the video.")] = (
         "a slow push in over green hills at sunset"
     ),
-    resolution: Annotated[str, typer.Option(help="WIDTHxHEIGHT, multiples of 16.")] = "320x192",
-    num_frames: Annotated[int, typer.Option(help="Frames to generate (4n+1).")] = 33,
-    fps: Annotated[int, typer.Option(help="Frames per second.")] = 16,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
-    gpu_slots: Annotated[int, typer.Option(help="Size of the GPU limit on this machine.")] = 1,
+    resolution: Annotated[
+        str, typer.Option(help="Video size in pixels, WIDTHxHEIGHT, multiples of 16.")
+    ] = "320x192",
+    num_frames: Annotated[int, typer.Option(help="Frames to generate, 4n+1 (e.g. 81).")] = 33,
+    fps: Annotated[int, typer.Option(help="Frames per second, 1 to 60.")] = 16,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed, the same video.")] = 42,
+    gpu_slots: Annotated[
+        int, typer.Option(help="GPUs of this machine that jobs may use at once.")
+    ] = 1,
 ) -> None:
-    """Run the main job end to end on the embedded default (local server, NAS, store)."""
+    """Run one request end to end on the embedded default.
+
+    Starts the local server if needed, and uses the embedded NAS and object store.
+    """
     server = _start_server(state_dir)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -173,7 +181,10 @@ def run(
     request_file: Annotated[Path, typer.Argument(help="JSON file with the request.", exists=True)],
     stack: Annotated[str, typer.Option(help="Name of the saved gpuflow-stack block.")] = "default",
 ) -> None:
-    """Run one request in this process against the Prefect API in PREFECT_API_URL."""
+    """Run one request in this process, without a worker.
+
+    Uses the Prefect API in PREFECT_API_URL.
+    """
     from gpuflow.core.request import parse_request
     from gpuflow.pipeline.generate_video import generate_video
 
@@ -190,12 +201,16 @@ def reconcile(
     stack: Annotated[str, typer.Option(help="Name of the saved gpuflow-stack block.")] = "default",
     limit: Annotated[
         list[str] | None,
-        typer.Option(help="GPU limit to check (repeatable; default: the stack's)."),
+        typer.Option(metavar="NAME", help="GPU limit to check (repeatable; default: the stack's)."),
     ] = None,
-    repair: Annotated[bool, typer.Option(help="Release the slots of dead holders.")] = False,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Release the slots of dead holders.")
+    ] = False,
 ) -> None:
-    """Compare GPU limits' active slots with the jobs really running (exit code 2 on a
-    mismatch left unrepaired), against the Prefect API in PREFECT_API_URL."""
+    """Compare GPU limits' used slots with the jobs really running.
+
+    Exit code 2 on a mismatch left unrepaired. Uses the Prefect API in PREFECT_API_URL.
+    """
     from typing import cast
 
     from gpuflow.gpu.reconcile import reconcile_gpu_slots

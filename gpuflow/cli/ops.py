@@ -39,18 +39,29 @@ def bootstrap(
             help="JSON/YAML with the stack's fields; the embedded default's stack when omitted."
         ),
     ] = None,
-    gpu_slots: Annotated[int, typer.Option(min=1, help="Size of the GPU limit.")] = 1,
+    gpu_slots: Annotated[
+        int, typer.Option(min=1, help="GPUs all jobs together may use at once (the GPU limit).")
+    ] = 1,
     gpu_type: Annotated[
         list[str] | None,
-        typer.Option(help="A per-type GPU limit as TYPE=SLOTS (repeat for each type)."),
+        typer.Option(
+            metavar="TYPE=SLOTS",
+            help="A per-type GPU limit, e.g. h100=8 (repeat for each type).",
+        ),
     ] = None,
     pool_type: Annotated[
         list[str] | None,
-        typer.Option(help="Work pool types to create (default: process, kubernetes, ecs)."),
+        typer.Option(
+            metavar="TYPE",
+            help="Work pool type to create (repeatable; default: process, kubernetes, ecs).",
+        ),
     ] = None,
     pool_prefix: Annotated[str, typer.Option(help="Pools are named PREFIX-TYPE.")] = "gpuflow",
 ) -> None:
-    """Create or update work pools, GPU limits, block types and the stack (safe to repeat)."""
+    """Create or update pools, GPU limits, block types and the stack.
+
+    Safe to repeat: what exists is updated.
+    """
     from gpuflow.ops.bootstrap import bootstrap_server
     from gpuflow.ops.work_pools import POOL_TYPES
     from gpuflow.pipeline.stack import GpuflowStack
@@ -100,7 +111,7 @@ def janitor(
     ] = 70.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report.")] = False,
 ) -> None:
-    """Remove stale workspaces of finished runs and report NAS disk usage (one pass)."""
+    """Remove stale workspaces and report NAS disk use (one pass)."""
     from gpuflow.pipeline.janitor import JanitorPolicy, janitor
 
     try:
@@ -150,10 +161,10 @@ def batch(
     ] = False,
     poll_s: Annotated[float, typer.Option(help="Seconds between polls of runs.")] = 5.0,
 ) -> None:
-    """Run every request of a manifest through a deployment, a bounded number at a time.
+    """Run every request of a manifest through a deployment.
 
-    Exit code: 0 all succeeded, 4 some did not (rerun to retry only those), 1 invalid
-    manifest (nothing ran).
+    A bounded number run at a time. Exit code: 0 all succeeded, 4 some did not (rerun
+    to retry only those), 1 invalid manifest (nothing ran).
     """
     from gpuflow.core.batch_manifest import manifest_format, parse_manifest
     from gpuflow.pipeline.batch import BatchFailedError, BatchSummary, batch_generate

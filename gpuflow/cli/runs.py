@@ -12,7 +12,7 @@ from uuid import UUID
 import typer
 
 from gpuflow.cli.support import CliExitCode, fail, load_data_file, prefect_api
-from gpuflow.core.request import Priority, parse_request
+from gpuflow.core.request import MAX_GPUS_PER_REQUEST, Priority, parse_request
 from gpuflow.ops.embedded import default_state_dir
 from gpuflow.pipeline.submission import DEFAULT_DEPLOYMENT
 
@@ -29,6 +29,7 @@ StateDir = Annotated[
     typer.Option(
         default_factory=default_state_dir,
         envvar="GPUFLOW_STATE_DIR",
+        show_default="the nearest .gpuflow/ here or above, else ./.gpuflow",
         help="The embedded default's state (its local server answers when PREFECT_API_URL "
         "is unset).",
     ),
@@ -136,6 +137,15 @@ def _local_image(image_uri: object) -> Path | None:
     return path.resolve()
 
 
+def _gpus_beyond_bound(fields: dict[str, Any]) -> int | None:
+    """The GPU count asked for when it exceeds the request's sanity bound, else None."""
+    try:
+        gpus = int(fields.get("gpus", 1))
+    except (TypeError, ValueError):
+        return None  # not a number: parse_request names it
+    return gpus if gpus > MAX_GPUS_PER_REQUEST else None
+
+
 def submit(
     state_dir: StateDir,
     file: Annotated[
@@ -150,18 +160,43 @@ def submit(
             "is uploaded into the stack's object store first."
         ),
     ] = None,
-    resolution: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT, multiples of 16.")] = None,
-    num_frames: Annotated[int | None, typer.Option(help="Frames to generate (4n+1).")] = None,
-    fps: Annotated[int | None, typer.Option(help="Frames per second.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    priority: Annotated[
-        Priority | None, typer.Option(help="Work queue the run waits in (high first).")
+    resolution: Annotated[
+        str | None,
+        typer.Option(
+            help="Video size in pixels, WIDTHxHEIGHT, multiples of 16 from 64 to 1920 "
+            "(e.g. 832x480; default 320x192)."
+        ),
     ] = None,
-    gpus: Annotated[int | None, typer.Option(help="GPUs the job needs.")] = None,
-    gpu_type: Annotated[str | None, typer.Option(help="GPU type, e.g. h100.")] = None,
+    num_frames: Annotated[
+        int | None,
+        typer.Option(help="Frames to generate, 4n+1 up to 241 (e.g. 81: 5 s at 16 fps)."),
+    ] = None,
+    fps: Annotated[
+        int | None, typer.Option(help="Frames per second, 1 to 60 (default 16).")
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Random seed, 0 to 4294967295; the same seed, the same video."),
+    ] = None,
+    priority: Annotated[
+        Priority | None,
+        typer.Option(help="Work queue the run waits in: high is served first, batch last."),
+    ] = None,
+    gpus: Annotated[
+        int | None,
+        typer.Option(help="GPUs the job needs, all replicas together; at most the GPU limit."),
+    ] = None,
+    gpu_type: Annotated[
+        str | None,
+        typer.Option(help="GPU type the job must run on (e.g. h100); empty means any."),
+    ] = None,
     set_fields: Annotated[
         list[str] | None,
-        typer.Option("--set", help="Any request field as FIELD=VALUE (model.name=…)."),
+        typer.Option(
+            "--set",
+            metavar="FIELD=VALUE",
+            help="Any request field, e.g. --set model.name=wan2.2-i2v-a14b (repeatable).",
+        ),
     ] = None,
     deployment: Annotated[
         str, typer.Option(help="Deployment to run (flow-name/deployment-name).")
@@ -180,10 +215,11 @@ def submit(
         ),
     ] = False,
 ) -> None:
-    """Create a run of a deployment for one request (as the Prefect UI does).
+    """Create a run of a deployment for one request.
 
-    Options override the file's fields. Prints the run id; with --follow, shows a live
-    progress bar and the current step, and the output URI at the end.
+    As the Prefect UI's custom run does. Options override the file's fields. Prints the
+    run id; with --follow, shows a live progress bar and the current step, and the output
+    URI at the end.
     """
     options = {
         "prompt": prompt,
@@ -211,13 +247,23 @@ def submit(
     local_image = _local_image(fields.get("image_uri"))
     if local_image is not None:
         fields["image_uri"] = "file:///uploaded-before-the-run"  # validated now, replaced below
-    request = parse_request(fields)
+    # Every other field is checked now, with no server; a GPU count beyond the sanity bound
+    # goes first against the stack's GPU limits, the real cap, so the refusal names that.
+    gpus_beyond_bound = _gpus_beyond_bound(fields)
+    if gpus_beyond_bound is None:
+        request = parse_request(fields)
+    else:
+        request = parse_request({**fields, "gpus": MAX_GPUS_PER_REQUEST})
     with prefect_api(state_dir) as api_url:
 
         async def create(request: VideoRequest) -> UUID | None:
             async with get_client() as client:
                 target = await find_deployment(client, deployment)
-                await check_capacity_for(client, stack, request)
+                await check_capacity_for(
+                    client, stack, gpus_beyond_bound or request.gpus, request.gpu_type
+                )
+                if gpus_beyond_bound is not None:
+                    request = parse_request(fields)  # the limits hold them: the bound refuses
                 if dry_run:
                     plan = planned_run(target, request, stack)
                     if local_image is not None:
@@ -262,7 +308,7 @@ def status(
     run: Annotated[str, typer.Argument(help="Flow run id.")],
     state_dir: StateDir,
 ) -> None:
-    """A run's state, current step, progress and (once completed) output URI.
+    """Show a run's state, step, progress and (once done) output URI.
 
     Exit code: 0 completed, 4 failed or crashed, 5 cancelled, 6 not finished, 3 no such run.
     """
@@ -290,7 +336,7 @@ def logs(
     state_dir: StateDir,
     tail: Annotated[int | None, typer.Option(help="Only the last N lines.", min=1)] = None,
 ) -> None:
-    """A run's logs (flow and tasks), oldest first."""
+    """Print a run's logs (flow and tasks), oldest first."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.client.schemas.sorting import LogSort

@@ -12,8 +12,12 @@ from gpuflow.core.errors import RequestError
 
 _RESOLUTION = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_NAME_OR_EMPTY = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
 _MIN_SIDE, _MAX_SIDE, _SIDE_STEP = 64, 1920, 16
 _MAX_FRAMES = 241
+# A bound against typos (`--gpus 800`), not a capacity: the stack's GPU limits are the real
+# cap, and `gpuflow submit` checks them first so the user learns the cap, not this bound.
+MAX_GPUS_PER_REQUEST = 64
 
 # The rules the validators below enforce, also written into the JSON schema: Prefect's
 # `enforce_parameter_schema` then refuses a bad value when a run is created (UI form, API,
@@ -42,6 +46,8 @@ def _refuse_control_characters(field: str, value: str, forbidden: re.Pattern[str
 
 
 class Priority(enum.StrEnum):
+    """The work queue a run waits in: high first, then normal, then batch."""
+
     HIGH = "high"
     NORMAL = "normal"
     BATCH = "batch"
@@ -65,7 +71,15 @@ class VideoRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     prompt: Annotated[
-        str, Field(min_length=1, max_length=4000, description="What should happen in the video.")
+        str,
+        Field(
+            min_length=1,
+            max_length=4000,
+            description=(
+                "What should happen in the video, in plain words (1 to 4000 characters), e.g. "
+                "'the cat slowly turns its head toward the window'."
+            ),
+        ),
     ]
     image_uri: Annotated[
         str,
@@ -82,7 +96,10 @@ class VideoRequest(BaseModel):
     resolution: Annotated[
         str,
         Field(
-            description="WIDTHxHEIGHT, both multiples of 16 between 64 and 1920 (e.g. 832x480).",
+            description=(
+                "Video size in pixels as WIDTHxHEIGHT, both multiples of 16 from 64 to 1920, "
+                "e.g. 832x480 (480p) or 1280x720 (720p)."
+            ),
             json_schema_extra=_RESOLUTION_SCHEMA,
         ),
     ] = "320x192"
@@ -91,24 +108,75 @@ class VideoRequest(BaseModel):
         Field(
             ge=1,
             le=_MAX_FRAMES,
-            description="Frames to generate: 4n+1 as Wan-style models need.",
+            description=(
+                "Frames to generate, of the form 4n+1 (Wan-style models need it) from 1 to 241, "
+                "e.g. 81: about 5 seconds at 16 fps."
+            ),
             json_schema_extra=_FRAMES_SCHEMA,
         ),
     ] = 17
-    fps: Annotated[int, Field(ge=1, le=60, description="Frames per second of the video.")] = 16
-    seed: Annotated[int, Field(ge=0, lt=2**32, description="Random seed.")] = 0
-    priority: Priority = Priority.NORMAL
+    fps: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=60,
+            description=(
+                "Frames per second of the video, 1 to 60, e.g. 16; the video lasts "
+                "num_frames / fps seconds."
+            ),
+        ),
+    ] = 16
+    seed: Annotated[
+        int,
+        Field(
+            ge=0,
+            lt=2**32,
+            description=(
+                "Random seed, 0 to 4294967295, e.g. 42: the same seed and inputs give the same "
+                "video."
+            ),
+        ),
+    ] = 0
+    priority: Annotated[
+        Priority,
+        Field(
+            description=(
+                "Work queue the run waits in: high (served first: someone is waiting), normal, "
+                "or batch (served last: bulk and nightly runs), e.g. high."
+            )
+        ),
+    ] = Priority.NORMAL
     gpus: Annotated[
-        int, Field(ge=1, le=64, description="GPUs the job needs, all replicas together.")
+        int,
+        Field(
+            ge=1,
+            description=(
+                "GPUs the job needs, all replicas together, e.g. 1, or 8 for two nodes of 4; "
+                "at most what the stack's GPU limit holds."
+            ),
+            json_schema_extra={"maximum": MAX_GPUS_PER_REQUEST},
+        ),
     ] = 1
     gpu_type: Annotated[
-        str | None,
-        Field(pattern=_NAME, description="GPU type (e.g. h100); any type when unset."),
-    ] = None
+        str,
+        Field(
+            pattern=_NAME_OR_EMPTY,
+            description=(
+                "GPU type the job must run on, as the stack's per-type GPU limits name it, "
+                "e.g. h100 or a100; empty means any type."
+            ),
+        ),
+    ] = ""
     job: Annotated[
         str, Field(pattern=_NAME, description="Job definition: a uv project under jobs/.")
     ] = "i2v"
     model: ModelRef = ModelRef(name="wan2.2-i2v-standin", revision="v1")
+
+    @field_validator("gpu_type", mode="before")
+    @classmethod
+    def _no_gpu_type_is_any(cls, value: object) -> object:
+        # Requests written before the field became a plain string say "any" with null.
+        return "" if value is None else value
 
     @field_validator("prompt")
     @classmethod
@@ -141,6 +209,16 @@ class VideoRequest(BaseModel):
             raise ValueError(
                 f"num_frames {value} is not of the form 4n+1 (e.g. {value - (value - 1) % 4} "
                 f"or {value - (value - 1) % 4 + 4})"
+            )
+        return value
+
+    @field_validator("gpus")
+    @classmethod
+    def _check_gpus(cls, value: int) -> int:
+        if value > MAX_GPUS_PER_REQUEST:
+            raise ValueError(
+                f"gpus {value} is more than {MAX_GPUS_PER_REQUEST}, the most one request may "
+                "ask for (gpuflow's sanity bound on a request, whatever the GPU limits hold)"
             )
         return value
 

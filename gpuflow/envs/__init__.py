@@ -1,4 +1,5 @@
-"""Pieces of the environment fabric (``gpuflow/envs/fabric.py`` is its block).
+"""The environment fabric: ``catalog`` (resolve, build, lookup; no Prefect) and ``fabric``
+(the same catalog as a Prefect block).
 
 ``key``: what an environment's content key hashes, and the stat index that makes a
 warm resolve cheap. ``records``: the files on the NAS (metadata, job pointers,

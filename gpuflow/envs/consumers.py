@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuflow.core.errors import EnvironmentBuildError
-from gpuflow.envs.fabric import EnvironmentFabric, ResolvedEnv
+from gpuflow.envs.catalog import EnvCatalog, ResolvedEnv
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class ContainerEnv:
         return [str(self.venv / "bin" / script), *args]
 
 
-def container_env(fabric: EnvironmentFabric, env: ResolvedEnv) -> ContainerEnv:
+def container_env(fabric: EnvCatalog, env: ResolvedEnv) -> ContainerEnv:
     """The mount and interpreter paths a Kubernetes pod or an ECS task needs."""
     metadata = fabric.metadata(env.key)
     if metadata is None:

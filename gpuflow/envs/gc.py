@@ -2,7 +2,7 @@
 
 An env is kept when it is pinned, when it is a job's current env (unless the
 policy says otherwise: evicting it makes the next run wait for a build), when a
-run holds it (a shared flock on its hold file, ``EnvironmentFabric.hold``), or
+run holds it (a shared flock on its hold file, ``EnvCatalog.hold``), or
 when it is being built. Otherwise it goes when it has not been used for
 ``max_idle`` or was built more than ``max_age`` ago. An evicted env is first
 renamed into ``envs/.trash/`` under its hold and build locks, so no resolve can
@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from gpuflow.core.locks import exclusive_lock_if_free
-from gpuflow.envs.fabric import EnvironmentFabric
+from gpuflow.envs.catalog import EnvCatalog
 from gpuflow.envs.records import now as utc_now
 
 
@@ -52,7 +52,7 @@ def _age(delta: timedelta) -> str:
     return f"{hours / 24:.1f} days" if hours >= 48 else f"{hours:.1f} hours"
 
 
-def _expiry(fabric: EnvironmentFabric, key: str, policy: GcPolicy, now: datetime) -> str | None:
+def _expiry(fabric: EnvCatalog, key: str, policy: GcPolicy, now: datetime) -> str | None:
     """Why ``key`` should go under ``policy``, or None when it is still wanted."""
     metadata = fabric.metadata(key)
     if metadata is None:
@@ -66,20 +66,20 @@ def _expiry(fabric: EnvironmentFabric, key: str, policy: GcPolicy, now: datetime
     return None
 
 
-def _move_to_trash(fabric: EnvironmentFabric, key: str) -> None:
+def _move_to_trash(fabric: EnvCatalog, key: str) -> None:
     trash = fabric.trash_dir()
     trash.mkdir(parents=True, exist_ok=True)
     fabric.env_dir(key).rename(trash / f"{key}-{uuid.uuid4().hex[:8]}")
 
 
-def empty_trash(fabric: EnvironmentFabric) -> None:
+def empty_trash(fabric: EnvCatalog) -> None:
     trash = fabric.trash_dir()
     if trash.is_dir():
         for entry in trash.iterdir():
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def prune_bytecode(fabric: EnvironmentFabric) -> int:
+def prune_bytecode(fabric: EnvCatalog) -> int:
     """Remove shared ``.pyc`` files no env links to any more; returns how many."""
     removed = 0
     if fabric.bytecode_dir.is_dir():
@@ -93,7 +93,7 @@ def prune_bytecode(fabric: EnvironmentFabric) -> int:
 
 
 def collect_garbage(
-    fabric: EnvironmentFabric,
+    fabric: EnvCatalog,
     policy: GcPolicy,
     dry_run: bool = False,
     now: datetime | None = None,

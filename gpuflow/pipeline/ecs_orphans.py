@@ -16,7 +16,7 @@ async def stop_orphaned_ecs_tasks(stack: str = "default") -> list[str]:
     """Stop the running ECS tasks of the stack's clusters whose flow run is no longer active.
 
     Args:
-        stack: Name of the saved ``gpuflow-stack`` block whose ECS targets to check.
+        stack: Name of the saved gpuflow-stack block whose ECS targets to check.
     """
     pipeline = cast(GpuflowStack, await GpuflowStack.aload(stack))
     targets: dict[str, EcsTask] = {}

@@ -24,7 +24,7 @@ from gpuflow.core.errors import GpuflowError, JobFailedError
 from gpuflow.core.events import GpuflowEvent, emit_run_event
 from gpuflow.core.request import Priority, VideoRequest, parse_request
 from gpuflow.core.workspace import Workspace, run_id_for
-from gpuflow.envs.fabric import ResolvedEnv
+from gpuflow.envs.catalog import ResolvedEnv
 from gpuflow.gpu.capacity import check_gpu_capacity
 from gpuflow.pipeline.costs import RunCosts
 from gpuflow.pipeline.input_image import check_input_image
@@ -153,7 +153,7 @@ async def generate_video(request: VideoRequest, stack: str = "default") -> str:
 
     Args:
         request: What to generate (prompt, input image URI, resolution, frames, ...).
-        stack: Name of the saved ``gpuflow-stack`` block that says where things run.
+        stack: Name of the saved gpuflow-stack block that says where things run, e.g. default.
     """
     request = parse_request(request)
     pipeline = cast(GpuflowStack, await GpuflowStack.aload(stack))

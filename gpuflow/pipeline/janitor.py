@@ -144,7 +144,7 @@ async def janitor(stack: str = "default", policy: JanitorPolicy | None = None) -
     and reconcile the GPU slots.
 
     Args:
-        stack: Name of the saved ``gpuflow-stack`` block whose NAS to clean.
+        stack: Name of the saved gpuflow-stack block whose NAS to clean.
         policy: Maximum age, disk warning threshold, dry run.
     """
     policy = policy or JanitorPolicy()

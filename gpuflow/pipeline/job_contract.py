@@ -14,7 +14,7 @@ from pathlib import Path
 from gpuflow.compute.base import JobSpec
 from gpuflow.core.request import VideoRequest
 from gpuflow.core.workspace import Workspace
-from gpuflow.envs.fabric import ResolvedEnv, console_script
+from gpuflow.envs.catalog import ResolvedEnv, console_script
 from gpuflow.storage.model_cache import CachedModel
 
 RAW_OUTPUT = "raw.mp4"  # what the job writes
@@ -53,7 +53,7 @@ def job_spec(
         argv=argv,
         workdir=workspace.root,
         gpus=request.gpus,
-        gpu_type=request.gpu_type,
+        gpu_type=request.gpu_type or None,  # the request's empty type is any
         timeout_s=timeout_s,
         torchrun=str(torchrun) if (torchrun := env.script("torchrun")).exists() else None,
     )

@@ -63,7 +63,7 @@ def prebuild_environments(
     """Build the environments of the stack's jobs (all of them unless ``jobs`` names some).
 
     Args:
-        stack: Name of the saved ``gpuflow-stack`` block.
+        stack: Name of the saved gpuflow-stack block.
         jobs: Job names (directories under the stack's jobs root); empty means every job.
     """
     pipeline = cast(GpuflowStack, GpuflowStack.load(stack))

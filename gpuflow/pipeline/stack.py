@@ -22,7 +22,7 @@ from pydantic.json_schema import GenerateJsonSchema
 from gpuflow.compute.backends import COMPUTE_BACKENDS
 from gpuflow.compute.base import ComputeTarget, JobSpec
 from gpuflow.core.request import ModelRef, Priority
-from gpuflow.envs.fabric import EnvironmentFabric
+from gpuflow.envs.catalog import EnvCatalog
 from gpuflow.gpu.admission.base import AdmissionQueue
 from gpuflow.gpu.admission.queues import admission_queue
 from gpuflow.gpu.capacity import gpu_limit_names
@@ -155,8 +155,8 @@ class GpuflowStack(Block):
         return ModelCache(root=self.nas_root / "models")
 
     @property
-    def environments(self) -> EnvironmentFabric:
-        return EnvironmentFabric(root=self.nas_root)
+    def environments(self) -> EnvCatalog:
+        return EnvCatalog(root=self.nas_root)
 
     @property
     def job_registry(self) -> JobRegistry:

@@ -107,7 +107,9 @@ async def idle_pool_warning(client: PrefectClient, deployment: DeploymentRespons
     )
 
 
-async def check_capacity_for(client: PrefectClient, stack: str, request: VideoRequest) -> None:
+async def check_capacity_for(
+    client: PrefectClient, stack: str, gpus: int, gpu_type: str | None
+) -> None:
     """Refuse a request for more GPUs than the stack's limits hold, naming the limit and its
     size, before a run is created. Reads the stack's saved document rather than loading the
     block, which would import every backend."""
@@ -125,7 +127,7 @@ async def check_capacity_for(client: PrefectClient, stack: str, request: VideoRe
             "`gpuflow bootstrap --stack-name NAME`"
         ) from None
     gpu_limit = str(document.data.get("gpu_limit", "gpu"))
-    await check_gpu_capacity(gpu_limit_names(gpu_limit, request.gpu_type), request.gpus)
+    await check_gpu_capacity(gpu_limit_names(gpu_limit, gpu_type), gpus)
 
 
 async def upload_local_input(stack: str, path: Path) -> str:

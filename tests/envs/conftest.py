@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuflow.envs.fabric import EnvironmentFabric
+from gpuflow.envs.catalog import EnvCatalog
 from tests.support.env_kit import build_wheelhouse, make_job
 
 
@@ -27,5 +27,5 @@ def job(tmp_path: Path, wheelhouse: Path, lock_cache: Path) -> Path:
 
 
 @pytest.fixture
-def fabric(tmp_path: Path) -> EnvironmentFabric:
-    return EnvironmentFabric(root=tmp_path / "nas", build_timeout_s=120)
+def fabric(tmp_path: Path) -> EnvCatalog:
+    return EnvCatalog(root=tmp_path / "nas", build_timeout_s=120)

@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 from gpuflow.core.errors import EnvironmentBuildError
-from gpuflow.envs.fabric import EnvironmentFabric
+from gpuflow.envs.catalog import EnvCatalog
 
 
 def main() -> None:
     nas_root, job_dir = Path(sys.argv[1]), Path(sys.argv[2])
-    fabric = EnvironmentFabric(root=nas_root, build_timeout_s=120)
+    fabric = EnvCatalog(root=nas_root, build_timeout_s=120)
     print("resolving", flush=True)
     try:
         env = fabric.resolve(job_dir)

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from gpuflow.core.errors import EnvironmentBuildError
+from gpuflow.envs.catalog import EnvCatalog, ResolvedEnv
 from gpuflow.envs.consumers import container_env, ray_runtime_env
-from gpuflow.envs.fabric import EnvironmentFabric, ResolvedEnv
 
 pytestmark = pytest.mark.integration
 
 
-def test_ray_runtime_env_interpreter_runs_in_the_env(fabric: EnvironmentFabric, job: Path) -> None:
+def test_ray_runtime_env_interpreter_runs_in_the_env(fabric: EnvCatalog, job: Path) -> None:
     env = fabric.resolve(job)
     runtime_env = ray_runtime_env(env, {"EXTRA": "1"})
     assert set(runtime_env) == {"py_executable", "env_vars"}
@@ -34,9 +34,7 @@ def test_ray_runtime_env_interpreter_runs_in_the_env(fabric: EnvironmentFabric, 
     }
 
 
-def test_container_env_names_mount_interpreter_and_argv(
-    fabric: EnvironmentFabric, job: Path
-) -> None:
+def test_container_env_names_mount_interpreter_and_argv(fabric: EnvCatalog, job: Path) -> None:
     env = fabric.resolve(job)
     spec = container_env(fabric, env)
     assert spec.nas_mount_path == fabric.root.resolve()
@@ -47,7 +45,7 @@ def test_container_env_names_mount_interpreter_and_argv(
     assert run.stdout.strip() == "demo-job v1"
 
 
-def test_container_env_refuses_an_env_that_is_not_ready(fabric: EnvironmentFabric) -> None:
+def test_container_env_refuses_an_env_that_is_not_ready(fabric: EnvCatalog) -> None:
     missing = ResolvedEnv("0" * 24, fabric.env_dir("0" * 24), built=False)
     with pytest.raises(EnvironmentBuildError, match=r"0{24} is not ready"):
         container_env(fabric, missing)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gpuflow.core.errors import EnvironmentBuildError
-from gpuflow.envs.fabric import METADATA, EnvironmentFabric
+from gpuflow.envs.catalog import METADATA, EnvCatalog
 from tests.support.env_kit import GatedWheelServer, lock_job, make_job, set_source_marker
 from tests.support.services import service_missing
 
@@ -50,9 +50,7 @@ def _wait_for(predicate: object, timeout_s: float, what: str) -> None:
         time.sleep(0.02)
 
 
-def test_build_then_reuse_with_console_script_and_metadata(
-    fabric: EnvironmentFabric, job: Path
-) -> None:
+def test_build_then_reuse_with_console_script_and_metadata(fabric: EnvCatalog, job: Path) -> None:
     first = fabric.resolve(job)
     assert first.built
     second = fabric.resolve(job)
@@ -81,7 +79,7 @@ def test_build_then_reuse_with_console_script_and_metadata(
 
 
 def test_changed_sources_get_a_new_env_that_shares_package_files(
-    fabric: EnvironmentFabric, job: Path
+    fabric: EnvCatalog, job: Path
 ) -> None:
     first = fabric.resolve(job)
     set_source_marker(job, "v2")
@@ -134,7 +132,7 @@ sys.addaudithook(_audit)
 
 
 def test_warm_resolve_starts_no_process_and_uses_the_stat_index(
-    fabric: EnvironmentFabric, job: Path
+    fabric: EnvCatalog, job: Path
 ) -> None:
     global _watching
     built = fabric.resolve(job)
@@ -194,7 +192,7 @@ def test_six_concurrent_resolvers_cause_one_build(
 def test_killed_build_is_not_ready_and_the_next_request_builds_cleanly(
     tmp_path: Path, wheelhouse: Path, lock_cache: Path
 ) -> None:
-    fabric = EnvironmentFabric(root=tmp_path / "nas", build_timeout_s=120)
+    fabric = EnvCatalog(root=tmp_path / "nas", build_timeout_s=120)
     server = GatedWheelServer(wheelhouse)
     with server.running():
         server.gate.set()
@@ -222,7 +220,7 @@ def test_killed_build_is_not_ready_and_the_next_request_builds_cleanly(
     ).stdout.strip() == ("demo-job v1")
 
 
-def test_unparsable_lock_is_refused_naming_the_file(fabric: EnvironmentFabric, job: Path) -> None:
+def test_unparsable_lock_is_refused_naming_the_file(fabric: EnvCatalog, job: Path) -> None:
     (job / "uv.lock").write_text("version = 1\n[[package]\nname = ")
     with pytest.raises(EnvironmentBuildError, match=r"uv\.lock is not valid TOML"):
         fabric.resolve(job)
@@ -230,7 +228,7 @@ def test_unparsable_lock_is_refused_naming_the_file(fabric: EnvironmentFabric, j
 
 
 def test_lock_uv_rejects_reports_uv_error_and_leaves_nothing(
-    fabric: EnvironmentFabric, job: Path, wheelhouse: Path, lock_cache: Path
+    fabric: EnvCatalog, job: Path, wheelhouse: Path, lock_cache: Path
 ) -> None:
     lock = job / "uv.lock"
     # Valid TOML, but the job depends on a package the lock does not describe.
@@ -249,7 +247,7 @@ def test_lock_uv_rejects_reports_uv_error_and_leaves_nothing(
 
 
 def test_missing_package_names_it_and_leaves_nothing(
-    fabric: EnvironmentFabric, tmp_path: Path, wheelhouse: Path, lock_cache: Path
+    fabric: EnvCatalog, tmp_path: Path, wheelhouse: Path, lock_cache: Path
 ) -> None:
     private = tmp_path / "private-wheels"
     shutil.copytree(wheelhouse, private)
@@ -270,7 +268,7 @@ def test_cache_on_another_filesystem_reports_the_copy_fallback(
         service_missing("needs /dev/shm on a filesystem other than the test's tmp dir")
     cache = shm / f"gpuflow-test-cache-{os.getpid()}-{tmp_path.name}"
     try:
-        fabric = EnvironmentFabric(root=tmp_path / "nas", cache_dir=cache, build_timeout_s=120)
+        fabric = EnvCatalog(root=tmp_path / "nas", cache_dir=cache, build_timeout_s=120)
         with caplog.at_level(logging.WARNING, logger="gpuflow.envs"):
             env = fabric.resolve(job)
         assert env.link_mode == "copy"
@@ -306,7 +304,7 @@ def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_full_disk_reports_it_and_leaves_nothing_ready(tiny_filesystem: Path, job: Path) -> None:
-    fabric = EnvironmentFabric(root=tiny_filesystem / "nas", build_timeout_s=120)
+    fabric = EnvCatalog(root=tiny_filesystem / "nas", build_timeout_s=120)
     with pytest.raises(EnvironmentBuildError) as raised:
         fabric.resolve(job)
     assert "No space left on device" in f"{raised.value}{raised.value.details}"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gpuflow.core.errors import EnvironmentBuildError
-from gpuflow.envs.fabric import METADATA, EnvironmentFabric
+from gpuflow.envs.catalog import METADATA, EnvCatalog
 from gpuflow.envs.gc import GcPolicy, collect_garbage
 from tests.support.env_kit import set_source_marker
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 _MONTH_S = 30 * 24 * 3600
 
 
-def _age(fabric: EnvironmentFabric, key: str, seconds: float) -> None:
+def _age(fabric: EnvCatalog, key: str, seconds: float) -> None:
     """Make ``key`` look built and last used ``seconds`` ago (mtime is its last use)."""
     metadata = fabric.metadata(key)
     assert metadata is not None
@@ -30,7 +30,7 @@ def _age(fabric: EnvironmentFabric, key: str, seconds: float) -> None:
     os.utime(path, (past.timestamp(), past.timestamp()))
 
 
-def _versions(fabric: EnvironmentFabric, job: Path, count: int) -> list[str]:
+def _versions(fabric: EnvCatalog, job: Path, count: int) -> list[str]:
     keys = []
     for version in range(1, count + 1):
         set_source_marker(job, f"v{version}")
@@ -38,7 +38,7 @@ def _versions(fabric: EnvironmentFabric, job: Path, count: int) -> list[str]:
     return keys
 
 
-def test_pin_rolls_back_and_unpin_follows_sources(fabric: EnvironmentFabric, job: Path) -> None:
+def test_pin_rolls_back_and_unpin_follows_sources(fabric: EnvCatalog, job: Path) -> None:
     old, new = _versions(fabric, job, 2)
     assert fabric.resolve(job).key == new
     fabric.pin("demo", old, reason="v2 broke the output")
@@ -52,7 +52,7 @@ def test_pin_rolls_back_and_unpin_follows_sources(fabric: EnvironmentFabric, job
     assert fabric.resolve_job("demo").key == new
 
 
-def test_pin_to_unknown_key_is_refused_naming_it(fabric: EnvironmentFabric, job: Path) -> None:
+def test_pin_to_unknown_key_is_refused_naming_it(fabric: EnvCatalog, job: Path) -> None:
     fabric.resolve(job)
     with pytest.raises(EnvironmentBuildError, match="'feedfacefeedfacefeedface'"):
         fabric.pin("demo", "feedfacefeedfacefeedface")
@@ -60,7 +60,7 @@ def test_pin_to_unknown_key_is_refused_naming_it(fabric: EnvironmentFabric, job:
 
 
 def test_gc_evicts_idle_envs_but_never_pinned_held_or_current_ones(
-    fabric: EnvironmentFabric, job: Path
+    fabric: EnvCatalog, job: Path
 ) -> None:
     idle, pinned, held, current = _versions(fabric, job, 4)
     fabric.pin("other-job", pinned)
@@ -97,7 +97,7 @@ def test_gc_evicts_idle_envs_but_never_pinned_held_or_current_ones(
     assert (rebuilt.key, rebuilt.built) == (current, True)
 
 
-def test_gc_keeps_recently_used_and_evicts_by_age(fabric: EnvironmentFabric, job: Path) -> None:
+def test_gc_keeps_recently_used_and_evicts_by_age(fabric: EnvCatalog, job: Path) -> None:
     old, _ = _versions(fabric, job, 2)
     policy = GcPolicy(max_idle=timedelta(days=14))
     assert {d.key: d.action for d in collect_garbage(fabric, policy)}[old] == "kept"
@@ -109,7 +109,7 @@ def test_gc_keeps_recently_used_and_evicts_by_age(fabric: EnvironmentFabric, job
     assert not fabric.env_dir(old).exists()
 
 
-def test_hold_refuses_an_evicted_env(fabric: EnvironmentFabric, job: Path) -> None:
+def test_hold_refuses_an_evicted_env(fabric: EnvCatalog, job: Path) -> None:
     old, _ = _versions(fabric, job, 2)
     _age(fabric, old, _MONTH_S)
     collect_garbage(fabric, GcPolicy())

@@ -15,6 +15,7 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.utilities.callables import parameter_schema
 
+from gpuflow.ops.bootstrap import bootstrap
 from gpuflow.ops.embedded import EmbeddedLayout
 from gpuflow.ops.local_server import LocalServer
 from gpuflow.pipeline.generate_video import generate_video
@@ -84,6 +85,39 @@ def test_more_gpus_than_the_limit_holds_are_refused_naming_the_cap(
     )  # fmt: skip
     assert done.returncode == 1, done.stdout + done.stderr
     assert "gpus=3 but the limit 'gpu' has only 2 GPU slots" in done.stderr
+    assert "Submitted" not in done.stdout
+
+
+def test_gpus_beyond_the_request_bound_are_refused_by_the_real_cap_first(
+    deployed: Deployed, layout: EmbeddedLayout, prefect_server: LocalServer, state_dir: Path
+) -> None:
+    done = _gpuflow(
+        prefect_server, state_dir, state_dir, "submit", "--prompt", "x",
+        "--image-uri", layout.seed_samples(), "--gpus", "99", "--stack", deployed.stack,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "gpus=99 but the limit 'gpu' has only 2 GPU slots" in done.stderr
+    assert "64" not in done.stderr
+    assert "Submitted" not in done.stdout
+
+
+def test_a_limit_larger_than_the_request_bound_leaves_the_bound_to_refuse_naming_it(
+    deployed: Deployed,
+    layout: EmbeddedLayout,
+    prefect_server: LocalServer,
+    state_dir: Path,
+    gpu_limit_name: str,
+) -> None:
+    big = f"big-{uuid.uuid4().hex[:8]}"
+    stack = layout.stack().model_copy(update={"gpu_limit": gpu_limit_name})
+    asyncio.run(bootstrap(stack, big, gpu_slots=128))
+    done = _gpuflow(
+        prefect_server, state_dir, state_dir, "submit", "--prompt", "x",
+        "--image-uri", layout.seed_samples(), "--gpus", "99", "--stack", big,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "gpus 99 is more than 64, the most one request may ask for" in done.stderr
+    assert "sanity bound" in done.stderr
     assert "Submitted" not in done.stdout
 
 

@@ -22,7 +22,7 @@ from prefect.client.schemas.objects import State
 from gpuflow.core.errors import GpuCapacityError, ObjectNotFoundError, RequestError
 from gpuflow.core.request import VideoRequest
 from gpuflow.core.workspace import kept_until
-from gpuflow.envs.fabric import METADATA, environment_key
+from gpuflow.envs.catalog import METADATA, environment_key
 from gpuflow.ops.embedded import DEFAULT_MODEL, EmbeddedLayout, repository_jobs_root
 from gpuflow.pipeline.generate_video import generate_video
 from gpuflow.storage.local import LocalObjectStore

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from gpuflow_progress import ExitCode, Output, Progress, parse_line
 
-from gpuflow.envs.fabric import ResolvedEnv
+from gpuflow.envs.catalog import ResolvedEnv
 from gpuflow.ops import samples
 from tests.support.media import frame, probe
 

@@ -14,6 +14,7 @@ from prefect.utilities.callables import parameter_schema
 
 from gpuflow.ops.local_server import LocalServer
 from gpuflow.pipeline.generate_video import generate_video
+from tests.support.deployed import Deployed
 
 pytestmark = pytest.mark.integration
 
@@ -70,3 +71,41 @@ def test_the_server_refuses_a_bad_value_naming_the_field(
 
 def test_the_server_accepts_a_good_request(prefect_server: LocalServer) -> None:
     assert asyncio.run(_create_run(GOOD_REQUEST)) == (201, "")
+
+
+def test_the_deployed_form_describes_priority_and_gpu_type_as_plain_fields(
+    deployed: Deployed,
+) -> None:
+    """The schema the server holds for the deployment `prefect deploy` made: what the UI's
+    custom-run form renders."""
+
+    async def deployed_schema() -> dict[str, Any]:
+        async with get_client() as client:
+            deployment = await client.read_deployment_by_name(
+                "generate-video/generate-video-process"
+            )
+            return deployment.parameter_openapi_schema or {}
+
+    schema = asyncio.run(deployed_schema())
+    fields = schema["definitions"]["VideoRequest"]["properties"]
+    priority = fields["priority"]
+    assert priority["default"] == "normal"
+    assert "high (served first" in priority["description"]
+    assert "batch (served last" in priority["description"]
+    gpu_type = fields["gpu_type"]
+    assert gpu_type["type"] == "string" and gpu_type["default"] == ""
+    assert "anyOf" not in gpu_type, "a nullable field renders as type None in the form"
+    assert "e.g. h100" in gpu_type["description"]
+    assert "empty means any type" in gpu_type["description"]
+    for name in ("resolution", "num_frames", "fps", "seed", "gpus", "prompt"):
+        assert "e.g." in fields[name]["description"], name
+    assert "pixels" in fields["resolution"]["description"]
+    assert "seconds" in fields["num_frames"]["description"]
+
+
+def test_the_server_takes_an_empty_gpu_type_as_any_and_refuses_a_bad_one(
+    prefect_server: LocalServer,
+) -> None:
+    assert asyncio.run(_create_run({**GOOD_REQUEST, "gpu_type": ""})) == (201, "")
+    status, detail = asyncio.run(_create_run({**GOOD_REQUEST, "gpu_type": "h100 x"}))
+    assert (status, "gpu_type" in detail) == (409, True), detail

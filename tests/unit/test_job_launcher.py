@@ -9,7 +9,7 @@ import pytest
 
 from gpuflow.core.request import VideoRequest
 from gpuflow.core.workspace import Workspace
-from gpuflow.envs.fabric import ResolvedEnv
+from gpuflow.envs.catalog import ResolvedEnv
 from gpuflow.ops.embedded import repository_jobs_root
 from gpuflow.pipeline.job_contract import job_spec
 from gpuflow.storage.model_cache import CachedModel

@@ -8,6 +8,8 @@ import pytest
 
 from gpuflow.compute.backends import COMPUTE_BACKENDS
 from gpuflow.core.errors import UriError
+from gpuflow.envs.catalog import EnvCatalog
+from gpuflow.envs.fabric import EnvironmentFabric
 from gpuflow.ops.collection import BLOCK_TYPES
 from gpuflow.postprocess.base import PostprocessStep
 from gpuflow.postprocess.steps import POSTPROCESS_STEPS, step_type
@@ -21,6 +23,17 @@ def test_the_collection_holds_every_registered_type() -> None:
     assert set(COMPUTE_BACKENDS) | set(OBJECT_STORES) | set(POSTPROCESS_STEPS) <= set(BLOCK_TYPES)
     slugs = [block.get_block_type_slug() for block in BLOCK_TYPES]
     assert len(slugs) == len(set(slugs)), "every block type has its own slug"
+
+
+def test_the_fabric_block_is_the_plain_catalog_with_its_fields(tmp_path: Path) -> None:
+    # `gpuflow env` uses the catalog; the UI edits the block: both must be one thing.
+    assert EnvironmentFabric in BLOCK_TYPES
+    block = EnvironmentFabric(root=tmp_path, python="3.11.7")
+    assert isinstance(block, EnvCatalog)
+    assert block.envs_dir == tmp_path / "envs" and block.python_version == "3.11.7"
+    fields = EnvironmentFabric.model_json_schema()["properties"]
+    assert set(EnvCatalog.model_fields) <= set(fields)
+    assert fields["root"]["description"] == EnvCatalog.model_fields["root"].description
 
 
 @pytest.mark.parametrize("step", POSTPROCESS_STEPS, ids=lambda step: step.__name__)

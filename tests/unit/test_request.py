@@ -39,6 +39,19 @@ def test_a_bad_value_is_refused_naming_field_and_value(
     assert named in str(error.value)
 
 
+def test_the_gpu_bound_names_itself_as_a_sanity_bound_and_is_in_the_schema() -> None:
+    with pytest.raises(RequestError, match=r"gpus 65 is more than 64, .*sanity bound"):
+        parse_request(GOOD | {"gpus": 65})
+    assert parse_request(GOOD | {"gpus": 64}).gpus == 64
+    assert VideoRequest.model_json_schema()["properties"]["gpus"]["maximum"] == 64
+
+
+def test_an_empty_or_null_gpu_type_means_any() -> None:
+    assert parse_request(GOOD).gpu_type == ""
+    assert parse_request(GOOD | {"gpu_type": None}).gpu_type == ""
+    assert parse_request(GOOD | {"gpu_type": "h100"}).gpu_type == "h100"
+
+
 def test_unknown_fields_are_refused() -> None:
     with pytest.raises(RequestError, match="frames"):
         parse_request(GOOD | {"frames": 17})
