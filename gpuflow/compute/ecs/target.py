@@ -204,6 +204,19 @@ class EcsTask(ComputeTarget):
                 f"nas_root is {nas_root}: mount it at the same path everywhere"
             )
 
+    def flow_pool_variables(self) -> dict[str, str]:
+        # Flow tasks run in the jobs' cluster, as the jobs' roles, on the jobs' NAS root.
+        values = {
+            "gpuflow_ecs_cluster": self.cluster,
+            "gpuflow_ecs_execution_role_arn": self.execution_role_arn,
+            "gpuflow_ecs_task_role_arn": self.task_role_arn,
+        }
+        if self.nas is not None:
+            values["gpuflow_efs_file_system_id"] = self.nas.file_system_id
+            values["gpuflow_efs_access_point_id"] = self.nas.access_point_id
+            values["gpuflow_nas_mount_path"] = self.nas.mount_path
+        return {name: value for name, value in values.items() if value}
+
     def refuse_impossible(self, job: JobSpec) -> None:
         """Refuse, before any AWS call, a job this target can never run."""
         if job.gpu_type is not None and self.on_fargate:
