@@ -63,7 +63,7 @@ def bootstrap(
     Safe to repeat: what exists is updated.
     """
     from gpuflow.ops.bootstrap import bootstrap_server
-    from gpuflow.ops.work_pools import POOL_TYPES
+    from gpuflow.ops.work_pools import POOL_TYPES, pool_name
     from gpuflow.pipeline.stack import GpuflowStack
 
     types = pool_type or list(POOL_TYPES)
@@ -94,6 +94,18 @@ def bootstrap(
         typer.echo(f"  created work pool {pool}")
     for pool in report.pools_updated:
         typer.echo(f"  updated work pool {pool}")
+    variables = report.pool_variables
+    for name, value in {**variables.set_from_stack, **variables.defaulted}.items():
+        typer.echo(f"  variable {name} = {value}")
+    for name in variables.kept:
+        typer.echo(f"  variable {name} kept")
+    for kind, names in variables.missing.items():
+        typer.echo(
+            f"  work pool {pool_name(kind, pool_prefix)} needs Prefect variable(s) "
+            f"{', '.join(names)}: bootstrap with a {kind} stack, apply Terraform's prefect "
+            "module, or `prefect variable set NAME VALUE`; until then its runs cannot start",
+            err=True,
+        )
     for name, slots in report.limits.items():
         typer.echo(f"  GPU limit {name}: {slots} slot(s)")
     typer.echo(f"  block types: {', '.join(report.block_types)}")

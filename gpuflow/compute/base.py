@@ -60,6 +60,11 @@ class ComputeTarget(Block, ABC):
         """Refuse a target whose jobs would see the NAS elsewhere than at ``nas_root``:
         venvs on the NAS are not relocatable. Local jobs share the flow's filesystem."""
 
+    def flow_pool_variables(self) -> dict[str, str]:
+        """Prefect variables that this target's values give the work pool running its flows
+        (the cluster, roles and NAS there), by name; none for a target beside the flow."""
+        return {}
+
     @abstractmethod
     async def run(self, job: JobSpec, on_line: LineHandler) -> JobResult:
         """Run ``job`` to completion, calling ``on_line`` for each line it prints."""

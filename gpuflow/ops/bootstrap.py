@@ -13,6 +13,7 @@ from prefect.client.orchestration import get_client
 from pydantic import BaseModel
 
 from gpuflow.gpu.capacity import ensure_gpu_limits
+from gpuflow.ops.pool_variables import PoolVariablesReport, ensure_pool_variables
 from gpuflow.ops.work_pools import POOL_TYPES, ensure_work_pool, pool_name
 from gpuflow.pipeline.stack import GpuflowStack
 
@@ -32,6 +33,7 @@ async def bootstrap(
 class BootstrapReport(BaseModel):
     pools_created: list[str]
     pools_updated: list[str]
+    pool_variables: PoolVariablesReport
     limits: dict[str, int]
     block_types: list[str]
     stack: str
@@ -55,13 +57,15 @@ async def bootstrap_server(
     pool_prefix: str = "gpuflow",
 ) -> BootstrapReport:
     """Everything a fresh server needs before ``prefect deploy``: pools with gpuflow's job
-    templates and priority queues, GPU limits, block types and the saved stack."""
+    templates and priority queues, the Prefect variables those templates read, GPU limits,
+    block types and the saved stack."""
     created: list[str] = []
     updated: list[str] = []
     async with get_client() as client:
         for pool_type in pool_types:
             name = pool_name(pool_type, pool_prefix)
             (created if await ensure_work_pool(client, name, pool_type) else updated).append(name)
+        variables = await ensure_pool_variables(client, stack, pool_types)
     block_types = await register_block_types()
     await bootstrap(stack, stack_name, gpu_slots, per_type)
     limits = {stack.gpu_limit: gpu_slots}
@@ -69,6 +73,7 @@ async def bootstrap_server(
     return BootstrapReport(
         pools_created=created,
         pools_updated=updated,
+        pool_variables=variables,
         limits=limits,
         block_types=block_types,
         stack=stack_name,

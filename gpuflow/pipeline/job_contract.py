@@ -3,8 +3,8 @@
 A job is a uv project with one console script (``jobs/<name>/``); it is called with the
 same arguments whatever it is (the reference stand-in, a diffusers model) and writes
 ``RAW_OUTPUT`` into the workspace's outputs, which postprocessing turns into
-``OUTPUT_NAME``. Exit codes and progress lines are ``gpuflow_progress``'s
-(``jobs/progress/README.md``).
+``OUTPUT_NAME``. The prompt reaches the job as a file (``--prompt-file``). Exit codes
+and progress lines are ``gpuflow_progress``'s (``jobs/progress/README.md``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from gpuflow.envs.catalog import ResolvedEnv, console_script
 from gpuflow.storage.model_cache import CachedModel
 
 RAW_OUTPUT = "raw.mp4"  # what the job writes
+# The prompt, in the workspace's root (beside inputs/, so no staged input can be named so).
+PROMPT_FILE = "prompt.txt"
 OUTPUT_NAME = "video.mp4"  # what the run uploads under <outputs_uri>/<run-id>/
 
 
@@ -31,12 +33,16 @@ def job_spec(
     timeout_s: float,
 ) -> JobSpec:
     """The job's command line for ``request``: each option and its value are one argv
-    element, ``--name=value``, so no value (a prompt of ``--help``, ``-cinematic``) can be
-    read as an option by the job's argument parser."""
+    element, ``--name=value``, so no value can be read as an option by the job's argument
+    parser. The prompt goes into ``<workspace>/prompt.txt`` (written here, UTF-8, verbatim)
+    and the job gets its path: a prompt of any length and script reaches it whole on every
+    backend, where argv has limits (ECS: 8,192 characters of overrides in all)."""
+    prompt_file = workspace.root / PROMPT_FILE
+    prompt_file.write_bytes(request.prompt.encode("utf-8"))
     options = {
         "model-dir": str(model.path),
         "image": str(image),
-        "prompt": request.prompt,
+        "prompt-file": str(prompt_file),
         "width": str(request.width),
         "height": str(request.height),
         "frames": str(request.num_frames),

@@ -4,6 +4,7 @@ its own (behaviours hand-written from the AWS docs; see tests/support/ecs_answer
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -170,3 +171,36 @@ def test_a_fargate_target_whose_size_fargate_lacks_fails_naming_it(
     with pytest.raises(EcsTaskError, match=r"256 CPU, 30720 memory") as caught:
         asyncio.run(target.run(_PROBE, _ignore))
     assert not caught.value.retryable
+
+
+def _command_of_overrides_length(length: int) -> dict[str, Any]:
+    # {"containerOverrides":[{"name":"job","command":["x...x"]}]} in compact JSON.
+    frame = json.dumps(
+        {"containerOverrides": [{"name": "job", "command": [""]}]}, separators=(",", ":")
+    )
+    return {"containerOverrides": [{"name": "job", "command": ["x" * (length - len(frame))]}]}
+
+
+def test_overrides_over_8192_characters_are_refused_as_ecs_refuses_them(
+    aws: AwsCredentials, cluster: str, network: Network
+) -> None:
+    arn = ecs_client(aws).register_task_definition(**_definition())["taskDefinition"][
+        "taskDefinitionArn"
+    ]
+    at_limit = _command_of_overrides_length(8192)
+    assert len(json.dumps(at_limit, separators=(",", ":"))) == 8192
+    _run(aws, cluster, network, taskDefinition=arn, launchType="FARGATE", overrides=at_limit)
+    with pytest.raises(ClientError) as caught:
+        _run(
+            aws,
+            cluster,
+            network,
+            taskDefinition=arn,
+            launchType="FARGATE",
+            overrides=_command_of_overrides_length(8193),
+        )
+    assert _client_error(caught) == (
+        "InvalidParameterException",
+        "Container Overrides length must be at most 8192",
+    )
+    assert len(all_tasks(aws, cluster)) == 1

@@ -36,8 +36,13 @@ from gpuflow.compute.ecs.taskdef import (
     log_stream_name,
 )
 from gpuflow.core.errors import JobFailedError
+from gpuflow.core.request import parse_request
+from gpuflow.core.workspace import Workspace
+from gpuflow.envs.fabric import ResolvedEnv
+from gpuflow.pipeline.job_contract import PROMPT_FILE, job_spec
 from gpuflow.postprocess.job import run_postprocess
 from gpuflow.postprocess.watermark import Watermark
+from gpuflow.storage.model_cache import CachedModel
 from tests.ecs.conftest import (
     REGION,
     all_tasks,
@@ -635,3 +640,48 @@ def test_an_existing_task_definition_gets_gpus_as_an_override(
         {"type": "GPU", "value": "1"}
     ]
     assert result.devices == ("GPU-5c1e3b2a-9f7d-4e6b-8a1c-0d2e3f4a5b6c",)
+
+
+def test_overrides_over_the_ecs_limit_are_refused_before_any_call_naming_only_their_size(
+    make_target: Callable[..., EcsTask], answers: AnswersProxy
+) -> None:
+    target = make_target()
+    secret_text = "私の秘密の話" * 800  # 4,800 CJK characters: 28,800 escaped
+    calls_before = len(answers.calls)
+    with pytest.raises(EcsConfigError, match=r"are \d+ characters.*at most 8192") as caught:
+        asyncio.run(target.run(_job(argv=["i2v-job", f"--note={secret_text}"]), _Lines()))
+    assert not caught.value.retryable
+    assert "私の秘密" not in str(caught.value)
+    assert len(answers.calls) == calls_before, "no AWS call may happen before the refusal"
+
+
+def test_the_longest_cjk_prompt_starts_a_task_its_job_reads_from_the_workspace(
+    make_target: Callable[..., EcsTask],
+    answers: AnswersProxy,
+    cluster: str,
+    task_transitions: Callable[[dict[str, Any]], None],
+    tmp_path: Path,
+) -> None:
+    # 4,000 CJK characters (the request's most): 24,000 once JSON-escaped, three times what
+    # RunTask takes in argv; the job gets the path of a file in the workspace instead.
+    prompt = "晨雾中的山丘、镜头缓缓向左平移。" * 250
+    request = parse_request({"prompt": prompt, "image_uri": "file:///srv/cat.png"})
+    workspace = Workspace.create(tmp_path, "ecs-" + "2" * 32)
+    job = job_spec(
+        request,
+        Path(__file__).resolve().parents[2] / "jobs" / "i2v",
+        ResolvedEnv(key="k", root=tmp_path / "env", built=False),
+        CachedModel(path=tmp_path / "model", downloaded=False, bytes_downloaded=0),
+        workspace.input_path("cat.png"),
+        workspace,
+        60.0,
+    )
+    task_transitions(RELEASE)
+    answers.on_stop(cluster, recorded("stopped_exit_0"))
+    # On Fargate (no GPUs; moto places an EC2 task only on a registered instance).
+    result = asyncio.run(make_target().run(job.model_copy(update={"gpus": 0}), _Lines()))
+    assert result.exit_code == 0
+    sent = answers.run_task_requests[-1]
+    command = sent["overrides"]["containerOverrides"][0]["command"]
+    assert f"--prompt-file={workspace.root / PROMPT_FILE}" in command
+    assert (workspace.root / PROMPT_FILE).read_text(encoding="utf-8") == prompt

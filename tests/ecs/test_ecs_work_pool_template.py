@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import uuid
 from typing import Any, cast
 
 import botocore.session
 import pytest
 from botocore.validate import ParamValidator
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
 from prefect_aws.workers.ecs_worker import ECSJobConfiguration
 
-from gpuflow.compute.ecs.pool import ecs_base_job_template
+from gpuflow.compute.ecs.pool import (
+    PREFECT_VARIABLE_DEFAULTS,
+    PREFECT_VARIABLES,
+    ecs_base_job_template,
+)
 from gpuflow.ops.local_server import LocalServer
+from tests.support.prefect_variables import prefect_variables
 
 ROLE = "arn:aws:iam::123456789012:role/"
 
@@ -22,14 +31,74 @@ def test_new_variables_are_required_where_the_flow_cannot_work_without_them() ->
     assert {"efs_file_system_id", "execution_role_arn", "task_role_arn"} <= set(
         variables["required"]
     )
-    assert variables["properties"]["nas_mount_path"]["default"] == "/mnt/nas"
+    # Each stack-specific value defaults to a Prefect variable, so deployments name none.
+    for variable, prefect_variable in PREFECT_VARIABLES.items():
+        default = variables["properties"][variable]["default"]
+        assert default == "{{ prefect.variables." + prefect_variable + " }}"
+    assert PREFECT_VARIABLE_DEFAULTS == {"gpuflow_nas_mount_path": "/mnt/nas"}
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [
+        ("fs-0123456789abcdef0", True),
+        ("{{ prefect.variables.gpuflow_efs_file_system_id }}", True),
+        ("fs-XYZ", False),
+        ("{{ efs }}", False),
+        ("", False),
+    ],
+)
+def test_the_file_system_id_is_an_id_or_a_prefect_variable(value: str, accepted: bool) -> None:
+    pattern = ecs_base_job_template()["variables"]["properties"]["efs_file_system_id"]["pattern"]
+    assert (re.fullmatch(pattern, value) is not None) is accepted
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("access_point", [None, "fsap-0fedcba9876543210"])
-def test_prefect_aws_renders_the_nas_volume_mount_and_roles(
-    prefect_server: LocalServer, access_point: str | None
+@pytest.mark.anyio
+async def test_the_server_takes_the_template_and_a_run_reads_the_stack_from_variables(
+    prefect_server: LocalServer,
 ) -> None:
+    stack = {
+        "gpuflow_ecs_cluster": "arn:aws:ecs:us-east-1:123456789012:cluster/video",
+        "gpuflow_ecs_execution_role_arn": f"{ROLE}video-execution",
+        "gpuflow_ecs_task_role_arn": f"{ROLE}video-task",
+        "gpuflow_efs_file_system_id": "fs-0123456789abcdef0",
+        "gpuflow_efs_access_point_id": "fsap-0fedcba9876543210",
+        "gpuflow_nas_mount_path": "/shared",
+    }
+    assert set(stack) == set(PREFECT_VARIABLES.values())
+    template = ecs_base_job_template()
+    name = f"gpuflow-ecs-{uuid.uuid4().hex[:8]}"
+    async with get_client() as client:
+        # The server checks the defaults against the variables' schema here (422 if not).
+        await client.create_work_pool(
+            WorkPoolCreate(name=name, type="ecs", base_job_template=template)
+        )
+        try:
+            stored = await client.read_work_pool(name)
+            async with prefect_variables(client, stack):
+                configuration = cast(
+                    ECSJobConfiguration,
+                    await ECSJobConfiguration.from_template_and_values(
+                        stored.base_job_template, {"image": "gpuflow:1"}, client=client
+                    ),
+                )
+        finally:
+            await client.delete_work_pool(name)
+    definition = configuration.task_definition
+    [volume] = definition["volumes"]
+    assert volume["efsVolumeConfiguration"]["fileSystemId"] == "fs-0123456789abcdef0"
+    access = volume["efsVolumeConfiguration"]["authorizationConfig"]["accessPointId"]
+    assert access == "fsap-0fedcba9876543210"
+    assert definition["containerDefinitions"][0]["mountPoints"][0]["containerPath"] == "/shared"
+    assert definition["taskRoleArn"] == f"{ROLE}video-task"
+    assert configuration.execution_role_arn == f"{ROLE}video-execution"
+    assert configuration.cluster == stack["gpuflow_ecs_cluster"]
+
+
+@pytest.mark.integration
+def test_prefect_aws_renders_the_nas_volume_mount_and_roles(prefect_server: LocalServer) -> None:
+    access_point = "fsap-0fedcba9876543210"
     values: dict[str, Any] = {
         "efs_file_system_id": "fs-0123456789abcdef0",
         "execution_role_arn": f"{ROLE}gpuflow-execution",
@@ -37,9 +106,8 @@ def test_prefect_aws_renders_the_nas_volume_mount_and_roles(
         "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/gpuflow:1",
         "cluster": "gpuflow",
         "nas_mount_path": "/nas",
+        "efs_access_point_id": access_point,
     }
-    if access_point:
-        values["efs_access_point_id"] = access_point
     configuration = cast(
         ECSJobConfiguration,
         asyncio.run(ECSJobConfiguration.from_template_and_values(ecs_base_job_template(), values)),
@@ -49,7 +117,7 @@ def test_prefect_aws_renders_the_nas_volume_mount_and_roles(
     efs = volume["efsVolumeConfiguration"]
     assert efs["fileSystemId"] == "fs-0123456789abcdef0"
     assert efs["transitEncryption"] == "ENABLED"
-    assert efs["authorizationConfig"].get("accessPointId") == access_point
+    assert efs["authorizationConfig"]["accessPointId"] == access_point
     assert definition["containerDefinitions"][0]["mountPoints"] == [
         {"containerPath": "/nas", "readOnly": False, "sourceVolume": volume["name"]}
     ]

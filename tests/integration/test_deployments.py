@@ -5,21 +5,26 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import pytest
+import yaml
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+from prefect.client.schemas.objects import FlowRun, State
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 from prefect.exceptions import PrefectHTTPStatusError
+from prefect.states import Scheduled
+from prefect_aws.workers.ecs_worker import ECSJobConfiguration
 
 from gpuflow.ops.embedded import EmbeddedLayout
 from gpuflow.ops.local_server import LocalServer
 from gpuflow.ops.work_pools import PRIORITY_QUEUES, base_job_template
 from gpuflow.storage.uri import ObjectUri
-from tests.support.deployed import GPUFLOW, Deployed, cli_env
+from tests.support.deployed import GPUFLOW, REPO, Deployed, cli_env
 from tests.support.media import probe
 
 pytestmark = pytest.mark.integration
@@ -67,7 +72,9 @@ def test_deploy_all_creates_every_deployment(deployed: Deployed) -> None:
     assert pools["generate-video/generate-video-ecs"] == "gpuflow-ecs"
     assert all(d.enforce_parameter_schema for d in found.values())
     k8s = found["generate-video/generate-video-kubernetes"]
-    assert k8s.job_variables["namespace"] == "gpuflow"
+    # The pool's template reads the namespace from a Prefect variable: none is hard-coded.
+    assert "namespace" not in k8s.job_variables
+    assert k8s.job_variables["cpu_request"] == "500m"
     janitor = found["gpuflow-janitor/janitor"]
     assert janitor.work_queue_name == "maintenance"
     assert [s.schedule.interval.total_seconds() for s in janitor.schedules] == [300]
@@ -79,6 +86,45 @@ def test_deploy_all_creates_every_deployment(deployed: Deployed) -> None:
     request = schema["definitions"]["VideoRequest"]["properties"]
     assert request["num_frames"]["maximum"] == 241
     assert schema["definitions"]["Priority"]["enum"] == ["high", "normal", "batch"]
+
+
+def test_every_deployment_of_prefect_yaml_creates_a_flow_run(
+    deployed: Deployed, layout: EmbeddedLayout
+) -> None:
+    # What a user does after `gpuflow bootstrap` and `prefect deploy --all`: a run of each
+    # deployment, which the server validates against its pool's template (required job
+    # variables included). Scheduled a day ahead, so that no worker starts them.
+    names = [
+        entry["name"]
+        for entry in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    ]
+
+    async def create_runs() -> dict[str, UUID]:
+        runs: dict[str, UUID] = {}
+        later: State[Any] = Scheduled(scheduled_time=datetime.now(UTC) + timedelta(days=1))
+        async with get_client() as client:
+            found = await client.read_deployments(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=names))
+            )
+            assert sorted(d.name for d in found) == sorted(names)
+            try:
+                for deployment in found:
+                    schema = deployment.parameter_openapi_schema or {}
+                    parameters = (
+                        {"request": request_fields(layout)}
+                        if "request" in schema.get("required", [])
+                        else {}
+                    )
+                    run = await client.create_flow_run_from_deployment(
+                        deployment.id, parameters=parameters, state=later
+                    )
+                    runs[deployment.name] = run.id
+            finally:
+                for run_id in runs.values():
+                    await client.delete_flow_run(run_id)
+        return runs
+
+    assert sorted(asyncio.run(create_runs())) == sorted(names)
 
 
 def test_bootstrap_created_pools_with_templates_and_priority_queues(deployed: Deployed) -> None:
@@ -106,6 +152,49 @@ def test_bootstrap_again_is_safe(
     assert again.returncode == 0, again.stderr
     assert "updated work pool gpuflow-process" in again.stdout
     assert "created work pool" not in again.stdout
+    # The embedded stack knows no ECS cluster, role or file system: bootstrap says so, and
+    # gives the Kubernetes pool gpuflow's defaults.
+    assert "gpuflow-ecs needs Prefect variable(s)" in again.stderr, again.stderr
+    assert "gpuflow_efs_file_system_id" in again.stderr
+    assert "variable gpuflow_k8s_namespace" in again.stdout
+
+
+def test_bootstrap_with_an_ecs_stack_gives_the_ecs_deployment_its_cluster_roles_and_nas(
+    deployed: Deployed, prefect_server: LocalServer, state_dir: Path
+) -> None:
+    boot = subprocess.run(
+        [GPUFLOW, "bootstrap", "--stack-file", str(REPO / "blocks" / "ecs.yaml"),
+         "--stack-name", f"{deployed.stack}-ecs", "--gpu-slots", "2", "--pool-type", "ecs"],
+        env=cli_env(state_dir, prefect_server), capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert boot.returncode == 0, boot.stderr
+    assert "needs Prefect variable" not in boot.stderr, boot.stderr
+
+    # The task definition the ECS worker would register for a run of the deployment.
+    async def render() -> ECSJobConfiguration:
+        async with get_client() as client:
+            pool = await client.read_work_pool("gpuflow-ecs")
+            deployment = await client.read_deployment_by_name("generate-video/generate-video-ecs")
+            return cast(
+                ECSJobConfiguration,
+                await ECSJobConfiguration.from_template_and_values(
+                    pool.base_job_template, deployment.job_variables or {}, client=client
+                ),
+            )
+
+    configuration = asyncio.run(render())
+    stack = yaml.safe_load((REPO / "blocks" / "ecs.yaml").read_text())["compute"]
+    definition = configuration.task_definition
+    [volume] = definition["volumes"]
+    efs = volume["efsVolumeConfiguration"]
+    assert efs["fileSystemId"] == stack["nas"]["file_system_id"]
+    assert efs["authorizationConfig"]["accessPointId"] == stack["nas"]["access_point_id"]
+    [container] = definition["containerDefinitions"]
+    assert container["mountPoints"][0]["containerPath"] == stack["nas"]["mount_path"]
+    assert definition["taskRoleArn"] == stack["task_role_arn"]
+    assert configuration.execution_role_arn == stack["execution_role_arn"]
+    assert configuration.cluster == stack["cluster"]
 
 
 def test_a_run_created_as_the_ui_does_completes_on_the_process_worker(

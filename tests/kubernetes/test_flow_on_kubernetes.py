@@ -5,6 +5,7 @@ cluster (its kubelet runs the job's container command on this machine)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import uuid
 from collections.abc import Iterator
@@ -74,7 +75,10 @@ def kubernetes_stack(
 def test_the_flow_runs_its_gpu_job_as_a_pytorchjob(
     layout: EmbeddedLayout, kubernetes_stack: str, cluster: KubeApiServer
 ) -> None:
-    prompt = 'pan left "slowly"\n---\nkind: Pod'
+    # YAML that would inject, and CJK text long enough to break an argv-size limit
+    # (4,000 characters, the request's most): it reaches the job whole, through a file.
+    prompt = 'pan left "slowly"\n---\nkind: Pod\n' + "慢慢向左平移、山丘在晨雾中。" * 280
+    assert len(prompt) <= 4000
     request = VideoRequest(
         prompt=prompt,
         image_uri=layout.seed_samples(),
@@ -99,5 +103,10 @@ def test_the_flow_runs_its_gpu_job_as_a_pytorchjob(
     command = create.body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"][
         "containers"
     ][0]["command"]
-    assert f"--prompt={prompt}" in command
+    assert not any("慢慢" in part or "kind: Pod" in part for part in command)
+    [prompt_file] = [part for part in command if part.startswith("--prompt-file=")]
+    assert prompt_file.endswith("/prompt.txt")
+    digest = hashlib.sha256(prompt.encode()).hexdigest()
+    job_lines = [line for log in cluster.logs.values() for line in log.lines]
+    assert any(f"prompt: {len(prompt)} characters, sha256 {digest}" in line for line in job_lines)
     assert not cluster.requests_to("DELETE", "/pytorchjobs/")

@@ -19,6 +19,7 @@ from pydantic import SecretStr
 from gpuflow.compute.kubernetes.pool import (
     CRD_READER_RULES,
     FLOW_POD_RULES,
+    PREFECT_VARIABLE_DEFAULTS,
     kubernetes_base_job_template,
     rbac_manifests,
 )
@@ -28,8 +29,15 @@ from gpuflow.ops.local_server import LocalServer
 from gpuflow.ops.pool_templates import RBAC_PATH
 from tests.kubernetes.test_lifecycle import Lines, _succeeds_with_progress, i2v_job
 from tests.support.kube_api_server import KubeApiServer, RecordedRequest
+from tests.support.prefect_variables import prefect_variables
 
 KUBERNETES_VERSION = "1.33"
+STACK_VARIABLES = {
+    "gpuflow_k8s_namespace": "video-team",
+    "gpuflow_k8s_service_account": "video-flow",
+    "gpuflow_nas_pvc_name": "video-nas",
+    "gpuflow_nas_mount_path": "/shared",
+}
 
 
 RBAC_FILE = Path(__file__).resolve().parents[2] / "deployments" / RBAC_PATH
@@ -136,11 +144,11 @@ async def test_prefect_accepts_the_template_and_renders_a_valid_flow_pod_job(
         try:
             stored = await client.read_work_pool(pool_name)
             assert stored.base_job_template == template
-            configuration = await KubernetesWorkerJobConfiguration.from_template_and_values(
-                stored.base_job_template,
-                {"image": "registry.example/gpuflow:1", "namespace": "gpuflow"},
-                client=client,
-            )
+            # The stack's values come from Prefect variables (bootstrap or Terraform sets them).
+            async with prefect_variables(client, STACK_VARIABLES):
+                configuration = await KubernetesWorkerJobConfiguration.from_template_and_values(
+                    stored.base_job_template, {"image": "registry.example/gpuflow:1"}, client=client
+                )
         finally:
             await client.delete_work_pool(pool_name)
     configuration.prepare_for_flow_run(
@@ -153,9 +161,10 @@ async def test_prefect_accepts_the_template_and_renders_a_valid_flow_pod_job(
     assert (job["spec"]["completions"], job["spec"]["parallelism"]) == (1, 1)
     # A dead flow's Job (and, through ownerReferences, its PyTorchJob) goes away quickly.
     assert job["spec"]["ttlSecondsAfterFinished"] == 30
-    assert pod["serviceAccountName"] == "gpuflow-flow"
-    assert pod["volumes"] == [
-        {"name": "nas", "persistentVolumeClaim": {"claimName": "gpuflow-nas"}}
-    ]
-    assert pod["containers"][0]["volumeMounts"] == [{"name": "nas", "mountPath": "/mnt/nas"}]
-    assert rbac_manifests()[0]["metadata"]["name"] == pod["serviceAccountName"]
+    assert job["metadata"]["namespace"] == "video-team"
+    assert pod["serviceAccountName"] == "video-flow"
+    assert pod["volumes"] == [{"name": "nas", "persistentVolumeClaim": {"claimName": "video-nas"}}]
+    assert pod["containers"][0]["volumeMounts"] == [{"name": "nas", "mountPath": "/shared"}]
+    assert set(PREFECT_VARIABLE_DEFAULTS) == set(STACK_VARIABLES)
+    sa = rbac_manifests()[0]["metadata"]["name"]
+    assert PREFECT_VARIABLE_DEFAULTS["gpuflow_k8s_service_account"] == sa

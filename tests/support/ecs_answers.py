@@ -13,7 +13,8 @@ moto unchanged, except:
 - ``RegisterTaskDefinition`` and ``RunTask`` are refused as ECS refuses them
   (``ClientException``): a Fargate task definition whose cpu/memory is no Fargate size
   or that asks for GPUs, a Fargate launch of a task definition that is not Fargate
-  compatible or asks for GPUs;
+  compatible or asks for GPUs, container overrides over 8,192 characters
+  (``InvalidParameterException``);
 - a ``RunTask`` repeating a ``clientToken`` gets the first call's answer: no second task.
 
 None of these answers was captured from AWS: the queued and stop answers
@@ -55,6 +56,28 @@ _FARGATE_PROVIDERS = ("FARGATE", "FARGATE_SPOT")
 
 class ClientException(Exception):
     """ECS's ``ClientException`` (HTTP 400): the request cannot succeed as sent."""
+
+
+class InvalidParameterException(ClientException):
+    """ECS's ``InvalidParameterException`` (HTTP 400): a parameter is out of its bounds."""
+
+
+# API Reference, RunTask, ``overrides``: "A total of 8192 characters are allowed for
+# overrides. This limit includes the JSON formatting characters of the override
+# structure." Counted on the JSON as the client sent it (botocore: compact, non-ASCII
+# escaped); the refusal's text is the one ECS answers (InvalidParameterException).
+OVERRIDES_MAX_CHARS = 8192
+
+
+def _check_overrides_length(request: dict[str, Any]) -> None:
+    overrides = request.get("overrides")
+    if (
+        overrides is not None
+        and len(json.dumps(overrides, separators=(",", ":"))) > OVERRIDES_MAX_CHARS
+    ):
+        raise InvalidParameterException(
+            f"Container Overrides length must be at most {OVERRIDES_MAX_CHARS}"
+        )
 
 
 def _gpus(requirements: list[dict[str, Any]] | None) -> int:
@@ -144,8 +167,10 @@ class AnswersProxy(ThreadingHTTPServer):
             self._task_definitions[family] = request  # the latest revision
 
     def check_run_task(self, request: dict[str, Any]) -> None:
-        """What RunTask refuses (API Reference: RunTask, ``launchType``): a Fargate launch
-        of a task definition that is not Fargate compatible or asks for GPUs."""
+        """What RunTask refuses (API Reference: RunTask, ``launchType``, ``overrides``):
+        overrides over 8,192 characters, a Fargate launch of a task definition that is not
+        Fargate compatible or asks for GPUs."""
+        _check_overrides_length(request)
         if not _on_fargate(request):
             return
         with self._lock:
@@ -262,7 +287,7 @@ class _Handler(BaseHTTPRequestHandler):
             if operation == "RunTask":
                 self.server.check_run_task(request)
         except ClientException as refusal:
-            error = {"__type": "ClientException", "message": str(refusal)}
+            error = {"__type": type(refusal).__name__, "message": str(refusal)}
             self._reply(400, _JSON, json.dumps(error).encode())
             return
         if operation == "RunTask":

@@ -10,7 +10,7 @@ import pytest
 from gpuflow.core.request import parse_request
 from gpuflow.core.workspace import Workspace
 from gpuflow.envs.catalog import ResolvedEnv
-from gpuflow.pipeline.job_contract import job_spec
+from gpuflow.pipeline.job_contract import PROMPT_FILE, job_spec
 from gpuflow.storage.model_cache import CachedModel
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
@@ -48,6 +48,52 @@ def test_no_prompt_is_read_as_an_option_by_the_job(
     parsed = i2v_arguments(job.argv[1:])
     assert parsed.prompt == prompt
     assert parsed.seed == 7 and parsed.output == workspace.output_path("raw.mp4")
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "晨雾中的山丘、镜头缓缓向左平移。" * 250,  # 4,000 CJK characters
+        "line one\nline two\n\n  trailing spaces  \t",
+        "emoji 🎬 and combining é",
+    ],
+)
+def test_the_prompt_reaches_the_job_verbatim_through_a_workspace_file(
+    tmp_path: Path, i2v_arguments: Callable[[list[str]], argparse.Namespace], prompt: str
+) -> None:
+    request = parse_request({"prompt": prompt, "image_uri": "file:///srv/cat.png"})
+    workspace = Workspace.create(tmp_path, "local-" + "1" * 32)
+    job = job_spec(
+        request,
+        JOBS / "i2v",
+        ResolvedEnv(key="k", root=tmp_path / "env", built=False),
+        CachedModel(path=tmp_path / "model", downloaded=False, bytes_downloaded=0),
+        workspace.input_path("cat.png"),
+        workspace,
+        60.0,
+    )
+    prompt_file = workspace.root / PROMPT_FILE
+    assert f"--prompt-file={prompt_file}" in job.argv
+    assert not any(prompt in part for part in job.argv)
+    assert sum(len(part) for part in job.argv) < 1000  # whatever the prompt's length
+    assert prompt_file.read_bytes() == prompt.encode("utf-8")
+    assert i2v_arguments(job.argv[1:]).prompt == prompt
+
+
+def test_a_prompt_file_that_is_missing_or_not_utf8_is_a_config_error(
+    tmp_path: Path,
+    i2v_arguments: Callable[[list[str]], argparse.Namespace],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("café".encode("latin-1"))
+    required = ["--model-dir=m", "--image=i", "--width=8", "--height=8", "--frames=1"]
+    required += ["--fps=1", "--seed=1", "--output=o.mp4"]
+    for path, complaint in [(tmp_path / "absent.txt", "No such file"), (latin1, "not UTF-8")]:
+        with pytest.raises(SystemExit) as exited:
+            i2v_arguments([*required, f"--prompt-file={path}"])
+        assert exited.value.code == 1  # ExitCode.CONFIG_ERROR
+        assert complaint in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("gpu_type", "placed_on"), [("", None), ("h100", "h100")])

@@ -4,7 +4,8 @@ Flow runs in an ``ecs`` work pool run as ECS tasks (usually Fargate). gpuflow's 
 need the NAS mounted at the same path as every job (venvs are not relocatable) and a
 task role (to reach S3, EFS and ECS for the job steps), so this template adds to the
 ECS worker's own default: an EFS volume, its mount point and the task role in the task
-definition, with their variables. ``gpuflow bootstrap`` installs it from this code; the
+definition, with their variables. The stack-specific values default to Prefect variables
+(``PREFECT_VARIABLES``). ``gpuflow bootstrap`` installs it from this code; the
 copy in the repository's ``deployments/`` is rendered by ``gpuflow.ops.pool_templates``.
 """
 
@@ -22,27 +23,42 @@ from gpuflow.compute.ecs.taskdef import (
     MountPoint,
     Volume,
 )
+from gpuflow.compute.pool_variables import default_to_variables, id_or_reference
 
 DEFAULT_NAS_MOUNT_PATH = "/mnt/nas"  # the same path as the Kubernetes template and Terraform
+
+# Template variable -> the Prefect variable its default reads. A deployment then names no
+# cluster, role or file system: `gpuflow bootstrap` sets these from an ECS stack, and
+# Terraform's prefect module from its outputs.
+PREFECT_VARIABLES: dict[str, str] = {
+    "cluster": "gpuflow_ecs_cluster",
+    "execution_role_arn": "gpuflow_ecs_execution_role_arn",
+    "task_role_arn": "gpuflow_ecs_task_role_arn",
+    "efs_file_system_id": "gpuflow_efs_file_system_id",
+    "efs_access_point_id": "gpuflow_efs_access_point_id",
+    "nas_mount_path": "gpuflow_nas_mount_path",
+}
+# Given by `gpuflow bootstrap` when neither the stack nor Terraform set it.
+PREFECT_VARIABLE_DEFAULTS: dict[str, str] = {"gpuflow_nas_mount_path": DEFAULT_NAS_MOUNT_PATH}
 
 _VARIABLES: dict[str, dict[str, Any]] = {
     "efs_file_system_id": {
         "title": "EFS file system ID",
         "description": "The NAS: models, uv environments and workspaces (fs-...).",
         "type": "string",
-        "pattern": "^fs-[0-9a-f]+$",
+        "pattern": id_or_reference("fs-[0-9a-f]+"),
     },
     "efs_access_point_id": {
         "title": "EFS access point ID",
-        "description": "Access point to mount through (fsap-...); leave empty for the root.",
+        "description": "Access point to mount through (fsap-...): the jobs' own, so that the "
+        "flow sees the NAS at the same root as they do.",
         "type": "string",
-        "pattern": "^fsap-[0-9a-f]+$",
+        "pattern": id_or_reference("fsap-[0-9a-f]+"),
     },
     "nas_mount_path": {
         "title": "NAS mount path",
         "description": "Where the NAS is mounted: the same path in every pod, task and job.",
         "type": "string",
-        "default": DEFAULT_NAS_MOUNT_PATH,
     },
 }
 _REQUIRED = ("efs_file_system_id", "execution_role_arn", "task_role_arn")
@@ -58,6 +74,7 @@ def ecs_base_job_template() -> dict[str, Any]:
     variables = template["variables"]
     variables["properties"].update(copy.deepcopy(_VARIABLES))
     variables["required"] = sorted({*variables.get("required", []), *_REQUIRED})
+    default_to_variables(variables["properties"], PREFECT_VARIABLES)
 
     task_definition = template["job_configuration"]["task_definition"]
     volume = Volume(

@@ -44,6 +44,7 @@ from gpuflow.compute.ecs.taskdef import (
     FINGERPRINT_TAG,
     FLOW_RUN_TAG,
     JOB_TAG,
+    OVERRIDES_MAX_CHARS,
     STARTED_BY,
     AwsVpcConfiguration,
     CapacityProviderItem,
@@ -204,8 +205,28 @@ class EcsTask(ComputeTarget):
                 f"nas_root is {nas_root}: mount it at the same path everywhere"
             )
 
+    def flow_pool_variables(self) -> dict[str, str]:
+        # Flow tasks run in the jobs' cluster, as the jobs' roles, on the jobs' NAS root.
+        values = {
+            "gpuflow_ecs_cluster": self.cluster,
+            "gpuflow_ecs_execution_role_arn": self.execution_role_arn,
+            "gpuflow_ecs_task_role_arn": self.task_role_arn,
+        }
+        if self.nas is not None:
+            values["gpuflow_efs_file_system_id"] = self.nas.file_system_id
+            values["gpuflow_efs_access_point_id"] = self.nas.access_point_id
+            values["gpuflow_nas_mount_path"] = self.nas.mount_path
+        return {name: value for name, value in values.items() if value}
+
     def refuse_impossible(self, job: JobSpec) -> None:
         """Refuse, before any AWS call, a job this target can never run."""
+        if (length := self._overrides(job).json_length()) > OVERRIDES_MAX_CHARS:
+            # Named by size only: the command and environment may hold a user's text.
+            raise EcsConfigError(
+                f"job {job.name!r}: its RunTask container overrides (command and environment) "
+                f"are {length} characters, and ECS allows at most {OVERRIDES_MAX_CHARS}: pass "
+                "large values through a file in the run's workspace instead"
+            )
         if job.gpu_type is not None and self.on_fargate:
             raise EcsConfigError(
                 f"job {job.name!r} asks for GPU type {job.gpu_type!r} but ECS target on "
@@ -323,22 +344,10 @@ class EcsTask(ComputeTarget):
     def run_task_request(
         self, job: JobSpec, task_definition: str, flow_run_id: str | None, client_token: str
     ) -> RunTaskRequest:
-        command = list(job.argv)
-        if self.change_to_workdir:
-            # No shell: env(1) changes directory and execs argv, each element verbatim.
-            command = ["env", "-C", str(job.workdir), "--", *command]
+        overrides = self._overrides(job)
         tags = {**self.tags, JOB_TAG: job.name[:256]}
         if flow_run_id:
             tags[FLOW_RUN_TAG] = flow_run_id
-        override = ContainerOverride(
-            name=self.container_name,
-            command=command,
-            environment=environment_pairs(job.env),
-            # A registered definition carries the GPUs already; an existing ARN gets them here.
-            resource_requirements=(
-                gpu_requirements(job.gpus) if self.task_definition_arn is not None else None
-            ),
-        )
         return RunTaskRequest(
             cluster=self.cluster,
             task_definition=task_definition,
@@ -352,10 +361,26 @@ class EcsTask(ComputeTarget):
                     assign_public_ip="ENABLED" if self.assign_public_ip else "DISABLED",
                 )
             ),
-            overrides=TaskOverride(container_overrides=[override]),
+            overrides=overrides,
             tags=[Tag(key=k, value=v) for k, v in sorted(tags.items())],
             client_token=client_token,
         )
+
+    def _overrides(self, job: JobSpec) -> TaskOverride:
+        command = list(job.argv)
+        if self.change_to_workdir:
+            # No shell: env(1) changes directory and execs argv, each element verbatim.
+            command = ["env", "-C", str(job.workdir), "--", *command]
+        override = ContainerOverride(
+            name=self.container_name,
+            command=command,
+            environment=environment_pairs(job.env),
+            # A registered definition carries the GPUs already; an existing ARN gets them here.
+            resource_requirements=(
+                gpu_requirements(job.gpus) if self.task_definition_arn is not None else None
+            ),
+        )
+        return TaskOverride(container_overrides=[override])
 
     def _gpu_type_placement(self, job: JobSpec) -> list[PlacementConstraint] | None:
         """A memberOf constraint on the GPU-type attribute (cluster query language)."""

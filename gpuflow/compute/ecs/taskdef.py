@@ -259,8 +259,18 @@ class NetworkConfiguration(_Api):
     awsvpc_configuration: AwsVpcConfiguration = Field(alias="awsvpcConfiguration")
 
 
+# RunTask (API Reference): "A total of 8192 characters are allowed for overrides. This
+# limit includes the JSON formatting characters of the override structure."
+OVERRIDES_MAX_CHARS = 8192
+
+
 class TaskOverride(_Api):
     container_overrides: list[ContainerOverride] = Field(alias="containerOverrides")
+
+    def json_length(self) -> int:
+        """The overrides' length as sent: botocore's compact JSON, non-ASCII escaped (a
+        CJK character counts six), the larger of the ways AWS could count it."""
+        return len(json.dumps(self.to_api(), separators=(",", ":")))
 
 
 class PlacementConstraint(_Api):

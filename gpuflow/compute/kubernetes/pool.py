@@ -15,10 +15,27 @@ from typing import Any
 from prefect_kubernetes.worker import KubernetesWorker
 
 from gpuflow.compute.kubernetes.manifest import CRD_NAME, GROUP, PLURAL
+from gpuflow.compute.pool_variables import default_to_variables
 
+DEFAULT_NAMESPACE = "gpuflow"
 DEFAULT_SERVICE_ACCOUNT = "gpuflow-flow"
 DEFAULT_NAS_CLAIM = "gpuflow-nas"
 DEFAULT_NAS_MOUNT_PATH = "/mnt/nas"
+# Template variable -> the Prefect variable its default reads, and the value `gpuflow
+# bootstrap` gives that variable when neither the stack nor Terraform did: a deployment
+# then names no namespace, account or claim.
+PREFECT_VARIABLES: dict[str, str] = {
+    "namespace": "gpuflow_k8s_namespace",
+    "service_account_name": "gpuflow_k8s_service_account",
+    "nas_claim_name": "gpuflow_nas_pvc_name",
+    "nas_mount_path": "gpuflow_nas_mount_path",
+}
+PREFECT_VARIABLE_DEFAULTS: dict[str, str] = {
+    "gpuflow_k8s_namespace": DEFAULT_NAMESPACE,
+    "gpuflow_k8s_service_account": DEFAULT_SERVICE_ACCOUNT,
+    "gpuflow_nas_pvc_name": DEFAULT_NAS_CLAIM,
+    "gpuflow_nas_mount_path": DEFAULT_NAS_MOUNT_PATH,
+}
 FINISHED_FLOW_JOB_TTL_S = 30
 _NAS_VOLUME = "nas"
 
@@ -55,7 +72,6 @@ def kubernetes_base_job_template() -> dict[str, Any]:
     """prefect-kubernetes' default template plus the NAS volume and gpuflow's service account."""
     template: dict[str, Any] = copy.deepcopy(KubernetesWorker.get_default_base_job_template())
     variables = template["variables"]["properties"]
-    variables["service_account_name"]["default"] = DEFAULT_SERVICE_ACCOUNT
     # A flow's PyTorchJob is owned by the flow pod's Job: deleting that Job soon after the
     # flow died takes the GPU job with it, well before the GPU slots' lease (>= 60 s + 15 s)
     # can expire and hand the still-busy GPUs to another run.
@@ -64,14 +80,13 @@ def kubernetes_base_job_template() -> dict[str, Any]:
         "title": "NAS claim name",
         "description": "ReadWriteMany PVC of the shared storage (models, envs, workspaces).",
         "type": "string",
-        "default": DEFAULT_NAS_CLAIM,
     }
     variables["nas_mount_path"] = {
         "title": "NAS mount path",
         "description": "Where the NAS is mounted: the same path in flow pods and job pods.",
         "type": "string",
-        "default": DEFAULT_NAS_MOUNT_PATH,
     }
+    default_to_variables(variables, PREFECT_VARIABLES)
     job_spec = template["job_configuration"]["job_manifest"]["spec"]
     pod_spec = job_spec["template"]["spec"]
     # The default template puts these Job fields in the pod spec, where the API server
@@ -88,7 +103,7 @@ def kubernetes_base_job_template() -> dict[str, Any]:
 
 
 def rbac_manifests(
-    namespace: str = "gpuflow", service_account: str = DEFAULT_SERVICE_ACCOUNT
+    namespace: str = DEFAULT_NAMESPACE, service_account: str = DEFAULT_SERVICE_ACCOUNT
 ) -> list[dict[str, Any]]:
     """ServiceAccount, Role and RoleBinding (namespace), ClusterRole and its binding (CRD)."""
     subject = {"kind": "ServiceAccount", "name": service_account, "namespace": namespace}

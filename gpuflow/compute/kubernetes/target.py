@@ -81,6 +81,16 @@ class KubernetesPyTorchJob(ComputeTarget):
         description="Most bytes of all of a job's pod logs copied to <workdir>/logs/.",
     )
 
+    def flow_pool_variables(self) -> dict[str, str]:
+        # Flow pods share the jobs' namespace and NAS claim; the jobs' service account is
+        # not the flow pod's (that one holds the flow's Role), so it is not given here.
+        config = self.pytorchjob
+        return {
+            "gpuflow_k8s_namespace": config.namespace,
+            "gpuflow_nas_pvc_name": config.nas_claim_name,
+            "gpuflow_nas_mount_path": str(config.nas_mount_path),
+        }
+
     def require_nas_at(self, nas_root: Path, step: str) -> None:
         if self.pytorchjob.nas_mount_path != PurePosixPath(nas_root):
             raise KubernetesConfigError(

@@ -12,6 +12,7 @@ anything unexpected a logic error (3).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="i2v-job", description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--image", type=Path, required=True)
-    parser.add_argument("--prompt", required=True)
+    # gpuflow passes the prompt as a file in the run's workspace (any length, verbatim:
+    # ECS caps a task's command at 8,192 characters); --prompt is for a person at a shell.
+    prompt = parser.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt")
+    prompt.add_argument("--prompt-file", type=Path, help="UTF-8 file holding the prompt.")
     parser.add_argument("--width", type=_positive, required=True)
     parser.add_argument("--height", type=_positive, required=True)
     parser.add_argument("--frames", type=_positive, required=True)
@@ -89,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"rank {process_rank()}: inputs checked; rank 0 writes {args.output}", flush=True)
         return int(ExitCode.SUCCESS)
 
+    # Length and digest, not the text: enough to see that the prompt arrived whole.
+    digest = hashlib.sha256(args.prompt.encode("utf-8")).hexdigest()
+    print(f"prompt: {len(args.prompt)} characters, sha256 {digest}", flush=True)
     path = camera_path(args.prompt, args.seed)
     print(
         f"camera: zoom {path.zoom_start:.2f}->{path.zoom_end:.2f}, "
@@ -137,11 +145,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    """The job's arguments; gpuflow passes each as ``--name=value``, so none is an option."""
-    args = build_parser().parse_args(argv)
+    """The job's arguments; gpuflow passes each as ``--name=value``, so none is an option.
+    A ``--prompt-file`` is read into ``prompt``, byte for byte (no newline translation)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.prompt == []:
         # argparse drops a value of exactly "--" (--prompt=--), leaving an empty list.
         args.prompt = "--"
+    if args.prompt_file is not None:
+        try:
+            args.prompt = args.prompt_file.read_bytes().decode("utf-8")
+        except OSError as exc:
+            parser.error(f"--prompt-file {args.prompt_file}: {exc.strerror}")
+        except UnicodeDecodeError:
+            parser.error(f"--prompt-file {args.prompt_file} is not UTF-8 text")
     return args
 
 

@@ -1,0 +1,27 @@
+"""Prefect variables set for one test on the session's server, and put back after it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import VariableCreate, VariableUpdate
+
+
+@asynccontextmanager
+async def prefect_variables(client: PrefectClient, values: dict[str, str]) -> AsyncIterator[None]:
+    before = {name: await client.read_variable_by_name(name) for name in values}
+    for name, value in values.items():
+        if before[name] is None:
+            await client.create_variable(VariableCreate(name=name, value=value))
+        else:
+            await client.update_variable(VariableUpdate(name=name, value=value))
+    try:
+        yield
+    finally:
+        for name, previous in before.items():
+            if previous is None:
+                await client.delete_variable_by_name(name)
+            else:
+                await client.update_variable(VariableUpdate(name=name, value=previous.value))
