@@ -90,7 +90,24 @@ def load_pipeline(
         # diffusers' errors for a missing component folder, a config of another model, or
         # weights that do not fit the config.
         raise ModelError(f"cannot load {model_dir} as a Wan I2V pipeline: {exc}") from exc
+    _refuse_missing_weights(pipeline, model_dir)
     if dtype != torch.float32:
         # Wan's VAE is published for float32 whatever the transformer runs in (bf16 on CUDA).
         pipeline.vae.to(dtype=torch.float32)
     return pipeline.to(device)
+
+
+def _refuse_missing_weights(pipeline: WanImageToVideoPipeline, model_dir: Path) -> None:
+    """A config that asks for more than the weights hold loads with the missing parameters
+    left on the meta device (diffusers only warns): refuse it as the wrong model."""
+    import torch
+
+    for name, component in pipeline.components.items():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        missing = [key for key, tensor in component.state_dict().items() if tensor.is_meta]
+        if missing:
+            raise ModelError(
+                f"cannot load {model_dir} as a Wan I2V pipeline: {name}'s weights do not match "
+                f"its config ({len(missing)} tensors missing, e.g. {missing[0]})"
+            )
