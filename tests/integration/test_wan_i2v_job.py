@@ -8,6 +8,7 @@ provoked here.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -16,10 +17,16 @@ from pathlib import Path
 
 import pytest
 from gpuflow_progress import ExitCode, Metric, Output, Progress, parse_line
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.client.schemas.objects import State
 
+from gpuflow.core.request import VideoRequest
 from gpuflow.envs.fabric import ResolvedEnv
 from gpuflow.ops import samples
 from gpuflow.ops.embedded import WAN_TINY_MODEL, EmbeddedLayout
+from gpuflow.pipeline.generate_video import generate_video
+from gpuflow.storage.uri import ObjectUri
 from tests.support.media import probe
 
 pytestmark = pytest.mark.integration
@@ -43,7 +50,7 @@ def image(tmp_path: Path) -> Path:
 def _arguments(model_dir: Path, image: Path, output: Path, **overrides: str) -> list[str]:
     args = {
         "--model-dir": str(model_dir), "--image": str(image), "--prompt": "zoom in on the hills",
-        "--width": "64", "--height": "48", "--frames": "5", "--fps": "8", "--seed": "1",
+        "--width": "64", "--height": "64", "--frames": "5", "--fps": "8", "--seed": "1",
         "--output": str(output),
     }  # fmt: skip
     args.update(overrides)
@@ -81,8 +88,48 @@ def test_the_job_generates_the_requested_video_and_reports_each_step(
     assert Output("video", str(output)) in events
     assert any(isinstance(e, Metric) and e.name == "seconds_per_step" for e in events)
     facts = probe(output)
-    assert (facts.width, facts.height, facts.frames, facts.codec) == (64, 48, 5, "h264")
+    assert (facts.width, facts.height, facts.frames, facts.codec) == (64, 64, 5, "h264")
     assert list(output.parent.iterdir()) == [output], "partial files left behind"
+
+
+def test_a_request_for_wan_i2v_gets_a_watermarked_video_through_the_flow(
+    wan_env: ResolvedEnv, layout: EmbeddedLayout, stack_name: str
+) -> None:
+    request = VideoRequest.model_validate(
+        {
+            "prompt": "zoom in on the hills",
+            "image_uri": layout.seed_samples(),
+            "resolution": "64x64",
+            "num_frames": 5,
+            "fps": 8,
+            "seed": 4,
+            "job": "wan-i2v",
+            "model": {"name": WAN_TINY_MODEL.name, "revision": WAN_TINY_MODEL.revision},
+        }
+    )
+
+    async def run() -> tuple[State[str], list[object]]:
+        state = await generate_video(request=request, stack=stack_name, return_state=True)
+        assert isinstance(state, State)
+        async with get_client() as client:
+            run_id = state.state_details.flow_run_id
+            artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+            )
+        return state, list(artifacts)
+
+    state, artifacts = asyncio.run(run())
+    assert state.is_completed(), state.message
+    uri = state.result()
+    assert isinstance(uri, str) and uri.endswith("/video.mp4")
+    facts = probe(Path(ObjectUri.parse(uri).key))
+    assert (facts.width, facts.height, facts.frames) == (64, 64, 5)
+    # The model went through the NAS model cache, the job through the wan-i2v env.
+    cached = layout.nas_root / "models" / WAN_TINY_MODEL.name / WAN_TINY_MODEL.revision
+    assert (cached / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    progress = [a for a in artifacts if getattr(a, "type", None) == "progress"]
+    assert progress and float(progress[0].data) == 100.0  # type: ignore[attr-defined]
+    assert not (layout.nas_root / "workspaces" / str(state.state_details.flow_run_id)).exists()
 
 
 def test_under_torchrun_rank_zero_alone_writes_and_reports(
