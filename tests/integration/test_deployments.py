@@ -56,6 +56,7 @@ def test_deploy_all_creates_every_deployment(deployed: Deployed) -> None:
                 "generate-video/generate-video-process",
                 "generate-video/generate-video-kubernetes",
                 "generate-video/generate-video-ecs",
+                "generate-video/generate-video-wan-i2v",
                 "gpuflow-batch/nightly-batch",
                 "gpuflow-janitor/janitor",
             ]
@@ -68,6 +69,9 @@ def test_deploy_all_creates_every_deployment(deployed: Deployed) -> None:
     assert all(d.enforce_parameter_schema for d in found.values())
     k8s = found["generate-video/generate-video-kubernetes"]
     assert k8s.job_variables["namespace"] == "gpuflow"
+    wan = found["generate-video/generate-video-wan-i2v"]
+    assert wan.work_pool_name == "gpuflow-kubernetes"
+    assert wan.parameters["request"]["job"] == "wan-i2v"
     janitor = found["gpuflow-janitor/janitor"]
     assert janitor.work_queue_name == "maintenance"
     assert [s.schedule.interval.total_seconds() for s in janitor.schedules] == [300]

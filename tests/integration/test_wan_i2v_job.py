@@ -26,6 +26,8 @@ from gpuflow.envs.fabric import ResolvedEnv
 from gpuflow.ops import samples
 from gpuflow.ops.embedded import WAN_TINY_MODEL, EmbeddedLayout
 from gpuflow.pipeline.generate_video import generate_video
+from gpuflow.pipeline.prebuild import job_names, prebuild_environments
+from gpuflow.pipeline.stack import GpuflowStack
 from gpuflow.storage.uri import ObjectUri
 from tests.support.media import probe
 
@@ -130,6 +132,13 @@ def test_a_request_for_wan_i2v_gets_a_watermarked_video_through_the_flow(
     progress = [a for a in artifacts if getattr(a, "type", None) == "progress"]
     assert progress and float(progress[0].data) == 100.0  # type: ignore[attr-defined]
     assert not (layout.nas_root / "workspaces" / str(state.state_details.flow_run_id)).exists()
+
+
+def test_the_prebuild_flow_covers_the_wan_job(wan_env: ResolvedEnv, stack_name: str) -> None:
+    assert "wan-i2v" in job_names(GpuflowStack.load(stack_name))  # type: ignore[arg-type]
+    # The session built the env already: the flow finds it ready under the same key.
+    results = prebuild_environments(stack=stack_name, jobs=["wan-i2v"])
+    assert [(r["job"], r["key"], r["built"]) for r in results] == [("wan-i2v", wan_env.key, False)]
 
 
 def test_under_torchrun_rank_zero_alone_writes_and_reports(
