@@ -17,11 +17,20 @@ machine's find-links; the benchmark exits with a message when it cannot):
 
 Baseline disk is measured over ``--baseline-copies`` real copies and scaled to
 ``--envs`` (pip copies never share files; the table says so).
+
+With ``--job jobs/wan-i2v`` the same figures come from a real job's locked env (torch
+with its CUDA libraries, diffusers, transformers), downloaded from the package index:
+the cold build starts from an empty uv cache and includes the download, a "changed job"
+is an edit to a copy of the job's code, and the baseline is the Ray-style
+``uv pip install --no-cache`` of the same locked requirements (``uv export``). It also
+times the job itself on the CPU with the tiny random Wan model, beside the same job's
+``--help`` (the floor: starting its interpreter).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -29,11 +38,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import uv
 
-from gpuflow.envs.catalog import EnvCatalog
+from gpuflow.envs.catalog import EnvCatalog, console_script
 from gpuflow.envs.key import environment_key
 
 TORCH = "torch==2.13.0"
@@ -107,7 +117,17 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def bench_fabric(work: Path, job: Path, envs: int, resolves: int) -> dict[str, float]:
+def bench_fabric(
+    work: Path,
+    job: Path,
+    envs: int,
+    resolves: int,
+    change: Callable[[Path, int], None] | None = None,
+    smoke: Callable[[Path], list[str]] | None = None,
+) -> dict[str, float]:
+    """Fabric figures for ``job``; ``change`` makes version N of it (a new key), ``smoke``
+    runs the last env's check and returns what it printed (the version last)."""
+    change = change or set_marker
     fabric = EnvCatalog(root=work / "nas")
     started = time.perf_counter()
     first = fabric.ensure(job)
@@ -116,14 +136,18 @@ def bench_fabric(work: Path, job: Path, envs: int, resolves: int) -> dict[str, f
     warm: list[float] = []
     warm_cpu: list[float] = []
     for version in range(1, envs):
-        set_marker(job, version)
+        change(job, version)
         started, cpu_started = time.perf_counter(), _cpu_seconds()
         env = fabric.ensure(job)
         warm.append(time.perf_counter() - started)
         warm_cpu.append(_cpu_seconds() - cpu_started)
         assert env.built and env.link_mode == "hardlink", env
-    smoke = _run([str(env.script("torchjob"))]).stdout.split()
-    assert smoke == ["2.13.0+cpu", str(envs - 1)], smoke
+    if smoke is None:
+        printed = _run([str(env.script("torchjob"))]).stdout.split()
+        assert printed == ["2.13.0+cpu", str(envs - 1)], printed
+    else:
+        printed = smoke(env.python)
+        assert printed[-1] == str(envs - 1), printed
 
     # Resolve as a run does. Sources older than the racy window let the stat index
     # record them; the first resolve after that hashes once and records.
@@ -231,16 +255,145 @@ def report(fab: dict[str, float], pip: dict[str, float], ray: dict[str, float], 
         print(f"{'MET ' if met else 'MISS'} {goal}")
 
 
+# A module the benchmark adds to its copy of a real job: a new version is a code change.
+_MARKER_MODULE = "_benchmark_marker.py"
+
+
+def copy_real_job(work: Path, source: Path) -> Path:
+    """The job project and its path dependencies, copied so edits touch no checkout."""
+    jobs = work / "jobs"
+    shutil.copytree(source.parent, jobs, ignore=shutil.ignore_patterns(".venv", "__pycache__"))
+    return jobs / source.name
+
+
+def change_real_job(job: Path, version: int) -> None:
+    package = next(p for p in (job / "src").iterdir() if p.is_dir())
+    (package / _MARKER_MODULE).write_text(f"VERSION = {version}\n")
+
+
+def smoke_real_job(python: Path) -> list[str]:
+    code = (
+        "import pathlib, sys, torch, diffusers, transformers\n"
+        "from diffusers import WanImageToVideoPipeline\n"
+        f"marker = next(pathlib.Path(sys.prefix).glob('lib/*/site-packages/*/{_MARKER_MODULE}'))\n"
+        "print(torch.__version__, diffusers.__version__, transformers.__version__,"
+        " marker.read_text().split()[-1])\n"
+    )
+    return _run([str(python), "-c", code]).stdout.split()
+
+
+def bench_uv_requirements(work: Path, job: Path, copies: int) -> dict[str, float]:
+    """Ray-style: a fresh venv + ``uv pip install --no-cache`` of the job's locked set."""
+    requirements = work / "requirements.txt"
+    exported = _run(
+        [uv.find_uv_bin(), "export", "--frozen", "--no-dev", "--no-emit-project",
+         "--no-emit-local", "--no-hashes"],
+        cwd=job,
+    ).stdout  # fmt: skip
+    requirements.write_text(exported)
+    times, venvs = [], []
+    for index in range(copies):
+        venv = work / f"ray-venv-{index}"
+        started = time.perf_counter()
+        _run([uv.find_uv_bin(), "venv", "--python", sys.executable, str(venv)])
+        _run([uv.find_uv_bin(), "pip", "install", "--no-cache", "--python",
+              str(venv / "bin" / "python"), "-r", str(requirements)])  # fmt: skip
+        times.append(time.perf_counter() - started)
+        venvs.append(venv)
+    return {"build": statistics.median(times), "disk_one": _du(venvs) / copies}
+
+
+def bench_tiny_model_run(work: Path, env_python: Path, script: Path) -> dict[str, float]:
+    """The job on the CPU: 5 frames at 64x64, the tiny model's 2 steps; best of three."""
+    from gpuflow.ops import samples
+
+    model = work / "tiny-wan"
+    samples.write_wan_tiny_model(env_python, model)
+    image = work / "in.png"
+    samples.write_image(image)
+    argv = [str(script), f"--model-dir={model}", f"--image={image}", "--prompt=zoom in",
+            "--width=64", "--height=64", "--frames=5", "--fps=8", "--seed=1"]  # fmt: skip
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"], "CUDA_VISIBLE_DEVICES": ""}
+    runs, helps, steps = [], [], []
+    for attempt in range(3):
+        started = time.perf_counter()
+        subprocess.run([str(script), "--help"], env=env, capture_output=True, check=True)
+        helps.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        out = subprocess.run(
+            [*argv, f"--output={work / f'run-{attempt}.mp4'}"],
+            env=env, capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        runs.append(time.perf_counter() - started)
+        steps += [
+            float(json.loads(line.split(" ", 1)[1])["value"])
+            for line in out.splitlines()
+            if line.startswith("::gpuflow::") and '"seconds_per_step"' in line
+        ]
+    return {"run": min(runs), "help": min(helps), "step": min(steps)}
+
+
+def report_real_job(
+    fab: dict[str, float], ray: dict[str, float], run: dict[str, float], envs: int, job: str
+) -> None:
+    gb = 1e9
+    ray_disk = ray["disk_one"] * envs
+    fab_disk = fab["disk_envs_and_cache"]
+    warm = f"{fab['warm_median']:.2f} / {fab['warm_max']:.2f}"
+    resolve = f"{fab['resolve_p50'] * 1e3:.3f} / {fab['resolve_p99'] * 1e3:.3f}"
+    rows = [
+        ("cold build (empty uv cache, download included), s", f"{fab['cold']:.1f}",
+         f"{ray['build']:.1f}"),
+        ("build of a changed job, warm cache (median / max), s", warm, f"{ray['build']:.1f}"),
+        ("warm resolve p50 / p99, ms", resolve, "(installs)"),
+        ("size of one env, GB", f"{ray['disk_one'] / gb:.2f}", f"{ray['disk_one'] / gb:.2f}"),
+        (f"disk of {envs} envs + uv cache, GB", f"{fab_disk / gb:.2f}", f"{ray_disk / gb:.2f}*"),
+        (f"  as % of {envs} copies", f"{100 * fab_disk / ray_disk:.1f}%", "100%"),
+        ("changed-job build speed-up", f"{ray['build'] / fab['warm_median']:.0f}x", "1x"),
+    ]  # fmt: skip
+    headers = (f"job {job}", "gpuflow fabric", "Ray-style uv --no-cache")
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(3)]
+    for row in [headers, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print(f"* measured over real copies, scaled to {envs}")
+    print(
+        "tiny Wan model on the CPU (5 frames, 64x64, 2 steps, best of 3): "
+        f"whole run {run['run']:.1f} s, one denoising step {run['step']:.2f} s; "
+        f"the job's --help {run['help']:.1f} s (run / --help = {run['run'] / run['help']:.1f})"
+    )
+
+
+def main_real_job(args: argparse.Namespace, work: Path) -> None:
+    job = copy_real_job(work, args.job.resolve())
+    uv_version = _run([uv.find_uv_bin(), "--version"]).stdout.strip()
+    print(f"work dir {work}; job {args.job}; {uv_version}")
+    print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    change_real_job(job, 0)
+    fab = bench_fabric(work, job, args.envs, args.resolves, change_real_job, smoke_real_job)
+    env = EnvCatalog(root=work / "nas").resolve(job)
+    run = bench_tiny_model_run(work, env.python, env.script(console_script(job)))
+    ray = bench_uv_requirements(work, job, args.baseline_copies)
+    report_real_job(fab, ray, run, args.envs, args.job.name)
+    print(
+        f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())} "
+        f"on {os.cpu_count()} CPUs (other work on the machine inflates wall times)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", type=int, default=10, help="envs sharing torch")
     parser.add_argument("--resolves", type=int, default=5000, help="timed warm resolves")
     parser.add_argument("--baseline-copies", type=int, default=2, help="real baseline venvs")
     parser.add_argument("--work", type=Path, help="work dir (default: a temp dir, removed)")
+    parser.add_argument("--job", type=Path, help="a real job project, e.g. jobs/wan-i2v")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="gpuflow-envbench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
+        if args.job is not None:
+            main_real_job(args, work)
+            return
         wheelhouse = make_wheelhouse(work)
         if wheelhouse is None:
             return

@@ -25,7 +25,7 @@ pytest_plugins = ["tests.support.deployed"]
 
 # Fixtures that start or need a real service; a test using one is an integration test.
 SERVICE_FIXTURES = frozenset(
-    {"prefect_server", "i2v_env", "deployed", "moto_server", "moto_url", "wheelhouse"}
+    {"prefect_server", "i2v_env", "wan_env", "deployed", "moto_server", "moto_url", "wheelhouse"}
 )
 # Helpers a test module imports to reach a service from the test's body.
 SERVICE_HELPERS = frozenset({"fresh_database", "ensure_server"})
@@ -102,9 +102,27 @@ def prefect_server(state_dir: Path) -> Iterator[LocalServer]:
         stop_server(state_dir)
 
 
+# The uv cache the session's NAS uses, kept between sessions: the wan-i2v job's env holds
+# torch with its CUDA libraries (about 3 GB to download), fetched once per machine, not
+# once per session. A real NAS keeps its cache the same way.
+_KEPT_UV_CACHE = Path(
+    os.environ.get("GPUFLOW_TEST_UV_CACHE", Path.home() / ".cache" / "gpuflow-tests" / "uv")
+)
+
+
+def _keep_uv_cache(nas_root: Path) -> None:
+    """Link the NAS's uv cache to the kept one when both share a filesystem (uv hardlinks
+    only within one); elsewhere the session fills a cache of its own."""
+    _KEPT_UV_CACHE.mkdir(parents=True, exist_ok=True)
+    nas_root.mkdir(parents=True, exist_ok=True)
+    if _KEPT_UV_CACHE.stat().st_dev == nas_root.stat().st_dev:
+        (nas_root / "uv-cache").symlink_to(_KEPT_UV_CACHE, target_is_directory=True)
+
+
 @pytest.fixture(scope="session")
 def layout(state_dir: Path) -> EmbeddedLayout:
     layout = EmbeddedLayout(state_dir)
+    _keep_uv_cache(layout.nas_root)
     layout.seed_samples()
     return layout
 
@@ -128,3 +146,12 @@ def stack_name(prefect_server: LocalServer, layout: EmbeddedLayout, gpu_limit_na
 def i2v_env(layout: EmbeddedLayout) -> ResolvedEnv:
     """The reference job's environment, built with real uv once per session."""
     return layout.stack().environments.resolve(repository_jobs_root() / "i2v")
+
+
+@pytest.fixture(scope="session")
+def wan_env(layout: EmbeddedLayout) -> ResolvedEnv:
+    """The wan-i2v job's environment (torch, diffusers, transformers), built once per
+    session, and the tiny Wan model it builds, seeded into the session's store."""
+    env = layout.stack().environments.resolve(repository_jobs_root() / "wan-i2v")
+    layout.seed_wan_tiny_model(env)
+    return env

@@ -18,9 +18,12 @@ from typing import TYPE_CHECKING
 from gpuflow.core.request import ModelRef
 
 if TYPE_CHECKING:
+    from gpuflow.envs.fabric import ResolvedEnv
     from gpuflow.pipeline.stack import GpuflowStack
 
 DEFAULT_MODEL = ModelRef(name="wan2.2-i2v-standin", revision="v1")
+# The model of the wan-i2v job's tests and demo: random weights, real diffusers layout.
+WAN_TINY_MODEL = ModelRef(name="wan2.1-i2v-tiny-random", revision="v1")
 SAMPLE_IMAGE_KEY = "samples/landscape.png"
 STATE_DIR_NAME = ".gpuflow"
 
@@ -87,3 +90,12 @@ class EmbeddedLayout:
         if not image.is_file():
             samples.write_image(image)
         return store.uri_for(SAMPLE_IMAGE_KEY)
+
+    def seed_wan_tiny_model(self, wan_env: ResolvedEnv, model: ModelRef = WAN_TINY_MODEL) -> None:
+        """Put the tiny Wan I2V pipeline into the store as a model artifact, built by the
+        wan-i2v job's environment ``wan_env``."""
+        from gpuflow.ops import samples
+
+        model_dir = self.store_root / "models" / model.name / model.revision
+        if not (model_dir / "model_index.json").is_file():
+            samples.write_wan_tiny_model(wan_env.python, model_dir)

@@ -1,13 +1,17 @@
-"""Sample inputs for the demo: a procedural landscape image and the stand-in model artifact.
+"""Sample inputs for the demo: a procedural landscape image and two model artifacts.
 
-The model format is the one ``jobs/i2v`` loads (``config.json`` + ``weights.npz``
-with a 3x3 ``color_matrix`` and a square ``grain`` texture).
+The stand-in model is the format ``jobs/i2v`` loads (``config.json`` + ``weights.npz``
+with a 3x3 ``color_matrix`` and a square ``grain`` texture). The tiny Wan model is a
+randomly initialised ``WanImageToVideoPipeline`` in the diffusers layout, which
+``jobs/wan-i2v`` loads like a real checkpoint; it is built by that job's own
+environment (torch, diffusers), never downloaded.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +71,20 @@ def write_image(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging.write_bytes(landscape_png())
     staging.replace(path)
+
+
+def write_wan_tiny_model(job_python: Path, directory: Path) -> None:
+    """Build the tiny Wan I2V pipeline into ``directory`` with the wan-i2v job's Python
+    (``python -m wan_i2v_job.tiny_model``, which publishes it by a rename)."""
+    completed = subprocess.run(
+        [str(job_python), "-m", "wan_i2v_job.tiny_model", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(
+            f"building the tiny Wan model with {job_python} failed "
+            f"(exit {completed.returncode}): {completed.stderr[-2000:]}"
+        )

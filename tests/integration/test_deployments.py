@@ -61,6 +61,7 @@ def test_deploy_all_creates_every_deployment(deployed: Deployed) -> None:
                 "generate-video/generate-video-process",
                 "generate-video/generate-video-kubernetes",
                 "generate-video/generate-video-ecs",
+                "generate-video/generate-video-wan-i2v",
                 "gpuflow-batch/nightly-batch",
                 "gpuflow-janitor/janitor",
             ]
@@ -75,6 +76,9 @@ def test_deploy_all_creates_every_deployment(deployed: Deployed) -> None:
     # The pool's template reads the namespace from a Prefect variable: none is hard-coded.
     assert "namespace" not in k8s.job_variables
     assert k8s.job_variables["cpu_request"] == "500m"
+    wan = found["generate-video/generate-video-wan-i2v"]
+    assert wan.work_pool_name == "gpuflow-kubernetes"
+    assert wan.parameters["request"]["job"] == "wan-i2v"
     janitor = found["gpuflow-janitor/janitor"]
     assert janitor.work_queue_name == "maintenance"
     assert [s.schedule.interval.total_seconds() for s in janitor.schedules] == [300]
