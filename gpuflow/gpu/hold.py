@@ -64,7 +64,11 @@ async def gpu_hold(
             waited = await held.enter_async_context(
                 admitted(admission.queue, ticket, capacity, ttl_s=admission.ttl_s)
             )
-        lease = await held.enter_async_context(held_gpu_slots(limits, slots, lease_s, holder))
+        # Admitted: the slots are ours, taken at once (holders leave the queue only after
+        # giving their slots back, so a refusal now is brief).
+        lease = await held.enter_async_context(
+            held_gpu_slots(limits, slots, lease_s, holder, expect_free=admission is not None)
+        )
         if run_id is not None:
             emit_run_event(GpuflowEvent.GPU_ADMITTED, run_id, job=job_name)
         record = RunningJob.here(str(lease.lease_id), limits, slots, job_name, run_id, lease_s)

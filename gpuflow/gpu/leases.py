@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 _RETRY_S = 2.0  # between tries of a renewal or release while the server is unreachable
 _RELEASE_PATIENCE_S = 60.0  # how long a release keeps trying before leaving it to expiry
 _MAX_WAIT_S = 5.0  # longest pause between acquisition attempts (Retry-After is capped)
+# Pauses before the first tries again when the slots should be free (admitted by the
+# queue): a 423 then is a release still on its way, not a full limit worth Retry-After.
+_QUICK_RETRIES_S = (0.02, 0.05, 0.1, 0.2, 0.4)
 
 
 class LeaseLostError(GpuflowError):
@@ -51,9 +54,17 @@ class GpuLease:
 
 
 async def acquire_gpu_slots(
-    names: list[str], slots: int, lease_s: float, holder: ConcurrencyLeaseHolder | None
+    names: list[str],
+    slots: int,
+    lease_s: float,
+    holder: ConcurrencyLeaseHolder | None,
+    expect_free: bool = False,
 ) -> GpuLease:
-    """Wait until ``slots`` of every limit in ``names`` are granted under one lease."""
+    """Wait until ``slots`` of every limit in ``names`` are granted under one lease.
+
+    ``expect_free`` (the admission queue has just admitted us): the first refusals are
+    retried within a fraction of a second, before the server's Retry-After is followed."""
+    quick_retries = list(_QUICK_RETRIES_S if expect_free else ())
     async with get_client() as client:
         while True:
             request = asyncio.ensure_future(
@@ -75,6 +86,9 @@ async def acquire_gpu_slots(
                 if exc.response.status_code == 423:
                     # Busy: holders the admission queue does not know of (outside gpuflow, or
                     # leases of dead holders not yet expired) still occupy the limit.
+                    if quick_retries:
+                        await asyncio.sleep(quick_retries.pop(0))
+                        continue
                     wait = min(
                         max(float(exc.response.headers.get("Retry-After", 1)), 0.1), _MAX_WAIT_S
                     )
@@ -168,12 +182,13 @@ async def held_gpu_slots(
     lease_s: float,
     holder: ConcurrencyLeaseHolder | None = None,
     renew_every_s: float | None = None,
+    expect_free: bool = False,
 ) -> AsyncIterator[GpuLease]:
     """Hold ``slots`` of each limit for the ``async with`` body, renewed (every third of the
     lease unless ``renew_every_s`` says otherwise); released on any exit.
 
     If the lease is lost, the body is cancelled and ``LeaseLostError`` raised."""
-    lease = await acquire_gpu_slots(names, slots, lease_s, holder)
+    lease = await acquire_gpu_slots(names, slots, lease_s, holder, expect_free)
     body = asyncio.current_task()
     assert body is not None
     lost = False

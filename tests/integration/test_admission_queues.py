@@ -4,6 +4,7 @@ on SQLite and on a real PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import pytest
 from gpuflow.core.request import Priority
 from gpuflow.gpu.admission.base import AdmissionConfigError, AdmissionError, AdmissionQueue
 from gpuflow.gpu.admission.policy import QueueEntry, Ticket
+from gpuflow.gpu.admission.postgres_agent import APPLICATION_NAME, CONNECTIONS_PER_PROCESS
 from gpuflow.gpu.admission.queues import admission_queue
 from gpuflow.gpu.admission.waiting import admitted
 from tests.support.postgres import fresh_database
@@ -181,6 +183,50 @@ def test_waiters_in_other_processes_share_the_queue(tmp_path: Path) -> None:
     assert released <= child_admitted
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_waiter_in_another_process_is_woken_when_the_slot_frees(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The cross-process wake-up (NOTIFY, or SQLite's data_version): the child's poll
+    fallback is a minute, so getting in within seconds of the release is the wake-up."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'admission.sqlite3'}"
+    else:
+        url = request.getfixturevalue("postgresql_url_with_clean_tables")
+    queue = admission_queue(url)
+    stamp = tmp_path / "admitted-at"
+    code = (
+        "import asyncio, time\n"
+        "from gpuflow.gpu.admission.policy import Ticket\n"
+        "from gpuflow.gpu.admission.queues import admission_queue\n"
+        "from gpuflow.gpu.admission.waiting import admitted\n"
+        "from gpuflow.core.request import Priority\n"
+        "async def main():\n"
+        f"    q = admission_queue({url!r})\n"
+        "    async with admitted(q, Ticket(('gpu',), 1, Priority.NORMAL, 'child'), {'gpu': 1},"
+        " ttl_s=120, poll_s=60):\n"
+        f"        open({str(stamp)!r}, 'w').write(repr(time.time()))\n"
+        "asyncio.run(main())\n"
+    )
+
+    async def main() -> tuple[float, float]:
+        parent = Ticket(("gpu",), 1, Priority.NORMAL, "parent")
+        async with admitted(queue, parent, {"gpu": 1}, ttl_s=120):
+            child = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
+            deadline = time.monotonic() + 30
+            while not [e for e in await queue.entries() if e.holder == "child"]:
+                assert time.monotonic() < deadline, "the child never queued"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # the child is asleep on its wake-up by now
+            assert not stamp.exists(), "the child got in while the only slot was held"
+            released = time.time()
+        assert await asyncio.wait_for(child.wait(), 55) == 0
+        return released, float(stamp.read_text())
+
+    released, child_admitted = asyncio.run(main())
+    assert released <= child_admitted < released + 10
+
+
 def test_an_unknown_queue_url_is_refused_naming_the_scheme() -> None:
     with pytest.raises(AdmissionConfigError, match="'redis'"):
         admission_queue("redis://127.0.0.1:6379/0")
@@ -248,3 +294,111 @@ def test_leaving_rides_out_an_outage_at_the_end_of_the_job(
             await proxy.close()
 
     assert asyncio.run(main()) == []
+
+
+def test_many_waiters_take_each_freed_slot_on_wake_up_in_priority_then_arrival_order(
+    queue: AdmissionQueue,
+) -> None:
+    """150 waiters whose poll fallback is a minute: a freed slot can only be taken within
+    seconds through the queue's wake-up (LISTEN/NOTIFY, or the SQLite change signal)."""
+    capacity = {"gpu": 3}
+    priorities = [Priority.BATCH, Priority.NORMAL, Priority.HIGH]
+    tickets = [
+        Ticket(("gpu",), 1, priorities[number % 3], holder=f"w{number:03d}")
+        for number in range(150)
+    ]
+    admitted_at: dict[str, float] = {}
+    released_at: list[float] = []
+    overtaken: list[str] = []
+
+    async def wait_as(ticket: Ticket) -> None:
+        """Wait for an already queued ticket, as ``admitted`` does after its enqueue."""
+        async with queue.wakeup(ticket.ticket_id) as wakeup:
+            while True:
+                wakeup.clear()
+                if await queue.try_admit(ticket.ticket_id, 120):
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wakeup.wait(), 60)
+        admitted_at[ticket.holder] = time.monotonic()
+        # Order: nothing ahead of us still waits (entries ahead only ever get admitted or
+        # leave, so one admitted out of turn is seen unless the skipped one catches up).
+        entries = await queue.entries()
+        mine = next(entry for entry in entries if entry.ticket_id == ticket.ticket_id)
+        overtaken.extend(
+            entry.holder
+            for entry in entries
+            if not entry.admitted and (entry.rank, entry.seq) < (mine.rank, mine.seq)
+        )
+        await asyncio.sleep(0.02)
+        released_at.append(time.monotonic())
+        await queue.leave(ticket.ticket_id)
+
+    async def main() -> None:
+        async with contextlib.AsyncExitStack() as holding:
+            for number in range(3):
+                holder = Ticket(("gpu",), 1, Priority.HIGH, holder=f"holder-{number}")
+                await holding.enter_async_context(admitted(queue, holder, capacity, ttl_s=120))
+            for ticket in tickets:  # one by one: the arrival order is known
+                await queue.enqueue(ticket, capacity, ttl_s=120)
+            waiters = [asyncio.create_task(wait_as(ticket)) for ticket in tickets]
+            await asyncio.sleep(0.5)
+            assert not admitted_at, "a waiter got in while every slot was held"
+            released_at.append(time.monotonic())
+        # Each waiter's own poll comes only after a minute: this is "never".
+        await asyncio.wait_for(asyncio.gather(*waiters), timeout=55)
+
+    asyncio.run(main())
+    assert sorted(admitted_at) == sorted(ticket.holder for ticket in tickets)
+    assert overtaken == []
+    # Every admission follows a release by seconds at most, never by a poll interval.
+    for name in admitted_at:
+        before = max(release for release in released_at if release <= admitted_at[name])
+        assert admitted_at[name] - before < 10, (name, admitted_at[name] - before)
+    assert asyncio.run(queue.entries()) == []
+
+
+def test_200_concurrent_runs_in_a_process_stay_within_its_connection_budget(
+    postgresql_url_with_clean_tables: str,
+) -> None:
+    """Runs share their process's agent: its pool and its one LISTEN connection, counted
+    by PostgreSQL itself (pg_stat_activity) while 200 runs wait, hold and leave."""
+    import asyncpg
+
+    url = postgresql_url_with_clean_tables
+    queue = admission_queue(url)
+    capacity = {"gpu": 8}
+    served: list[str] = []
+
+    async def run(number: int) -> None:
+        ticket = Ticket(("gpu",), 1, Priority.NORMAL, holder=f"run-{number}")
+        async with admitted(queue, ticket, capacity, ttl_s=60, poll_s=0.2):
+            await asyncio.sleep(0.05)
+            served.append(ticket.holder)
+
+    async def connections(observer: asyncpg.Connection) -> int:
+        return int(
+            await observer.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = $1",
+                APPLICATION_NAME,
+            )
+        )
+
+    async def main() -> list[int]:
+        observer = await asyncpg.connect(url)
+        counts: list[int] = []
+        try:
+            runs = asyncio.gather(*(run(number) for number in range(200)))
+            while not runs.done():
+                counts.append(await connections(observer))
+                await asyncio.sleep(0.02)
+            await runs
+        finally:
+            await observer.close()
+        return counts
+
+    counts = asyncio.run(main())
+    assert len(served) == 200
+    assert max(counts) <= CONNECTIONS_PER_PROCESS, counts
+    assert max(counts) >= 2, "the count saw none of the queue's connections"

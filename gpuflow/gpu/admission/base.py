@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -36,6 +38,11 @@ class AdmissionQueue(ABC):
         """Renew the ticket's deadline and admit it if it is admissible now.
 
         ``None`` when the ticket is no longer queued (its deadline passed)."""
+
+    @abstractmethod
+    def wakeup(self, ticket_id: str) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
+        """An event set when ``ticket_id`` may have become admissible; the waiter clears it,
+        checks with ``try_admit``, and sleeps on it (with its poll interval as a fallback)."""
 
     @abstractmethod
     async def heartbeat(self, ticket_id: str, ttl_s: float) -> bool:

@@ -1,24 +1,30 @@
-"""The admission queue in PostgreSQL: shared by the flows of every host."""
+"""The admission queue in PostgreSQL: shared by the flows of every host.
+
+Decisions are made once per change, not once per poll. Enqueue and leave bump a version
+row in the same transaction as their change; whoever then wins a non-blocking try-lock
+runs one decision pass (reap expired entries, read the queue, mark every admissible
+ticket in one statement, ``NOTIFY`` their ids) and records the version it decided. Waiters
+never take the lock: they sleep on ``LISTEN``, and their check (with a poll interval as
+the fallback) is a batched primary-key read that renews the deadline when it is due and
+says whether a pass is still owed (a change not yet decided, or an entry past its
+deadline), which it then asks for.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import weakref
-from collections.abc import AsyncIterator
 
 import asyncpg
 
 from gpuflow.core.redaction import redacted_url
 from gpuflow.gpu.admission.base import (
     POOL_SEPARATOR,
-    SELECT_ENTRIES,
-    AdmissionConfigError,
-    AdmissionError,
     AdmissionQueue,
     entry_from_row,
 )
 from gpuflow.gpu.admission.policy import QueueEntry, Ticket, admissible
+from gpuflow.gpu.admission.postgres_agent import PostgresAgent, QueueStatements, agent_for
 
 _POSTGRES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS gpuflow_admission_ticket (
@@ -31,21 +37,141 @@ CREATE TABLE IF NOT EXISTS gpuflow_admission_ticket (
     admitted BOOLEAN NOT NULL DEFAULT FALSE,
     expires_at DOUBLE PRECISION NOT NULL
 );
+CREATE INDEX IF NOT EXISTS gpuflow_admission_ticket_expires_at
+    ON gpuflow_admission_ticket (expires_at);
+CREATE INDEX IF NOT EXISTS gpuflow_admission_ticket_waiting
+    ON gpuflow_admission_ticket (rank, seq) WHERE NOT admitted;
 CREATE TABLE IF NOT EXISTS gpuflow_admission_pool (
     pool TEXT PRIMARY KEY,
     slots INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS gpuflow_admission_change (
+    id SMALLINT PRIMARY KEY CHECK (id = 1),
+    version BIGINT NOT NULL DEFAULT 0,
+    decided BIGINT NOT NULL DEFAULT 0
+);
+INSERT INTO gpuflow_admission_change (id) VALUES (1) ON CONFLICT (id) DO NOTHING;
+"""
+
+# The decision lock (the key of earlier releases, which took it blocking on every poll,
+# so a process of an older release still never decides beside a pass of this one).
+_DECISION_LOCK_KEY = 0x67707566_6C6F77  # "gpuflow"
+_SCHEMA_LOCK_KEY = _DECISION_LOCK_KEY + 1
+CHANNEL = "gpuflow_admission"
+_NOTIFY_PAYLOAD_BYTES = 7000  # PostgreSQL's limit is 8000
+
+_BUMP_VERSION = "UPDATE gpuflow_admission_change SET version = version + 1 WHERE id = 1"
+
+_CHECK_BATCH = """
+WITH wanted AS (
+    SELECT * FROM unnest($1::text[], $2::float8[], $3::bool[]) AS wanted(ticket_id, ttl_s, renew)
+), renewed AS (
+    UPDATE gpuflow_admission_ticket AS ticket
+    SET expires_at = EXTRACT(EPOCH FROM clock_timestamp()) + wanted.ttl_s
+    FROM wanted
+    WHERE ticket.ticket_id = wanted.ticket_id AND wanted.renew
+    RETURNING ticket.ticket_id, ticket.admitted
+)
+SELECT ticket_id, admitted FROM renewed
+UNION ALL
+SELECT ticket.ticket_id, ticket.admitted
+FROM gpuflow_admission_ticket AS ticket JOIN wanted USING (ticket_id)
+WHERE NOT wanted.renew
+"""
+
+_DECISION_OWED = """
+SELECT (SELECT version > decided FROM gpuflow_admission_change WHERE id = 1)
+    OR EXISTS (
+        SELECT 1 FROM gpuflow_admission_ticket
+        WHERE expires_at < EXTRACT(EPOCH FROM clock_timestamp())
+    )
 """
 
 
-# One advisory lock serialises admission decisions (they read the whole queue).
-_POSTGRES_LOCK_KEY = 0x67707566_6C6F77  # "gpuflow"
-# Connection pools per event loop (asyncpg pools cannot cross loops) and DSN.
-_POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncpg.Pool]] = (
-    weakref.WeakKeyDictionary()
-)
-_POOL_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-    weakref.WeakKeyDictionary()
+async def _prepare(connection: asyncpg.Connection) -> None:
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
+        await connection.execute(_POSTGRES_SCHEMA)
+
+
+async def _check_batch(
+    connection: asyncpg.Connection, batch: list[tuple[str, float, bool]]
+) -> tuple[dict[str, bool], bool]:
+    tickets, ttls, renews = (list(column) for column in zip(*batch, strict=True))
+    rows = await connection.fetch(_CHECK_BATCH, tickets, ttls, renews)
+    return {row["ticket_id"]: row["admitted"] for row in rows}, await _pass_due(connection)
+
+
+async def _pass_due(connection: asyncpg.Connection) -> bool:
+    return bool(await connection.fetchval(_DECISION_OWED))
+
+
+async def _decide(connection: asyncpg.Connection) -> bool:
+    """One decision pass, if this connection wins the try-lock (False otherwise)."""
+    async with connection.transaction():
+        if not await connection.fetchval(
+            "SELECT pg_try_advisory_xact_lock($1)", _DECISION_LOCK_KEY
+        ):
+            return False
+        version = await connection.fetchval(
+            "SELECT version FROM gpuflow_admission_change WHERE id = 1"
+        )
+        await connection.execute(
+            "DELETE FROM gpuflow_admission_ticket "
+            "WHERE expires_at < EXTRACT(EPOCH FROM clock_timestamp())"
+        )
+        entries = [
+            entry_from_row(row)
+            for row in await connection.fetch(
+                "SELECT ticket_id, pools, slots, rank, seq, holder, admitted, expires_at "
+                "FROM gpuflow_admission_ticket"
+            )
+        ]
+        capacity = {
+            row["pool"]: row["slots"]
+            for row in await connection.fetch("SELECT pool, slots FROM gpuflow_admission_pool")
+        }
+        chosen = admissible(entries, capacity)
+        newly = [
+            entry.ticket_id for entry in entries if not entry.admitted and entry.ticket_id in chosen
+        ]
+        if newly:
+            await connection.execute(
+                "UPDATE gpuflow_admission_ticket SET admitted = TRUE "
+                "WHERE ticket_id = ANY($1::text[])",
+                newly,
+            )
+            # Delivered on commit, to every process's LISTEN connection.
+            for payload in _payloads(newly):
+                await connection.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+        await connection.execute(
+            "UPDATE gpuflow_admission_change SET decided = $1 WHERE id = 1", version
+        )
+    return True
+
+
+def _payloads(ticket_ids: list[str]) -> list[str]:
+    """Comma-separated ids, each payload within PostgreSQL's NOTIFY limit."""
+    payloads: list[str] = []
+    current: list[str] = []
+    size = 0
+    for ticket_id in ticket_ids:
+        if current and size + len(ticket_id) + 1 > _NOTIFY_PAYLOAD_BYTES:
+            payloads.append(",".join(current))
+            current, size = [], 0
+        current.append(ticket_id)
+        size += len(ticket_id.encode()) + 1
+    if current:
+        payloads.append(",".join(current))
+    return payloads
+
+
+STATEMENTS = QueueStatements(
+    prepare=_prepare,
+    check_batch=_check_batch,
+    decide=_decide,
+    pass_due=_pass_due,
+    channel=CHANNEL,
 )
 
 
@@ -61,68 +187,16 @@ class PostgresAdmissionQueue(AdmissionQueue):
     def location(self) -> str:
         return redacted_url(self._dsn)
 
-    async def _pool(self) -> asyncpg.Pool:
-        loop = asyncio.get_running_loop()
-        pools = _POOLS.setdefault(loop, {})
-        pool = pools.get(self._dsn)
-        if pool is not None:
-            return pool
-        async with _POOL_LOCKS.setdefault(loop, asyncio.Lock()):
-            pool = pools.get(self._dsn)
-            if pool is None:
-                pool = await self._create_pool()
-                pools[self._dsn] = pool
-            return pool
-
-    async def _create_pool(self) -> asyncpg.Pool:
-        try:
-            pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=4)
-            async with pool.acquire() as connection, connection.transaction():
-                await connection.execute("SELECT pg_advisory_xact_lock($1)", _POSTGRES_LOCK_KEY)
-                await connection.execute(_POSTGRES_SCHEMA)
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise AdmissionError(
-                f"cannot reach the admission queue {self.location}: {exc}"
-            ) from exc
-        except (ValueError, TypeError, OverflowError, asyncpg.InterfaceError) as exc:
-            # The driver's parse errors quote pieces of the URL, password included.
-            raise AdmissionConfigError(
-                f"the admission queue URL {self.location} is malformed ({type(exc).__name__}); "
-                "percent-encode a user or password that holds '/', '?', '#' or '@'"
-            ) from None
-        return pool
-
-    @contextlib.asynccontextmanager
-    async def _unreachable_as_admission_error(self) -> AsyncIterator[None]:
-        """A dropped connection or a database that is down is an ``AdmissionError``, which
-        waiting rides out, never a bare ``ConnectionError`` that would fail the run."""
-        try:
-            yield
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise AdmissionError(
-                f"the admission queue {self.location} failed: {type(exc).__name__}: {exc}"
-            ) from exc
-
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        async with self._unreachable_as_admission_error():
-            pool = await self._pool()
-            async with pool.acquire() as connection, connection.transaction():
-                await connection.execute("SELECT pg_advisory_xact_lock($1)", _POSTGRES_LOCK_KEY)
-                yield connection
-
-    @staticmethod
-    async def _reap(connection: asyncpg.Connection) -> None:
-        await connection.execute(
-            "DELETE FROM gpuflow_admission_ticket "
-            "WHERE expires_at < EXTRACT(EPOCH FROM clock_timestamp())"
-        )
+    def _agent(self) -> PostgresAgent:
+        return agent_for(self._dsn, STATEMENTS)
 
     async def enqueue(self, ticket: Ticket, capacity: dict[str, int], ttl_s: float) -> None:
-        async with self._transaction() as connection:
+        agent = self._agent()
+        async with agent.connection() as connection, connection.transaction():
             await connection.executemany(
-                "INSERT INTO gpuflow_admission_pool (pool, slots) VALUES ($1, $2) "
-                "ON CONFLICT (pool) DO UPDATE SET slots = excluded.slots",
+                "INSERT INTO gpuflow_admission_pool AS pool (pool, slots) VALUES ($1, $2) "
+                "ON CONFLICT (pool) DO UPDATE SET slots = excluded.slots "
+                "WHERE pool.slots <> excluded.slots",
                 list(capacity.items()),
             )
             await connection.execute(
@@ -136,52 +210,37 @@ class PostgresAdmissionQueue(AdmissionQueue):
                 ticket.holder,
                 ttl_s,
             )
+            await connection.execute(_BUMP_VERSION)
+        agent.renewed(ticket.ticket_id)
+        agent.request_pass()
 
     async def try_admit(self, ticket_id: str, ttl_s: float) -> bool | None:
-        async with self._transaction() as connection:
-            await self._reap(connection)
-            renewed = await connection.execute(
-                "UPDATE gpuflow_admission_ticket "
-                "SET expires_at = EXTRACT(EPOCH FROM clock_timestamp()) + $2 "
-                "WHERE ticket_id = $1",
-                ticket_id,
-                ttl_s,
-            )
-            if renewed == "UPDATE 0":
-                return None
-            entries = [entry_from_row(row) for row in await connection.fetch(SELECT_ENTRIES)]
-            capacity = {
-                row["pool"]: row["slots"]
-                for row in await connection.fetch("SELECT pool, slots FROM gpuflow_admission_pool")
-            }
-            if ticket_id not in admissible(entries, capacity):
-                return False
-            await connection.execute(
-                "UPDATE gpuflow_admission_ticket SET admitted = TRUE WHERE ticket_id = $1",
-                ticket_id,
-            )
-            return True
+        return await self._agent().check(ticket_id, ttl_s, force_renew=False)
+
+    def wakeup(self, ticket_id: str) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
+        return self._agent().wakeup(ticket_id)
 
     async def heartbeat(self, ticket_id: str, ttl_s: float) -> bool:
-        async with self._unreachable_as_admission_error():
-            pool = await self._pool()
-            renewed = await pool.execute(
-                "UPDATE gpuflow_admission_ticket "
-                "SET expires_at = EXTRACT(EPOCH FROM clock_timestamp()) + $2 "
-                "WHERE ticket_id = $1",
-                ticket_id,
-                ttl_s,
-            )
-        return bool(renewed != "UPDATE 0")
+        return await self._agent().check(ticket_id, ttl_s, force_renew=True) is not None
 
     async def leave(self, ticket_id: str) -> None:
-        async with self._unreachable_as_admission_error():
-            pool = await self._pool()
-            await pool.execute(
-                "DELETE FROM gpuflow_admission_ticket WHERE ticket_id = $1", ticket_id
+        agent = self._agent()
+        async with agent.connection() as connection, connection.transaction():
+            left = await connection.fetchval(
+                "WITH gone AS (DELETE FROM gpuflow_admission_ticket WHERE ticket_id = $1 "
+                "RETURNING 1) SELECT count(*) FROM gone",
+                ticket_id,
             )
+            if left:
+                await connection.execute(_BUMP_VERSION)
+        agent.forget(ticket_id)
+        agent.request_pass()
 
     async def entries(self) -> list[QueueEntry]:
-        async with self._transaction() as connection:
-            await self._reap(connection)
-            return [entry_from_row(row) for row in await connection.fetch(SELECT_ENTRIES)]
+        async with self._agent().connection() as connection:
+            rows = await connection.fetch(
+                "SELECT ticket_id, pools, slots, rank, seq, holder, admitted, expires_at "
+                "FROM gpuflow_admission_ticket "
+                "WHERE expires_at >= EXTRACT(EPOCH FROM clock_timestamp()) ORDER BY rank, seq"
+            )
+        return [entry_from_row(row) for row in rows]

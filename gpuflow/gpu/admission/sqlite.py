@@ -1,10 +1,21 @@
-"""The admission queue in a SQLite file on the NAS: the embedded default (one host)."""
+"""The admission queue in a SQLite file on the NAS: the embedded default (one host).
+
+Decisions are made once per change: enqueue, leave and the reaping of an expired entry
+run the decision pass in their own transaction (SQLite has one writer at a time) and mark
+every admissible ticket. A waiter is woken once it is admitted: at once when the change
+was made in its own process, and within ``CHANGE_POLL_S`` when it was made in another (a
+thread watches ``PRAGMA data_version``, which moves on every commit of another connection,
+and then reads the queue's admission counter, which moves only when a pass admits).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import threading
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +27,9 @@ from gpuflow.gpu.admission.base import (
     entry_from_row,
 )
 from gpuflow.gpu.admission.policy import QueueEntry, Ticket, admissible
+from gpuflow.gpu.admission.wakeups import LocalWakeups
+
+CHANGE_POLL_S = 0.05
 
 _SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS gpuflow_admission_ticket (
@@ -32,7 +46,82 @@ CREATE TABLE IF NOT EXISTS gpuflow_admission_pool (
     pool TEXT PRIMARY KEY,
     slots INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS gpuflow_admission_change (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL DEFAULT 0
+);
+INSERT OR IGNORE INTO gpuflow_admission_change (id) VALUES (1);
 """
+_BUMP_VERSION = "UPDATE gpuflow_admission_change SET version = version + 1 WHERE id = 1"
+
+
+class _ChangeWatcher:
+    """The waiters of this process on one queue file, and the thread that wakes them when
+    another process frees slots (it runs only while someone waits)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.wakeups = LocalWakeups()
+        self._guard = threading.Lock()
+        self._thread: threading.Thread | None = None
+        # Admission counts this process wrote: their admitted were woken in-process already.
+        self._local_versions: set[int] = set()
+
+    def admitted_here(self, version: int) -> None:
+        with self._guard:
+            if self._thread is not None:  # else nobody here watches
+                self._local_versions.add(version)
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        with self._guard:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._watch, name=f"admission-watch:{self.path.name}", daemon=True
+                )
+                self._thread.start()
+        yield
+
+    def _watch(self) -> None:
+        connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            seen_commit: int | None = None
+            seen_version: int | None = None
+            while True:
+                with self._guard:
+                    if not len(self.wakeups):
+                        self._thread = None
+                        self._local_versions.clear()
+                        return
+                try:
+                    commit = connection.execute("PRAGMA data_version").fetchone()[0]
+                    if commit != seen_commit:
+                        seen_commit = commit
+                        (version,) = connection.execute(
+                            "SELECT version FROM gpuflow_admission_change"
+                        ).fetchone()
+                        if seen_version is not None and version != seen_version:
+                            with self._guard:
+                                news = set(range(seen_version + 1, version + 1))
+                                elsewhere = news - self._local_versions
+                                self._local_versions -= news
+                            if elsewhere:
+                                self.wakeups.wake_all()
+                        seen_version = version
+                except sqlite3.Error:
+                    pass  # busy or being created: the waiters' poll interval covers it
+                time.sleep(CHANGE_POLL_S)
+        finally:
+            connection.close()
+
+
+_WATCHERS: dict[Path, _ChangeWatcher] = {}
+_WATCHERS_GUARD = threading.Lock()
+
+
+def _watcher(path: Path) -> _ChangeWatcher:
+    with _WATCHERS_GUARD:
+        return _WATCHERS.setdefault(path.resolve(), _ChangeWatcher(path))
 
 
 class SqliteAdmissionQueue(AdmissionQueue):
@@ -76,11 +165,38 @@ class SqliteAdmissionQueue(AdmissionQueue):
         except sqlite3.Error as exc:
             raise AdmissionError(f"admission queue {self.location}: {exc}") from exc
 
-    @staticmethod
-    def _reap(connection: sqlite3.Connection) -> None:
+    def _decide(self, connection: sqlite3.Connection) -> list[str]:
+        """The decision pass, inside the transaction of the change that calls for it (SQLite
+        has one writer at a time): reap, mark every admissible ticket, return those."""
         connection.execute(
             "DELETE FROM gpuflow_admission_ticket WHERE expires_at < ?", (time.time(),)
         )
+        entries = [entry_from_row(row) for row in connection.execute(SELECT_ENTRIES)]
+        capacity = dict(connection.execute("SELECT pool, slots FROM gpuflow_admission_pool"))
+        chosen = admissible(entries, capacity)
+        newly = [
+            entry.ticket_id for entry in entries if not entry.admitted and entry.ticket_id in chosen
+        ]
+        if newly:
+            connection.executemany(
+                "UPDATE gpuflow_admission_ticket SET admitted = 1 WHERE ticket_id = ?",
+                [(ticket_id,) for ticket_id in newly],
+            )
+            # The signal the waiters of other processes watch for.
+            (version,) = connection.execute(_BUMP_VERSION + " RETURNING version").fetchone()
+            _watcher(self.path).admitted_here(version)
+        return newly
+
+    async def _changed(self, work: Any) -> Any:
+        """Run ``work`` and the decision pass in one transaction; wake whom it admitted."""
+
+        def change(connection: sqlite3.Connection) -> tuple[Any, list[str]]:
+            result = work(connection)
+            return result, self._decide(connection)
+
+        result, newly = await self._run(change)
+        _watcher(self.path).wakeups.wake(newly)
+        return result
 
     async def enqueue(self, ticket: Ticket, capacity: dict[str, int], ttl_s: float) -> None:
         def work(connection: sqlite3.Connection) -> None:
@@ -102,26 +218,26 @@ class SqliteAdmissionQueue(AdmissionQueue):
                 ),
             )
 
-        await self._run(work)
+        await self._changed(work)
 
     async def try_admit(self, ticket_id: str, ttl_s: float) -> bool | None:
         def work(connection: sqlite3.Connection) -> bool | None:
-            self._reap(connection)
             renewed = connection.execute(
                 "UPDATE gpuflow_admission_ticket SET expires_at = ? WHERE ticket_id = ?",
                 (time.time() + ttl_s, ticket_id),
             )
             if renewed.rowcount == 0:
                 return None
-            entries = [entry_from_row(row) for row in connection.execute(SELECT_ENTRIES)]
-            capacity = dict(connection.execute("SELECT pool, slots FROM gpuflow_admission_pool"))
-            if ticket_id not in admissible(entries, capacity):
-                return False
-            connection.execute(
-                "UPDATE gpuflow_admission_ticket SET admitted = 1 WHERE ticket_id = ?",
-                (ticket_id,),
-            )
-            return True
+            # An entry past its deadline is a change nobody decided on yet.
+            if connection.execute(
+                "SELECT 1 FROM gpuflow_admission_ticket WHERE expires_at < ? LIMIT 1",
+                (time.time(),),
+            ).fetchone():
+                self._decide(connection)
+            row = connection.execute(
+                "SELECT admitted FROM gpuflow_admission_ticket WHERE ticket_id = ?", (ticket_id,)
+            ).fetchone()
+            return bool(row[0])
 
         result: bool | None = await self._run(work)
         return result
@@ -137,8 +253,14 @@ class SqliteAdmissionQueue(AdmissionQueue):
         alive: bool = await self._run(work)
         return alive
 
+    @contextlib.asynccontextmanager
+    async def wakeup(self, ticket_id: str) -> AsyncIterator[asyncio.Event]:
+        watcher = _watcher(self.path)
+        with watcher.wakeups.register(ticket_id) as event, watcher.watching():
+            yield event
+
     async def leave(self, ticket_id: str) -> None:
-        await self._run(
+        await self._changed(
             lambda connection: connection.execute(
                 "DELETE FROM gpuflow_admission_ticket WHERE ticket_id = ?", (ticket_id,)
             )
@@ -146,8 +268,11 @@ class SqliteAdmissionQueue(AdmissionQueue):
 
     async def entries(self) -> list[QueueEntry]:
         def work(connection: sqlite3.Connection) -> list[QueueEntry]:
-            self._reap(connection)
-            return [entry_from_row(row) for row in connection.execute(SELECT_ENTRIES)]
+            rows = connection.execute(
+                SELECT_ENTRIES.replace("ORDER BY", "WHERE expires_at >= ? ORDER BY"),
+                (time.time(),),
+            )
+            return [entry_from_row(row) for row in rows]
 
         found: list[QueueEntry] = await self._run(work)
         return found

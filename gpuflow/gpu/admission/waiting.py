@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 from gpuflow.gpu.admission.base import AdmissionError, AdmissionQueue
 from gpuflow.gpu.admission.policy import Ticket
@@ -14,31 +14,6 @@ from gpuflow.gpu.admission.policy import Ticket
 logger = logging.getLogger(__name__)
 
 _LEAVE_RETRY_S = 0.5
-
-
-class _Wakeups:
-    """Wakes the waiters of this process when a ticket of the same queue leaves, so freed
-    slots are taken at once; waiters in other processes notice on their next poll."""
-
-    def __init__(self) -> None:
-        self._waiting: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
-
-    @contextlib.contextmanager
-    def register(self, location: str) -> Iterator[asyncio.Event]:
-        token = (asyncio.get_running_loop(), asyncio.Event())
-        self._waiting.setdefault(location, set()).add(token)
-        try:
-            yield token[1]
-        finally:
-            self._waiting[location].discard(token)
-
-    def notify(self, location: str) -> None:
-        for loop, event in list(self._waiting.get(location, ())):
-            with contextlib.suppress(RuntimeError):  # its loop has closed
-                loop.call_soon_threadsafe(event.set)
-
-
-_wakeups = _Wakeups()
 
 
 @contextlib.asynccontextmanager
@@ -51,11 +26,13 @@ async def admitted(
 ) -> AsyncIterator[float]:
     """Wait in ``queue`` until ``ticket`` is admissible; hold the admission for the body.
 
-    Yields the seconds spent waiting. The ticket leaves the queue on any exit."""
+    Yields the seconds spent waiting. The ticket leaves the queue on any exit. Between
+    checks the waiter sleeps until the queue wakes it (slots may have come free), or
+    ``poll_s`` at most: the fallback for a lost wake-up, and what notices an expiry."""
     started = time.monotonic()
     await queue.enqueue(ticket, capacity, ttl_s)
     try:
-        with _wakeups.register(queue.location) as wakeup:
+        async with queue.wakeup(ticket.ticket_id) as wakeup:
             while True:
                 wakeup.clear()
                 verdict = await queue.try_admit(ticket.ticket_id, ttl_s)
@@ -91,21 +68,16 @@ async def _leave(queue: AdmissionQueue, ticket_id: str, ttl_s: float) -> None:
     """Leave the queue, retrying through an outage until the entry would have expired
     anyway (then it no longer blocks anyone)."""
     give_up_at = time.monotonic() + ttl_s
-    try:
-        while True:
-            try:
-                await queue.leave(ticket_id)
+    while True:
+        try:
+            await queue.leave(ticket_id)
+            return
+        except AdmissionError as exc:
+            if time.monotonic() + _LEAVE_RETRY_S >= give_up_at:
+                logger.warning("Could not leave the admission queue (%s); the entry expires", exc)
                 return
-            except AdmissionError as exc:
-                if time.monotonic() + _LEAVE_RETRY_S >= give_up_at:
-                    logger.warning(
-                        "Could not leave the admission queue (%s); the entry expires", exc
-                    )
-                    return
-                logger.warning("Leaving the admission queue failed (%s); retrying", exc)
-                await asyncio.sleep(_LEAVE_RETRY_S)
-    finally:
-        _wakeups.notify(queue.location)
+            logger.warning("Leaving the admission queue failed (%s); retrying", exc)
+            await asyncio.sleep(_LEAVE_RETRY_S)
 
 
 async def _beat(queue: AdmissionQueue, ticket_id: str, ttl_s: float) -> None:

@@ -1,0 +1,248 @@
+"""The connections of one process to the PostgreSQL admission queue, within a fixed budget.
+
+Whatever the number of runs (tickets) in a process, it holds at most ``POOL_SIZE`` pooled
+connections plus one that ``LISTEN``s for admissions. The checks and renewals of all its
+tickets are batched: those that arrive within ``BATCH_WINDOW_S`` (or while a batch is in
+flight) go to the database as one statement. Decision passes are requested here too, and
+run one at a time per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from gpuflow.core.redaction import redacted_url
+from gpuflow.gpu.admission.base import AdmissionConfigError, AdmissionError
+from gpuflow.gpu.admission.wakeups import LocalWakeups
+
+logger = logging.getLogger(__name__)
+
+POOL_SIZE = 2
+CONNECTIONS_PER_PROCESS = POOL_SIZE + 1  # the pool, and the LISTEN connection
+BATCH_WINDOW_S = 0.01
+APPLICATION_NAME = "gpuflow-admission"
+
+# (ticket id, ttl, renew) of each ticket in a batch -> admitted flag of each ticket found,
+# and whether a decision pass is due.
+CheckBatch = Callable[
+    [asyncpg.Connection, list[tuple[str, float, bool]]], Awaitable[tuple[dict[str, bool], bool]]
+]
+# Runs one decision pass if it wins the try-lock; False when another process holds it.
+DecisionPass = Callable[[asyncpg.Connection], Awaitable[bool]]
+# True when a change (or an expired entry) waits for a decision pass.
+PassDue = Callable[[asyncpg.Connection], Awaitable[bool]]
+
+
+@dataclass
+class _Pending:
+    ttl_s: float
+    renew: bool
+    future: asyncio.Future[bool | None] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class QueueStatements:
+    """What the agent runs against the queue's tables (the queue module owns the SQL)."""
+
+    prepare: Callable[[asyncpg.Connection], Awaitable[None]]  # schema, once per pool
+    check_batch: CheckBatch
+    decide: DecisionPass
+    pass_due: PassDue
+    channel: str
+
+
+class PostgresAgent:
+    """The process's side of one queue database (one per event loop: asyncpg connections
+    cannot cross loops)."""
+
+    def __init__(self, dsn: str, statements: QueueStatements) -> None:
+        self._dsn = dsn
+        self._statements = statements
+        self.location = redacted_url(dsn)
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+        self._listener: asyncpg.Connection | None = None
+        self._listener_lock = asyncio.Lock()
+        self._wakeups = LocalWakeups()
+        self._pending: dict[str, _Pending] = {}
+        self._flusher: asyncio.Task[None] | None = None
+        self._pass_wanted = False
+        self._passes: asyncio.Task[None] | None = None
+        self._renewed_at: dict[str, float] = {}
+
+    @contextlib.asynccontextmanager
+    async def unreachable_as_admission_error(self) -> AsyncIterator[None]:
+        """A dropped connection or a database that is down is an ``AdmissionError``, which
+        waiting rides out, never a bare ``ConnectionError`` that would fail the run."""
+        try:
+            yield
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise AdmissionError(
+                f"the admission queue {self.location} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.unreachable_as_admission_error():
+            pool = await self._ready_pool()
+            async with pool.acquire() as connection:
+                yield connection
+
+    async def _ready_pool(self) -> asyncpg.Pool:
+        if self._pool is not None:
+            return self._pool
+        async with self._pool_lock:
+            if self._pool is None:
+                self._pool = await self._create_pool()
+            return self._pool
+
+    async def _create_pool(self) -> asyncpg.Pool:
+        try:
+            pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=1,
+                max_size=POOL_SIZE,
+                server_settings={"application_name": APPLICATION_NAME},
+            )
+            async with pool.acquire() as connection:
+                await self._statements.prepare(connection)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise AdmissionError(
+                f"cannot reach the admission queue {self.location}: {exc}"
+            ) from exc
+        except (ValueError, TypeError, OverflowError, asyncpg.InterfaceError) as exc:
+            # The driver's parse errors quote pieces of the URL, password included.
+            raise AdmissionConfigError(
+                f"the admission queue URL {self.location} is malformed ({type(exc).__name__}); "
+                "percent-encode a user or password that holds '/', '?', '#' or '@'"
+            ) from None
+        return pool
+
+    # Wake-ups -------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def wakeup(self, ticket_id: str) -> AsyncIterator[asyncio.Event]:
+        await self._ensure_listener()
+        with self._wakeups.register(ticket_id) as event:
+            yield event
+
+    async def _ensure_listener(self) -> None:
+        """LISTEN on the queue's channel; without it (database unreachable now) waiters
+        fall back to their poll interval, and the next wait tries again."""
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        async with self._listener_lock:
+            if self._listener is not None and not self._listener.is_closed():
+                return
+            try:
+                listener = await asyncpg.connect(
+                    self._dsn, server_settings={"application_name": APPLICATION_NAME}
+                )
+                await listener.add_listener(self._statements.channel, self._on_notify)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                logger.warning(
+                    "Cannot LISTEN on the admission queue %s (%s); polling", self.location, exc
+                )
+                return
+            self._listener = listener
+
+    def _on_notify(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
+        self._wakeups.wake(payload.split(","))
+
+    # Batched checks and renewals ------------------------------------------------------
+
+    def renewed(self, ticket_id: str) -> None:
+        self._renewed_at[ticket_id] = time.monotonic()
+
+    def forget(self, ticket_id: str) -> None:
+        self._renewed_at.pop(ticket_id, None)
+
+    async def check(self, ticket_id: str, ttl_s: float, *, force_renew: bool) -> bool | None:
+        """The ticket's admitted flag (``None``: no longer queued), renewing its deadline
+        when asked or when a third of its ttl has passed since the last renewal."""
+        renew = force_renew or (
+            time.monotonic() - self._renewed_at.get(ticket_id, float("-inf")) >= ttl_s / 3
+        )
+        pending = self._pending.get(ticket_id)
+        if pending is None:
+            future: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+            # Every waiter on it may have been cancelled: its error is then nobody's.
+            future.add_done_callback(lambda done: done.cancelled() or done.exception())
+            pending = self._pending[ticket_id] = _Pending(ttl_s, renew, future)
+        else:
+            pending.renew = pending.renew or renew
+            pending.ttl_s = max(pending.ttl_s, ttl_s)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        # Shielded: one cancelled waiter must not cancel the answer others share.
+        return await asyncio.shield(pending.future)
+
+    async def _flush(self) -> None:
+        while self._pending:
+            await asyncio.sleep(BATCH_WINDOW_S)
+            batch, self._pending = self._pending, {}
+            started = time.monotonic()
+            try:
+                async with self.connection() as connection:
+                    found, due = await self._statements.check_batch(
+                        connection,
+                        [(ticket, wait.ttl_s, wait.renew) for ticket, wait in batch.items()],
+                    )
+            except AdmissionError as exc:
+                for wait in batch.values():
+                    if not wait.future.done():
+                        wait.future.set_exception(exc)
+                continue
+            for ticket, wait in batch.items():
+                if wait.renew and ticket in found:
+                    self._renewed_at[ticket] = started
+                if not wait.future.done():
+                    wait.future.set_result(found.get(ticket))
+            if due:
+                self.request_pass()
+
+    # Decision passes ------------------------------------------------------------------
+
+    def request_pass(self) -> None:
+        """Run a decision pass soon; requests made while one runs fold into the next."""
+        self._pass_wanted = True
+        if self._passes is None or self._passes.done():
+            self._passes = asyncio.create_task(self._run_passes())
+
+    async def _run_passes(self) -> None:
+        while self._pass_wanted:
+            self._pass_wanted = False
+            try:
+                async with self.connection() as connection:
+                    # A lost try-lock is no loss: its winner checks for changes after it
+                    # commits, ours included (committed before we asked).
+                    if await self._statements.decide(connection) and (
+                        await self._statements.pass_due(connection)
+                    ):
+                        self._pass_wanted = True
+            except AdmissionError as exc:
+                # The waiters' next poll finds the pass still due and asks again.
+                logger.warning("Admission decision pass failed: %s", exc)
+                return
+
+
+_AGENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, PostgresAgent]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def agent_for(dsn: str, statements: QueueStatements) -> PostgresAgent:
+    """The agent of this event loop for ``dsn`` (created on first use)."""
+    agents = _AGENTS.setdefault(asyncio.get_running_loop(), {})
+    agent = agents.get(dsn)
+    if agent is None:
+        agent = agents[dsn] = PostgresAgent(dsn, statements)
+    return agent
