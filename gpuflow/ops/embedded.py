@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from gpuflow.core.request import ModelRef
 
 if TYPE_CHECKING:
-    from gpuflow.envs.fabric import ResolvedEnv
+    from gpuflow.envs.catalog import ResolvedEnv
     from gpuflow.pipeline.stack import GpuflowStack
 
 DEFAULT_MODEL = ModelRef(name="wan2.2-i2v-standin", revision="v1")

@@ -38,7 +38,7 @@ from gpuflow.compute.ecs.taskdef import (
 from gpuflow.core.errors import JobFailedError
 from gpuflow.core.request import parse_request
 from gpuflow.core.workspace import Workspace
-from gpuflow.envs.fabric import ResolvedEnv
+from gpuflow.envs.catalog import ResolvedEnv
 from gpuflow.pipeline.job_contract import PROMPT_FILE, job_spec
 from gpuflow.postprocess.job import run_postprocess
 from gpuflow.postprocess.watermark import Watermark

@@ -22,7 +22,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.client.schemas.objects import State
 
 from gpuflow.core.request import VideoRequest
-from gpuflow.envs.fabric import ResolvedEnv
+from gpuflow.envs.catalog import ResolvedEnv
 from gpuflow.ops import samples
 from gpuflow.ops.embedded import WAN_TINY_MODEL, EmbeddedLayout
 from gpuflow.pipeline.generate_video import generate_video
