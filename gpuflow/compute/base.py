@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field
@@ -59,6 +59,11 @@ class ComputeTarget(Block, ABC):
     def require_nas_at(self, nas_root: Path, step: str) -> None:
         """Refuse a target whose jobs would see the NAS elsewhere than at ``nas_root``:
         venvs on the NAS are not relocatable. Local jobs share the flow's filesystem."""
+
+    def preview(self, job: JobSpec) -> dict[str, Any]:
+        """What ``run`` would start for ``job``, as data, creating nothing: what
+        ``gpuflow submit --dry-run`` shows. Targets that send a manifest show it."""
+        return {"argv": job.argv, "workdir": str(job.workdir), "gpus": job.gpus}
 
     @abstractmethod
     async def run(self, job: JobSpec, on_line: LineHandler) -> JobResult:
