@@ -210,8 +210,10 @@ def submit(
         bool,
         typer.Option(
             "--dry-run",
-            help="Check the request against the deployment and the GPU limits and print what "
-            "the run would be created with; create, upload and change nothing.",
+            help="Check the request against the deployment and the GPU limits and print, as "
+            "JSON, the run it would create and what its GPU step would send to the stack's "
+            "compute target (PyTorchJob manifest, ECS task definition and RunTask, or the "
+            "local command); create, upload and change nothing.",
         ),
     ] = False,
 ) -> None:
@@ -235,6 +237,7 @@ def submit(
     from prefect.client.orchestration import get_client
 
     from gpuflow.pipeline.submission import (
+        backend_preview,
         check_capacity_for,
         find_deployment,
         idle_pool_warning,
@@ -266,10 +269,16 @@ def submit(
                     request = parse_request(fields)  # the limits hold them: the bound refuses
                 if dry_run:
                     plan = planned_run(target, request, stack)
+                    staged = request
                     if local_image is not None:
                         plan["parameters"]["request"]["image_uri"] = (
                             f"(an upload of {local_image} into the stack's object store)"
                         )
+                        # The run stages the upload under the file's own name.
+                        staged = request.model_copy(
+                            update={"image_uri": f"file:///{local_image.name}"}
+                        )
+                    plan["gpu_job"] = await backend_preview(stack, staged)
                     typer.echo(json.dumps(plan, indent=2))
                     return None
                 if local_image is not None:

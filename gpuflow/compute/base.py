@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field
@@ -64,6 +64,11 @@ class ComputeTarget(Block, ABC):
         """Prefect variables that this target's values give the work pool running its flows
         (the cluster, roles and NAS there), by name; none for a target beside the flow."""
         return {}
+
+    def preview(self, job: JobSpec) -> dict[str, Any]:
+        """What ``run`` would start for ``job``, as data, creating nothing: what
+        ``gpuflow submit --dry-run`` shows. Targets that send a manifest show it."""
+        return {"argv": job.argv, "workdir": str(job.workdir), "gpus": job.gpus}
 
     @abstractmethod
     async def run(self, job: JobSpec, on_line: LineHandler) -> JobResult:

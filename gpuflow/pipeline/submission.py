@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
     from prefect.client.schemas.responses import DeploymentResponse
 
+    from gpuflow.compute.base import JobSpec
+    from gpuflow.envs.catalog import ResolvedEnv
     from gpuflow.pipeline.stack import GpuflowStack
 
 DEFAULT_DEPLOYMENT = "generate-video/generate-video-process"
@@ -128,6 +130,70 @@ async def check_capacity_for(
         ) from None
     gpu_limit = str(document.data.get("gpu_limit", "gpu"))
     await check_gpu_capacity(gpu_limit_names(gpu_limit, gpu_type), gpus)
+
+
+# The workspace name a dry run shows where a run has its flow-run id.
+DRY_RUN_ID = "dry-run"
+
+
+async def backend_preview(stack: str, request: VideoRequest) -> dict[str, Any]:
+    """What the GPU step of a run for ``request`` would send to the stack's compute target
+    (a PyTorchJob manifest, ECS task definition and RunTask requests, a local command),
+    from the stack's settings alone: nothing is downloaded, built or created."""
+    from gpuflow.pipeline.stack import GpuflowStack
+
+    pipeline = cast(GpuflowStack, await GpuflowStack.aload(stack))
+    job = planned_job(pipeline, request)
+    return {"compute": pipeline.compute.get_block_type_slug(), **pipeline.compute.preview(job)}
+
+
+def planned_job(pipeline: GpuflowStack, request: VideoRequest) -> JobSpec:
+    """The job a run would hand its compute target, with the paths the run would use: the
+    model's place in the cache, the env the job's sources hash to (or its pin), and a
+    workspace named ``DRY_RUN_ID``."""
+    from gpuflow.core.workspace import Workspace
+    from gpuflow.pipeline.job_contract import job_spec
+    from gpuflow.storage.model_cache import CachedModel
+
+    job_dir = pipeline.job_dir(request.job)
+    if not (job_dir / "pyproject.toml").is_file():
+        raise SubmissionError(
+            f"job {request.job!r} has no project at {job_dir} (the stack's jobs_root): a dry "
+            "run reads the job's sources to show its command"
+        )
+    workspace = Workspace(pipeline.nas_root / "workspaces" / DRY_RUN_ID)
+    image = workspace.input_path(ObjectUri.parse(request.image_uri).name or "input-image")
+    model = CachedModel(
+        path=pipeline.model_cache.model_dir(request.model), downloaded=False, bytes_downloaded=0
+    )
+    env = _planned_env(pipeline, request.job, job_dir)
+    job = job_spec(request, job_dir, env, model, image, workspace, pipeline.job_timeout_s)
+    if job.torchrun is None and _locks_torch(job_dir):
+        # The env may not exist here (the NAS of another cluster): its lock says whether it
+        # will have torch's torchrun, which multi-process jobs are launched under.
+        job = job.model_copy(update={"torchrun": str(env.script("torchrun"))})
+    return job
+
+
+def _locks_torch(job_dir: Path) -> bool:
+    import tomllib
+
+    try:
+        lock = tomllib.loads((job_dir / "uv.lock").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    return any(package.get("name") == "torch" for package in lock.get("package", []))
+
+
+def _planned_env(pipeline: GpuflowStack, job: str, job_dir: Path) -> ResolvedEnv:
+    """The env a run would resolve, hashed from the job's sources without building it."""
+    from gpuflow.envs.catalog import ResolvedEnv
+    from gpuflow.envs.key import environment_key
+
+    catalog = pipeline.environments
+    pin = catalog.pin_of(job)
+    key = pin.key if pin is not None else environment_key(job_dir, catalog.python_version)
+    return ResolvedEnv(key, catalog.env_dir(key), built=False, pinned=pin is not None)
 
 
 async def upload_local_input(stack: str, path: Path) -> str:

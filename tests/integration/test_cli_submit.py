@@ -185,3 +185,10 @@ def test_a_dry_run_shows_the_run_it_would_create_and_creates_none(
     assert request["image_uri"] == f"(an upload of {picture} into the stack's object store)"
     assert "Dry run: no run was created." in done.stderr
     assert asyncio.run(runs_of_the_deployment()) == before
+    # The GPU step as the stack's compute target would start it: here a local command.
+    gpu_job = plan["gpu_job"]
+    assert gpu_job["compute"] == "gpuflow-local-subprocess"
+    assert gpu_job["argv"][0].startswith(str(layout.nas_root / "envs"))
+    assert "--prompt=a cat" in gpu_job["argv"]
+    assert f"--image={layout.nas_root}/workspaces/dry-run/inputs/cat.png" in gpu_job["argv"]
+    assert not (layout.nas_root / "workspaces" / "dry-run").exists()

@@ -401,6 +401,22 @@ class EcsTask(ComputeTarget):
             )
         ]
 
+    def preview(self, job: JobSpec) -> dict[str, Any]:
+        """The RegisterTaskDefinition (unless the block names an existing ARN) and RunTask
+        requests a run would send; no AWS call (a client is built only when the block
+        names no region, to read the configured one)."""
+        self.refuse_impossible(job)
+        requests: dict[str, Any] = {}
+        task_definition = self.task_definition_arn
+        if task_definition is None:
+            region = self.aws_credentials.region_name or self._client("ecs").meta.region_name
+            definition = self.task_definition_request(job.gpus, region)
+            requests["register_task_definition"] = definition.to_api_with_fingerprint(self.tags)
+            task_definition = definition.family  # RunTask takes a family: its latest revision
+        run = self.run_task_request(job, task_definition, None, "dry-run")
+        requests["run_task"] = run.to_api()
+        return requests
+
     def start_task(
         self, job: JobSpec, flow_run_id: str | None, client_token: str | None = None
     ) -> str:

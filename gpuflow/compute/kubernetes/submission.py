@@ -42,7 +42,6 @@ from gpuflow.compute.kubernetes.manifest import (
     PLURAL,
     VERSION,
     OwnerReference,
-    build_pytorchjob,
     job_name,
     label_value,
 )
@@ -141,14 +140,8 @@ class PyTorchJobRun:
 
     async def _create(self) -> None:
         secret_name = f"{self.name}-env" if self.target.secret_env else None
-        manifest = build_pytorchjob(
-            self.target.pytorchjob,
-            self.job,
-            name=self.name,
-            secret_env_name=secret_name,
-            secret_env_keys=tuple(self.target.secret_env),
-            owner=await self._flow_owner(),
-            pending_allowance_s=self.target.pending_deadline_s,
+        manifest = self.target.pytorchjob_manifest(
+            self.job, self.name, owner=await self._flow_owner()
         )
         await self._validate(manifest)
         # From before the job exists: no replica can end unseen.

@@ -25,7 +25,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path, PurePosixPath
-from typing import Annotated
+from typing import Annotated, Any
 
 from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.client import ApiClient, Configuration
@@ -34,7 +34,13 @@ from prefect_kubernetes.credentials import KubernetesClusterConfig
 from pydantic import Field, SecretStr
 
 from gpuflow.compute.base import ComputeTarget, JobResult, JobSpec, LineHandler
-from gpuflow.compute.kubernetes.manifest import KubernetesConfigError, PyTorchJobConfig
+from gpuflow.compute.kubernetes.manifest import (
+    KubernetesConfigError,
+    OwnerReference,
+    PyTorchJobConfig,
+    build_pytorchjob,
+    job_name,
+)
 from gpuflow.compute.kubernetes.submission import PyTorchJobRun
 
 
@@ -98,6 +104,25 @@ class KubernetesPyTorchJob(ComputeTarget):
                 f"{self.pytorchjob.nas_mount_path} but the stack's nas_root is {nas_root}: "
                 "mount it at the same path everywhere"
             )
+
+    def pytorchjob_manifest(
+        self, job: JobSpec, name: str, owner: OwnerReference | None = None
+    ) -> dict[str, Any]:
+        """The PyTorchJob ``name`` that runs ``job``; secret values stay in a Secret of
+        their own (``<name>-env``) that the manifest only references."""
+        return build_pytorchjob(
+            self.pytorchjob,
+            job,
+            name=name,
+            secret_env_name=f"{name}-env" if self.secret_env else None,
+            secret_env_keys=tuple(self.secret_env),
+            owner=owner,
+            pending_allowance_s=self.pending_deadline_s,
+        )
+
+    def preview(self, job: JobSpec) -> dict[str, Any]:
+        self._check_job(job)
+        return {"pytorchjob": self.pytorchjob_manifest(job, job_name(job.name))}
 
     async def run(self, job: JobSpec, on_line: LineHandler) -> JobResult:
         self._check_job(job)

@@ -1,0 +1,103 @@
+"""What `gpuflow submit --dry-run` shows of the GPU step: the PyTorchJob or the ECS requests a
+run would send, from the example stacks in ``blocks/``, with nothing downloaded or built."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import yaml
+
+from gpuflow.compute.kubernetes.crd import crd_schema, validate_against_crd
+from gpuflow.core.request import parse_request
+from gpuflow.envs.key import environment_key
+from gpuflow.pipeline.stack import GpuflowStack
+from gpuflow.pipeline.submission import DRY_RUN_ID, SubmissionError, planned_job
+from tests.support.crd import load_pytorchjob_crd
+
+REPO = Path(__file__).resolve().parents[2]
+# A prompt that would break a text template: it must reach the job as one argv element.
+PROMPT = 'a cat\n--seed 9 "$(id)" {{ x }}: y'
+
+
+def _example(name: str) -> GpuflowStack:
+    stack = GpuflowStack.model_validate(yaml.safe_load((REPO / "blocks" / name).read_text()))
+    # The example's jobs live in its image; here they are this checkout's.
+    return stack.model_copy(update={"jobs_root": REPO / "jobs"})
+
+
+def _request(gpus: int) -> Any:
+    return parse_request(
+        {"prompt": PROMPT, "image_uri": "s3://my-inputs/cat.png", "gpus": gpus, "gpu_type": "h100"}
+    )
+
+
+def _env_python(stack: GpuflowStack) -> str:
+    key = environment_key(stack.job_dir("i2v"), stack.environments.python_version)
+    return f"/mnt/nas/envs/{key}/.venv/bin/"
+
+
+def _with_torch(tmp_path: Path) -> Path:
+    """The reference job with torch in its lock, as a distributed job has."""
+    jobs = tmp_path / "jobs"
+    shutil.copytree(REPO / "jobs" / "i2v", jobs / "i2v", ignore=shutil.ignore_patterns(".venv"))
+    lock = jobs / "i2v" / "uv.lock"
+    lock.write_text(lock.read_text() + '\n[[package]]\nname = "torch"\nversion = "2.15.0"\n')
+    return jobs
+
+
+def test_the_kubernetes_preview_is_a_pytorchjob_the_crd_accepts(tmp_path: Path) -> None:
+    stack = _example("kubernetes.yaml").model_copy(update={"jobs_root": _with_torch(tmp_path)})
+    job = planned_job(stack, _request(gpus=16))
+    preview = stack.compute.preview(job)
+    manifest = preview["pytorchjob"]
+    validate_against_crd(manifest, crd_schema(load_pytorchjob_crd()))
+    assert manifest["kind"] == "PyTorchJob"
+    assert manifest["metadata"]["name"].startswith(f"i2v-{DRY_RUN_ID}-")
+    specs = manifest["spec"]["pytorchReplicaSpecs"]
+    assert (specs["Master"]["replicas"], specs["Worker"]["replicas"]) == (1, 1)
+    container = specs["Master"]["template"]["spec"]["containers"][0]
+    words = [*container.get("command", []), *container.get("args", [])]
+    assert f"--prompt={PROMPT}" in words
+    # 16 GPUs are two replicas of 8 processes: launched under the env's torchrun.
+    assert words[:2] == [f"{_env_python(stack)}torchrun", "--no-python"], words
+    assert words[2].startswith(_env_python(stack)), words
+    assert f"--image=/mnt/nas/workspaces/{DRY_RUN_ID}/inputs/cat.png" in words
+    assert not Path("/mnt/nas/workspaces", DRY_RUN_ID).exists()
+
+
+def test_the_ecs_preview_is_the_task_definition_and_run_task_requests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    stack = _example("ecs.yaml")
+    preview = stack.compute.preview(planned_job(stack, _request(gpus=4)))
+    definition = preview["register_task_definition"]
+    container = definition["containerDefinitions"][0]
+    assert {"type": "GPU", "value": "4"} in container["resourceRequirements"]
+    assert definition["requiresCompatibilities"] == ["EC2"]
+    run = preview["run_task"]
+    assert run["taskDefinition"] == definition["family"]
+    command = run["overrides"]["containerOverrides"][0]["command"]
+    assert f"--prompt={PROMPT}" in command
+    assert any(word.startswith(_env_python(stack)) for word in command), command
+    constraints = cast(list[dict[str, str]], run["placementConstraints"])
+    assert [c["type"] for c in constraints] == ["memberOf"] and "h100" in constraints[0][
+        "expression"
+    ]
+
+
+def test_the_preview_refuses_what_the_run_would_refuse() -> None:
+    # The reference job has no torch: a job of many processes could not be launched.
+    stack = _example("kubernetes.yaml")
+    with pytest.raises(ValueError, match=r"runs 8 processes .* has no torchrun"):
+        stack.compute.preview(planned_job(stack, _request(gpus=8)))
+
+
+def test_a_job_without_sources_here_is_named() -> None:
+    stack = _example("kubernetes.yaml")
+    request = parse_request({"prompt": "x", "image_uri": "s3://b/cat.png", "job": "nosuchjob"})
+    with pytest.raises(SubmissionError, match=r"job 'nosuchjob' has no project at .*nosuchjob"):
+        planned_job(stack, request)
