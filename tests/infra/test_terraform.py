@@ -703,3 +703,24 @@ def test_efs_mount_targets_require_subnets_in_distinct_availability_zones() -> N
         "${length(distinct(values(local.subnet_zones))) == length(local.subnet_zones)}"
     )
     assert "distinct availability zones" in precondition["error_message"]
+
+
+def _rbac_rules(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    names = {"api_groups": "apiGroups", "resource_names": "resourceNames"}
+    return [{names.get(key, key): value for key, value in rule.items()} for rule in blocks]
+
+
+def test_terraform_gives_the_flow_pod_the_codes_role_and_crd_reader() -> None:
+    # One source of truth: the code's rules (also rendered to deployments/kubernetes/).
+    from gpuflow.compute.kubernetes.pool import CRD_READER_RULES, FLOW_POD_RULES
+
+    resources: dict[str, Any] = {}
+    for block in parse_file(MODULES_DIR / "kubernetes" / "main.tf")["resource"]:
+        for kind, named in block.items():
+            resources.setdefault(kind, {}).update(named)
+    role = resources["kubernetes_role_v1"]["flow"]
+    assert _rbac_rules(role["rule"]) == FLOW_POD_RULES
+    reader = resources["kubernetes_cluster_role_v1"]["flow_crd_reader"]
+    assert _rbac_rules(reader["rule"]) == CRD_READER_RULES
+    binding = resources["kubernetes_cluster_role_binding_v1"]["flow_crd_reader"]
+    assert binding["subject"][0]["kind"] == "ServiceAccount"

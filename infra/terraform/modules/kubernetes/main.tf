@@ -173,16 +173,85 @@ resource "kubernetes_role_v1" "flow" {
     labels    = local.labels
   }
 
+  # The same rules as the code's Role (gpuflow/compute/kubernetes/pool.py, rendered to
+  # deployments/kubernetes/rbac.yaml); tests/infra/test_terraform.py checks they agree.
   rule {
     api_groups = ["kubeflow.org"]
     resources  = ["pytorchjobs"]
-    verbs      = ["create", "get", "list", "watch", "delete", "patch"]
+    verbs      = ["create", "get", "list", "watch", "delete"]
   }
 
   rule {
     api_groups = [""]
-    resources  = ["pods", "pods/log", "events"]
+    resources  = ["pods"]
     verbs      = ["get", "list", "watch"]
+  }
+
+  rule {
+    api_groups = [""]
+    resources  = ["pods/log"]
+    verbs      = ["get"]
+  }
+
+  rule {
+    api_groups = [""]
+    resources  = ["events"]
+    verbs      = ["get", "list", "watch"]
+  }
+
+  # The per-job Secret carrying secret env values (created, handed to the job, removed).
+  rule {
+    api_groups = [""]
+    resources  = ["secrets"]
+    verbs      = ["create", "patch", "delete"]
+  }
+
+  # Owner references with blockOwnerDeletion need update on the owner's finalizers where
+  # the OwnerReferencesPermissionEnforcement admission plugin is on.
+  rule {
+    api_groups = ["batch"]
+    resources  = ["jobs/finalizers"]
+    verbs      = ["update"]
+  }
+
+  rule {
+    api_groups = ["kubeflow.org"]
+    resources  = ["pytorchjobs/finalizers"]
+    verbs      = ["update"]
+  }
+}
+
+# Reading the PyTorchJob CRD (only that one), to validate manifests before sending them.
+resource "kubernetes_cluster_role_v1" "flow_crd_reader" {
+  metadata {
+    name   = "${var.name}-flow-${local.namespace}-crd-reader"
+    labels = local.labels
+  }
+
+  rule {
+    api_groups     = ["apiextensions.k8s.io"]
+    resources      = ["customresourcedefinitions"]
+    resource_names = ["pytorchjobs.kubeflow.org"]
+    verbs          = ["get"]
+  }
+}
+
+resource "kubernetes_cluster_role_binding_v1" "flow_crd_reader" {
+  metadata {
+    name   = kubernetes_cluster_role_v1.flow_crd_reader.metadata[0].name
+    labels = local.labels
+  }
+
+  role_ref {
+    api_group = "rbac.authorization.k8s.io"
+    kind      = "ClusterRole"
+    name      = kubernetes_cluster_role_v1.flow_crd_reader.metadata[0].name
+  }
+
+  subject {
+    kind      = "ServiceAccount"
+    name      = kubernetes_service_account_v1.flow.metadata[0].name
+    namespace = local.namespace
   }
 }
 
