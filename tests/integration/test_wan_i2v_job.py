@@ -3,7 +3,7 @@
 The model is the tiny, randomly initialised Wan I2V pipeline (``wan_i2v_job.tiny_model``)
 in the diffusers layout, loaded by the same ``from_pretrained`` call a real checkpoint
 takes. Everything runs on the CPU; CUDA out of memory (exit 4) needs a GPU and is not
-provoked here.
+provoked here (host out of memory is, under an address-space limit).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import shutil
 import subprocess
 from pathlib import Path
@@ -233,3 +234,25 @@ def test_sizes_the_model_cannot_make_are_a_config_error_before_loading(
     assert "--frames 6 is not 4k+1" in completed.stderr and "try 5" in completed.stderr
     completed = _job(wan_env, _arguments(model_dir, image, tmp_path / "o.mp4", **{"--width": "72"}))
     assert completed.returncode == ExitCode.CONFIG_ERROR and "--width 72" in completed.stderr
+
+
+def test_running_out_of_host_memory_is_a_resource_error(
+    wan_env: ResolvedEnv, model_dir: Path, image: Path, tmp_path: Path
+) -> None:
+    # A real allocation failure: the largest video the request schema allows past a 6 GiB
+    # address-space limit (CUDA out of memory needs a GPU; it maps to 4 the same way).
+    def limit_address_space() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))
+
+    arguments = _arguments(
+        model_dir, image, tmp_path / "out.mp4",
+        **{"--width": "1280", "--height": "720", "--frames": "81"},
+    )  # fmt: skip
+    completed = subprocess.run(
+        [str(wan_env.script("wan-i2v-job")), *arguments],
+        capture_output=True, text=True, timeout=600, check=False, env=_environment(),
+        preexec_fn=limit_address_space,
+    )  # fmt: skip
+    assert completed.returncode == ExitCode.RESOURCE_ERROR, completed.stderr[-2000:]
+    assert "out of memory in host memory at 1280x720, 81 frames" in completed.stderr
+    assert not (tmp_path / "out.mp4").exists()
