@@ -42,24 +42,43 @@ class QueueEntry:
     expires_at: float
 
 
+class Reservations:
+    """Free slots per pool, handed to waiting requests in queue order: one that fits takes
+    its slots; one that does not still reserves them, so freed slots drain to the head."""
+
+    def __init__(self, capacity: dict[str, int]) -> None:
+        self.free = dict(capacity)
+
+    def hold(self, pools: Iterable[str], slots: int) -> None:
+        """Slots an admitted entry already holds."""
+        for pool in pools:
+            self.free[pool] = self.free.get(pool, 0) - slots
+
+    def offer(self, pools: tuple[str, ...], slots: int) -> bool:
+        """The next waiting entry in order: True if it fits (and takes its slots)."""
+        fits = all(self.free.get(pool, 0) >= slots for pool in pools)
+        # Admitted or not, its slots are spoken for: a blocked head keeps what frees up.
+        self.hold(pools, slots)
+        return fits
+
+    def exhausted(self) -> bool:
+        """No later entry can fit (every request takes at least one slot)."""
+        return all(free <= 0 for free in self.free.values())
+
+
 def admissible(entries: Iterable[QueueEntry], capacity: dict[str, int]) -> set[str]:
     """The tickets that may hold slots now: the admitted ones, and the waiting ones that fit
     in order, each waiting entry that does not fit reserving its slots ahead of later ones."""
     ordered = sorted(entries, key=lambda entry: (entry.rank, entry.seq))
-    free = dict(capacity)
+    reservations = Reservations(capacity)
     chosen: set[str] = set()
     for entry in ordered:
         if entry.admitted:
             chosen.add(entry.ticket_id)
-            for pool in entry.pools:
-                free[pool] = free.get(pool, 0) - entry.slots
+            reservations.hold(entry.pools, entry.slots)
     for entry in ordered:
-        if entry.admitted:
-            continue
-        fits = all(free.get(pool, 0) >= entry.slots for pool in entry.pools)
-        if fits:
+        if reservations.exhausted():
+            break
+        if not entry.admitted and reservations.offer(entry.pools, entry.slots):
             chosen.add(entry.ticket_id)
-        # Admitted or not, its slots are spoken for: a blocked head keeps what frees up.
-        for pool in entry.pools:
-            free[pool] = free.get(pool, 0) - entry.slots
     return chosen

@@ -23,7 +23,7 @@ from gpuflow.gpu.admission.base import (
     AdmissionQueue,
     entry_from_row,
 )
-from gpuflow.gpu.admission.policy import QueueEntry, Ticket, admissible
+from gpuflow.gpu.admission.policy import QueueEntry, Reservations, Ticket
 from gpuflow.gpu.admission.postgres_agent import PostgresAgent, QueueStatements, agent_for
 
 _POSTGRES_SCHEMA = """
@@ -59,6 +59,7 @@ _DECISION_LOCK_KEY = 0x67707566_6C6F77  # "gpuflow"
 _SCHEMA_LOCK_KEY = _DECISION_LOCK_KEY + 1
 CHANNEL = "gpuflow_admission"
 _NOTIFY_PAYLOAD_BYTES = 7000  # PostgreSQL's limit is 8000
+_WAITING_PAGE = 200
 
 _BUMP_VERSION = "UPDATE gpuflow_admission_change SET version = version + 1 WHERE id = 1"
 
@@ -120,21 +121,11 @@ async def _decide(connection: asyncpg.Connection) -> bool:
             "DELETE FROM gpuflow_admission_ticket "
             "WHERE expires_at < EXTRACT(EPOCH FROM clock_timestamp())"
         )
-        entries = [
-            entry_from_row(row)
-            for row in await connection.fetch(
-                "SELECT ticket_id, pools, slots, rank, seq, holder, admitted, expires_at "
-                "FROM gpuflow_admission_ticket"
-            )
-        ]
         capacity = {
             row["pool"]: row["slots"]
             for row in await connection.fetch("SELECT pool, slots FROM gpuflow_admission_pool")
         }
-        chosen = admissible(entries, capacity)
-        newly = [
-            entry.ticket_id for entry in entries if not entry.admitted and entry.ticket_id in chosen
-        ]
+        newly = await _admissible_waiting(connection, capacity)
         if newly:
             await connection.execute(
                 "UPDATE gpuflow_admission_ticket SET admitted = TRUE "
@@ -148,6 +139,37 @@ async def _decide(connection: asyncpg.Connection) -> bool:
             "UPDATE gpuflow_admission_change SET decided = $1 WHERE id = 1", version
         )
     return True
+
+
+async def _admissible_waiting(
+    connection: asyncpg.Connection, capacity: dict[str, int]
+) -> list[str]:
+    """The waiting tickets that are admissible now, reading no further down the queue than
+    the free slots reach (the partial index keeps the waiting entries in order)."""
+    reservations = Reservations(capacity)
+    for row in await connection.fetch(
+        "SELECT pools, sum(slots)::int AS slots FROM gpuflow_admission_ticket "
+        "WHERE admitted GROUP BY pools"
+    ):
+        reservations.hold(row["pools"].split(POOL_SEPARATOR), row["slots"])
+    newly: list[str] = []
+    after = (-1, -1)
+    while not reservations.exhausted():
+        rows = await connection.fetch(
+            "SELECT ticket_id, pools, slots, rank, seq FROM gpuflow_admission_ticket "
+            "WHERE NOT admitted AND (rank, seq) > ($1, $2) ORDER BY rank, seq LIMIT $3",
+            *after,
+            _WAITING_PAGE,
+        )
+        for row in rows:
+            if reservations.offer(tuple(row["pools"].split(POOL_SEPARATOR)), row["slots"]):
+                newly.append(row["ticket_id"])
+            if reservations.exhausted():
+                break
+        if len(rows) < _WAITING_PAGE:
+            break
+        after = (rows[-1]["rank"], rows[-1]["seq"])
+    return newly
 
 
 def _payloads(ticket_ids: list[str]) -> list[str]:
