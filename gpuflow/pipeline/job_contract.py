@@ -31,14 +31,18 @@ def job_spec(
     image: Path,
     workspace: Workspace,
     timeout_s: float,
+    *,
+    write_prompt: bool = True,
 ) -> JobSpec:
     """The job's command line for ``request``: each option and its value are one argv
     element, ``--name=value``, so no value can be read as an option by the job's argument
     parser. The prompt goes into ``<workspace>/prompt.txt`` (written here, UTF-8, verbatim)
     and the job gets its path: a prompt of any length and script reaches it whole on every
-    backend, where argv has limits (ECS: 8,192 characters of overrides in all)."""
+    backend, where argv has limits (ECS: 8,192 characters of overrides in all). A dry run
+    passes ``write_prompt=False``: it shows the command and writes nothing."""
     prompt_file = workspace.root / PROMPT_FILE
-    prompt_file.write_bytes(request.prompt.encode("utf-8"))
+    if write_prompt:
+        prompt_file.write_bytes(request.prompt.encode("utf-8"))
     options = {
         "model-dir": str(model.path),
         "image": str(image),

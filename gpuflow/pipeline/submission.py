@@ -140,11 +140,17 @@ async def backend_preview(stack: str, request: VideoRequest) -> dict[str, Any]:
     """What the GPU step of a run for ``request`` would send to the stack's compute target
     (a PyTorchJob manifest, ECS task definition and RunTask requests, a local command),
     from the stack's settings alone: nothing is downloaded, built or created."""
+    from gpuflow.pipeline.job_contract import PROMPT_FILE
     from gpuflow.pipeline.stack import GpuflowStack
 
     pipeline = cast(GpuflowStack, await GpuflowStack.aload(stack))
     job = planned_job(pipeline, request)
-    return {"compute": pipeline.compute.get_block_type_slug(), **pipeline.compute.preview(job)}
+    return {
+        "compute": pipeline.compute.get_block_type_slug(),
+        **pipeline.compute.preview(job),
+        # What the run writes into its workspace before the job starts, by path.
+        "workspace_files": {str(job.workdir / PROMPT_FILE): request.prompt},
+    }
 
 
 def planned_job(pipeline: GpuflowStack, request: VideoRequest) -> JobSpec:
@@ -167,7 +173,9 @@ def planned_job(pipeline: GpuflowStack, request: VideoRequest) -> JobSpec:
         path=pipeline.model_cache.model_dir(request.model), downloaded=False, bytes_downloaded=0
     )
     env = _planned_env(pipeline, request.job, job_dir)
-    job = job_spec(request, job_dir, env, model, image, workspace, pipeline.job_timeout_s)
+    job = job_spec(
+        request, job_dir, env, model, image, workspace, pipeline.job_timeout_s, write_prompt=False
+    )
     if job.torchrun is None and _locks_torch(job_dir):
         # The env may not exist here (the NAS of another cluster): its lock says whether it
         # will have torch's torchrun, which multi-process jobs are launched under.

@@ -189,6 +189,8 @@ def test_a_dry_run_shows_the_run_it_would_create_and_creates_none(
     gpu_job = plan["gpu_job"]
     assert gpu_job["compute"] == "gpuflow-local-subprocess"
     assert gpu_job["argv"][0].startswith(str(layout.nas_root / "envs"))
-    assert "--prompt=a cat" in gpu_job["argv"]
+    prompt_file = f"{layout.nas_root}/workspaces/dry-run/prompt.txt"
+    assert f"--prompt-file={prompt_file}" in gpu_job["argv"]
+    assert gpu_job["workspace_files"] == {prompt_file: "a cat"}
     assert f"--image={layout.nas_root}/workspaces/dry-run/inputs/cat.png" in gpu_job["argv"]
     assert not (layout.nas_root / "workspaces" / "dry-run").exists()

@@ -18,7 +18,7 @@ from gpuflow.pipeline.submission import DRY_RUN_ID, SubmissionError, planned_job
 from tests.support.crd import load_pytorchjob_crd
 
 REPO = Path(__file__).resolve().parents[2]
-# A prompt that would break a text template: it must reach the job as one argv element.
+# A prompt that would break a text template: it reaches the job whole, through its file.
 PROMPT = 'a cat\n--seed 9 "$(id)" {{ x }}: y'
 
 
@@ -60,7 +60,8 @@ def test_the_kubernetes_preview_is_a_pytorchjob_the_crd_accepts(tmp_path: Path) 
     assert (specs["Master"]["replicas"], specs["Worker"]["replicas"]) == (1, 1)
     container = specs["Master"]["template"]["spec"]["containers"][0]
     words = [*container.get("command", []), *container.get("args", [])]
-    assert f"--prompt={PROMPT}" in words
+    assert f"--prompt-file=/mnt/nas/workspaces/{DRY_RUN_ID}/prompt.txt" in words
+    assert not any(PROMPT in word for word in words)
     # 16 GPUs are two replicas of 8 processes: launched under the env's torchrun.
     assert words[:2] == [f"{_env_python(stack)}torchrun", "--no-python"], words
     assert words[2].startswith(_env_python(stack)), words
@@ -81,7 +82,7 @@ def test_the_ecs_preview_is_the_task_definition_and_run_task_requests(
     run = preview["run_task"]
     assert run["taskDefinition"] == definition["family"]
     command = run["overrides"]["containerOverrides"][0]["command"]
-    assert f"--prompt={PROMPT}" in command
+    assert f"--prompt-file=/mnt/nas/workspaces/{DRY_RUN_ID}/prompt.txt" in command
     assert any(word.startswith(_env_python(stack)) for word in command), command
     constraints = cast(list[dict[str, str]], run["placementConstraints"])
     assert [c["type"] for c in constraints] == ["memberOf"] and "h100" in constraints[0][

@@ -58,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="wan-i2v-job", description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--image", type=Path, required=True)
-    parser.add_argument("--prompt", required=True)
+    # gpuflow passes the prompt as a file in the run's workspace (any length, verbatim:
+    # ECS caps a task's command at 8,192 characters); --prompt is for a person at a shell.
+    prompt = parser.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt")
+    prompt.add_argument("--prompt-file", type=Path, help="UTF-8 file holding the prompt.")
     parser.add_argument("--width", type=_positive, required=True)
     parser.add_argument("--height", type=_positive, required=True)
     parser.add_argument("--frames", type=_positive, required=True)
@@ -255,11 +259,20 @@ def _generate(
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    """The job's arguments; gpuflow passes each as ``--name=value``, so none is an option."""
-    args = build_parser().parse_args(argv)
+    """The job's arguments; gpuflow passes each as ``--name=value``, so none is an option.
+    A ``--prompt-file`` is read into ``prompt``, byte for byte (no newline translation)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.prompt == []:
         # argparse drops a value of exactly "--" (--prompt=--), leaving an empty list.
         args.prompt = "--"
+    if args.prompt_file is not None:
+        try:
+            args.prompt = args.prompt_file.read_bytes().decode("utf-8")
+        except OSError as exc:
+            parser.error(f"--prompt-file {args.prompt_file}: {exc.strerror}")
+        except UnicodeDecodeError:
+            parser.error(f"--prompt-file {args.prompt_file} is not UTF-8 text")
     return args
 
 
