@@ -50,9 +50,11 @@ def _root(
 
 def main() -> None:
     """The console script: errors as one line and an exit code, tracebacks only with --debug."""
+    from gpuflow.cli.quiet import quiet_prefect_client
     from gpuflow.cli.support import CliExitCode, unreachable_api
     from gpuflow.core.errors import NotFoundError
 
+    quiet_prefect_client()
     try:
         app()
     except KeyboardInterrupt:

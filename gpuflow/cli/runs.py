@@ -18,6 +18,8 @@ from gpuflow.pipeline.submission import DEFAULT_DEPLOYMENT
 
 # Prefect's client is imported in the commands' bodies, so that `--help` answers at once.
 if TYPE_CHECKING:
+    from prefect.client.orchestration import PrefectClient
+
     from gpuflow.core.request import VideoRequest
     from gpuflow.ops.run_watch import RunSnapshot
 
@@ -345,7 +347,10 @@ def logs(
     state_dir: StateDir,
     tail: Annotated[int | None, typer.Option(help="Only the last N lines.", min=1)] = None,
 ) -> None:
-    """Print a run's logs (flow and tasks), oldest first."""
+    """Print a run's logs (flow and tasks), oldest first.
+
+    Each line names the task run it came from, or the flow run for the flow's own lines.
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.client.schemas.sorting import LogSort
@@ -356,9 +361,9 @@ def logs(
     with prefect_api(state_dir):
 
         async def read() -> list[str]:
-            lines: list[str] = []
             async with get_client() as client:
-                await read_run(client, run_id)
+                flow_run = await read_run(client, run_id)
+                records = []
                 offset = 0
                 while True:
                     page = await client.read_logs(
@@ -367,17 +372,43 @@ def logs(
                         offset=offset,
                         sort=LogSort.TIMESTAMP_ASC,
                     )
-                    for record in page:
-                        stamp = record.timestamp.strftime("%H:%M:%S")
-                        level = _LEVELS.get(record.level, str(record.level))
-                        lines.append(f"{stamp} {level:<8} {record.message}")
+                    records.extend(page)
                     if len(page) < _LOG_PAGE:
-                        return lines
+                        break
                     offset += _LOG_PAGE
+                task_ids = {record.task_run_id for record in records if record.task_run_id}
+                task_names = await _task_run_names(client, task_ids)
+            lines = []
+            for record in records:
+                stamp = record.timestamp.strftime("%H:%M:%S")
+                level = _LEVELS.get(record.level, str(record.level))
+                # A task's line names its task run; a line the flow itself logged, the flow run.
+                source = (
+                    task_names.get(record.task_run_id, str(record.task_run_id))
+                    if record.task_run_id
+                    else flow_run.name
+                )
+                lines.append(f"{stamp} {level:<8} {source} | {record.message}")
+            return lines
 
         lines = asyncio.run(read())
     for line in lines[-tail:] if tail else lines:
         typer.echo(line)
+
+
+async def _task_run_names(client: PrefectClient, task_run_ids: set[UUID]) -> dict[UUID, str]:
+    """The names of these task runs, read in pages (one request for a typical run)."""
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
+
+    ids = sorted(task_run_ids)
+    names: dict[UUID, str] = {}
+    for start in range(0, len(ids), _LOG_PAGE):
+        chunk = ids[start : start + _LOG_PAGE]
+        task_runs = await client.read_task_runs(
+            task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=chunk)), limit=len(chunk)
+        )
+        names.update({task_run.id: task_run.name for task_run in task_runs})
+    return names
 
 
 _LEVELS = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}
