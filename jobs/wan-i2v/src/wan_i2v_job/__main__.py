@@ -26,6 +26,7 @@ from gpuflow_progress import (
     report_progress,
     writes_outputs,
 )
+from gpuflow_progress.arguments import job_parser, parse_job_arguments
 
 from wan_i2v_job import processes
 from wan_i2v_job.model import ModelError, check_architecture, load_pipeline, read_sampling
@@ -40,36 +41,8 @@ _FRAME_STRIDE = 4
 _PIXEL_MULTIPLE = 16
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(ExitCode.CONFIG_ERROR)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(prog="wan-i2v-job", description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", type=Path, required=True)
-    parser.add_argument("--image", type=Path, required=True)
-    # gpuflow passes the prompt as a file in the run's workspace (any length, verbatim:
-    # ECS caps a task's command at 8,192 characters); --prompt is for a person at a shell.
-    prompt = parser.add_mutually_exclusive_group(required=True)
-    prompt.add_argument("--prompt")
-    prompt.add_argument("--prompt-file", type=Path, help="UTF-8 file holding the prompt.")
-    parser.add_argument("--width", type=_positive, required=True)
-    parser.add_argument("--height", type=_positive, required=True)
-    parser.add_argument("--frames", type=_positive, required=True)
-    parser.add_argument("--fps", type=_positive, required=True)
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--output", type=Path, required=True)
-    return parser
+    return job_parser("wan-i2v-job", __doc__.splitlines()[0])
 
 
 def _fail(code: ExitCode, message: str) -> int:
@@ -259,21 +232,8 @@ def _generate(
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    """The job's arguments; gpuflow passes each as ``--name=value``, so none is an option.
-    A ``--prompt-file`` is read into ``prompt``, byte for byte (no newline translation)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.prompt == []:
-        # argparse drops a value of exactly "--" (--prompt=--), leaving an empty list.
-        args.prompt = "--"
-    if args.prompt_file is not None:
-        try:
-            args.prompt = args.prompt_file.read_bytes().decode("utf-8")
-        except OSError as exc:
-            parser.error(f"--prompt-file {args.prompt_file}: {exc.strerror}")
-        except UnicodeDecodeError:
-            parser.error(f"--prompt-file {args.prompt_file} is not UTF-8 text")
-    return args
+    """The job's arguments (the contract's: ``gpuflow_progress.arguments``)."""
+    return parse_job_arguments(build_parser(), argv)
 
 
 def main(argv: list[str] | None = None) -> int:
