@@ -724,3 +724,52 @@ def test_terraform_gives_the_flow_pod_the_codes_role_and_crd_reader() -> None:
     assert _rbac_rules(reader["rule"]) == CRD_READER_RULES
     binding = resources["kubernetes_cluster_role_binding_v1"]["flow_crd_reader"]
     assert binding["subject"][0]["kind"] == "ServiceAccount"
+
+
+def _policy_statements(path: Path, document: str) -> list[dict[str, Any]]:
+    """The statements of data.aws_iam_policy_document.<document>, plain and dynamic."""
+    for block in parse_file(path)["data"]:
+        body = block.get("aws_iam_policy_document", {}).get(document)
+        if body is not None:
+            statements = list(body.get("statement", []))
+            for dynamic in body.get("dynamic", []):
+                statements += dynamic["statement"]["content"]
+            return statements
+    raise AssertionError(f"no aws_iam_policy_document {document} in {path}")
+
+
+def test_the_ecs_task_role_grants_exactly_the_aws_calls_the_code_makes() -> None:
+    # API_CALLS is held to the code by tests/ecs (each call the ECS test servers receive
+    # from the code must be listed); here the task role is held to API_CALLS.
+    from gpuflow.compute.ecs.aws import API_CALLS, OPTIONAL_API_CALLS
+
+    statements = _policy_statements(MODULES_DIR / "ecs" / "iam.tf", "task")
+    granted = {
+        action
+        for statement in statements
+        for action in statement["actions"]
+        if action.split(":")[0] in ("ecs", "logs", "iam")
+    }
+    needed = {action for actions in API_CALLS.values() for action in actions}
+    assert granted == needed
+    assert not granted & {a for actions in OPTIONAL_API_CALLS.values() for a in actions}
+    (tagging,) = [s for s in statements if s["actions"] == ["ecs:TagResource"]]
+    assert any("task-definition/" in resource for resource in tagging["resources"])
+    (condition,) = tagging["condition"]
+    assert (condition["variable"], set(condition["values"])) == (
+        "ecs:CreateAction",
+        {"RegisterTaskDefinition", "RunTask"},
+    )
+
+
+def test_the_ecs_modules_log_group_is_the_ecs_blocks_default() -> None:
+    from gpuflow.compute.ecs.target import EcsTask
+
+    variables: dict[str, Any] = {}
+    for block in parse_file(MODULES_DIR / "ecs" / "variables.tf")["variable"]:
+        variables.update(block)
+    fields = EcsTask.model_fields
+    assert variables["log_group_name"]["default"] == fields["log_group"].default
+    assert fields["create_log_group"].default is False
+    main = (MODULES_DIR / "ecs" / "main.tf").read_text()
+    assert "log_group_name      = var.log_group_name" in main

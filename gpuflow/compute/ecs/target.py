@@ -112,10 +112,15 @@ class EcsTask(ComputeTarget):
         default=None, description="Role ECS uses to pull the image, read secrets, write logs."
     )
     task_role_arn: str | None = Field(default=None, description="Role the job itself runs as.")
-    log_group: str = Field(default="/gpuflow/jobs", description="CloudWatch log group.")
+    log_group: str = Field(
+        default="/gpuflow/jobs",
+        description="CloudWatch log group (Terraform's ecs module creates /gpuflow/jobs).",
+    )
     log_stream_prefix: str = Field(default="gpuflow", pattern=r"^[^:*/][^:*]*$")
     create_log_group: bool = Field(
-        default=True, description="Create the log group if it is missing (logs:CreateLogGroup)."
+        default=False,
+        description="Create the log group if it is missing (needs logs:CreateLogGroup, which "
+        "Terraform's task role does not grant: the module creates the group).",
     )
     launch_type: LaunchType | None = Field(
         default=LaunchType.FARGATE,

@@ -155,6 +155,17 @@ variable "gpu_root_volume_size" {
 # Logs, encryption, images
 ################################################################################
 
+variable "log_group_name" {
+  description = "CloudWatch log group of gpuflow's job tasks: the ECS block's log_group (its default is /gpuflow/jobs), created here, so the block's create_log_group stays off."
+  type        = string
+  default     = "/gpuflow/jobs"
+
+  validation {
+    condition     = can(regex("^[.\\-_/#A-Za-z0-9]{1,512}$", var.log_group_name))
+    error_message = "log_group_name must be 1-512 characters of letters, digits and . - _ / #."
+  }
+}
+
 variable "log_retention_in_days" {
   description = "Retention of the CloudWatch log group of gpuflow's tasks."
   type        = number
