@@ -13,7 +13,8 @@ import pytest
 from botocore.validate import ParamValidator
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
-from prefect_aws.workers.ecs_worker import ECSJobConfiguration
+from prefect.client.schemas.objects import FlowRun
+from prefect_aws.workers.ecs_worker import ECSJobConfiguration, ECSWorker
 
 from gpuflow.compute.ecs.pool import (
     PREFECT_VARIABLE_DEFAULTS,
@@ -129,4 +130,40 @@ def test_prefect_aws_renders_the_nas_volume_mount_and_roles(prefect_server: Loca
     # The worker names the family after the flow when the template leaves it unset.
     registered = {"family": "prefect_generate-video", **json.loads(json.dumps(definition))}
     report = ParamValidator().validate(registered, shape)
+    assert not report.has_errors(), report.generate_report()
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_a_stack_without_an_access_point_registers_none_not_an_empty_one(
+    prefect_server: LocalServer,
+) -> None:
+    """No gpuflow_efs_access_point_id: the variable resolves to "" and the rendered
+    configuration holds ``accessPointId: ""``, which RegisterTaskDefinition would refuse;
+    the worker's own preparation (prefect-aws drops empty keys before registering) sends
+    none, and what it sends is valid for ECS's schema."""
+    stack = {
+        "gpuflow_ecs_cluster": "gpuflow",
+        "gpuflow_ecs_execution_role_arn": f"{ROLE}e",
+        "gpuflow_ecs_task_role_arn": f"{ROLE}t",
+        "gpuflow_efs_file_system_id": "fs-0123456789abcdef0",
+        "gpuflow_nas_mount_path": "/mnt/nas",
+    }
+    async with get_client() as client, prefect_variables(client, stack):
+        configuration = cast(
+            ECSJobConfiguration,
+            await ECSJobConfiguration.from_template_and_values(
+                ecs_base_job_template(), {"image": "gpuflow:1"}, client=client
+            ),
+        )
+    [rendered] = configuration.task_definition["volumes"]
+    assert rendered["efsVolumeConfiguration"]["authorizationConfig"]["accessPointId"] == ""
+    worker = ECSWorker(work_pool_name="unused")
+    flow_run = FlowRun(flow_id=uuid.uuid4(), name="a-run")
+    registered = worker._prepare_task_definition(configuration, "us-east-1", flow_run)
+    [volume] = registered["volumes"]
+    assert volume["efsVolumeConfiguration"]["authorizationConfig"] == {"iam": "ENABLED"}
+    model = botocore.session.get_session().get_service_model("ecs")
+    shape = model.operation_model("RegisterTaskDefinition").input_shape
+    report = ParamValidator().validate({"family": "f", **registered}, shape)
     assert not report.has_errors(), report.generate_report()
