@@ -5,7 +5,9 @@ claim, cluster, roles, file system) to ``{{ prefect.variables.gpuflow_... }}``. 
 sets each variable a pool reads: from the stack's compute targets where they know it,
 else it keeps the value already there (Terraform's prefect module sets them too), else it
 writes gpuflow's default. What is left has no sane default (an ECS role, a file system):
-bootstrap names it, because a run would otherwise render it as an empty string.
+bootstrap names it, because a run would otherwise render it as an empty string — as a
+problem for the pools the stack's flows run in (those its targets give variables for),
+as a note for the others (a local stack never runs an ECS flow).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class PoolVariablesReport(BaseModel):
     kept: list[str] = Field(default_factory=list)
     defaulted: dict[str, str] = Field(default_factory=dict)
     missing: dict[str, list[str]] = Field(default_factory=dict)  # pool type -> names
+    # The same for pools this stack's flows do not run in: nothing of the stack is missing.
+    unset_elsewhere: dict[str, list[str]] = Field(default_factory=dict)
 
 
 def stack_pool_variables(stack: GpuflowStack) -> dict[str, str]:
@@ -69,6 +73,8 @@ async def ensure_pool_variables(
     done: set[str] = set()
     for pool_type in pool_types:
         variables = pool_variables(pool_type)
+        stack_runs_here = any(name in given for name in variables.names)
+        unset = report.missing if stack_runs_here else report.unset_elsewhere
         for name in variables.names:
             if name in done:
                 continue
@@ -89,7 +95,7 @@ async def ensure_pool_variables(
                     await client.update_variable(VariableUpdate(name=name, value=value))
                 report.defaulted[name] = value
             else:
-                report.missing.setdefault(pool_type, []).append(name)
+                unset.setdefault(pool_type, []).append(name)
                 continue
             done.add(name)
     return report
