@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import VariableCreate, VariableUpdate
@@ -25,7 +26,7 @@ from gpuflow.pipeline.stack import GpuflowStack
 @dataclass(frozen=True)
 class PoolVariables:
     names: tuple[str, ...]  # the Prefect variables the pool's template reads
-    defaults: dict[str, str]  # the ones gpuflow has a default for
+    defaults: dict[str, Any]  # the ones gpuflow has a default for (JSON values)
 
 
 def pool_variables(pool_type: str) -> PoolVariables:
@@ -47,18 +48,18 @@ def pool_variables(pool_type: str) -> PoolVariables:
 
 
 class PoolVariablesReport(BaseModel):
-    set_from_stack: dict[str, str] = Field(default_factory=dict)
+    set_from_stack: dict[str, Any] = Field(default_factory=dict)
     kept: list[str] = Field(default_factory=list)
-    defaulted: dict[str, str] = Field(default_factory=dict)
+    defaulted: dict[str, Any] = Field(default_factory=dict)
     missing: dict[str, list[str]] = Field(default_factory=dict)  # pool type -> names
     # The same for pools this stack's flows do not run in: nothing of the stack is missing.
     unset_elsewhere: dict[str, list[str]] = Field(default_factory=dict)
 
 
-def stack_pool_variables(stack: GpuflowStack) -> dict[str, str]:
+def stack_pool_variables(stack: GpuflowStack) -> dict[str, Any]:
     """What the stack's compute targets say about where its flows run (the GPU job's
     target wins over the postprocess target)."""
-    values: dict[str, str] = {}
+    values: dict[str, Any] = {}
     for target in (stack.postprocess_compute, stack.compute):
         if target is not None:
             values.update(target.flow_pool_variables())

@@ -57,3 +57,13 @@ async def test_an_ecs_stack_without_a_task_role_is_told_what_its_pool_lacks(
 
     assert report.missing == {"ecs": ["gpuflow_ecs_task_role_arn"]}
     assert "ecs" not in report.unset_elsewhere
+    # The flow tasks' network: the stack's subnets and security groups, no public IP.
+    compute = data["compute"]
+    assert report.set_from_stack["gpuflow_ecs_network_configuration"] == {
+        "awsvpcConfiguration": {
+            "subnets": compute["subnets"],
+            "securityGroups": compute["security_groups"],
+            "assignPublicIp": "DISABLED",
+        }
+    }
+    assert report.set_from_stack["gpuflow_ecs_vpc_id"] == compute["vpc_id"]

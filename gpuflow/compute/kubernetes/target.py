@@ -87,7 +87,7 @@ class KubernetesPyTorchJob(ComputeTarget):
         description="Most bytes of all of a job's pod logs copied to <workdir>/logs/.",
     )
 
-    def flow_pool_variables(self) -> dict[str, str]:
+    def flow_pool_variables(self) -> dict[str, Any]:
         # Flow pods share the jobs' namespace and NAS claim; the jobs' service account is
         # not the flow pod's (that one holds the flow's Role), so it is not given here.
         config = self.pytorchjob
