@@ -773,3 +773,47 @@ def test_the_ecs_modules_log_group_is_the_ecs_blocks_default() -> None:
     assert fields["create_log_group"].default is False
     main = (MODULES_DIR / "ecs" / "main.tf").read_text()
     assert "log_group_name      = var.log_group_name" in main
+
+
+def test_the_prefect_workers_role_grants_what_prefect_aws_ecs_worker_calls() -> None:
+    """The worker's AWS calls, read from the installed prefect-aws's ecs_worker.py and the
+    ECS observer it starts in-process (observers/ecs.py): their boto3 clients' ECS, EC2 and
+    CloudWatch Logs operations, plus what those imply (tag-on-create, PassRole)."""
+    import prefect_aws.observers.ecs as ecs_observer
+    import prefect_aws.workers.ecs_worker as ecs_worker
+
+    source = "".join(
+        Path(module.__file__ or "").read_text(encoding="utf-8")
+        for module in (ecs_worker, ecs_observer)
+    )
+    services = {"ecs_client": "ecs", "ec2_client": "ec2", "logs_client": "logs"}
+    called = {
+        f"{services[client]}:{''.join(part.title() for part in operation.split('_'))}"
+        for client, operation in re.findall(r"\b(ecs_client|ec2_client|logs_client)\.([a-z_]+)\(", source)
+        if not operation.startswith("_")
+    }
+    needed = called | {"ecs:TagResource", "iam:PassRole"}
+
+    statements = _policy_statements(MODULES_DIR / "ecs" / "worker.tf", "worker")
+    granted = {action for statement in statements for action in statement["actions"]}
+    assert granted == needed
+
+
+def test_the_prefect_worker_is_an_optional_ecs_service_polling_gpuflows_pool() -> None:
+    resources: dict[str, Any] = {}
+    for block in parse_file(MODULES_DIR / "ecs" / "worker.tf")["resource"]:
+        for kind, named in block.items():
+            resources.setdefault(kind, {}).update(named)
+    service = resources["aws_ecs_service"]["worker"]
+    assert service["count"] == "${local.worker_count}"
+    assert service["launch_type"] == "FARGATE"
+    assert service["network_configuration"][0]["assign_public_ip"] is False
+    definition = resources["aws_ecs_task_definition"]["worker"]
+    assert "var.prefect_work_pool_name" in definition["container_definitions"]
+    variables: dict[str, Any] = {}
+    for block in parse_file(MODULES_DIR / "ecs" / "variables.tf")["variable"]:
+        variables.update(block)
+    assert variables["enable_prefect_worker"]["default"] is False
+    from gpuflow.ops.work_pools import pool_name
+
+    assert variables["prefect_work_pool_name"]["default"] == pool_name("ecs")
