@@ -789,7 +789,9 @@ def test_the_prefect_workers_role_grants_what_prefect_aws_ecs_worker_calls() -> 
     services = {"ecs_client": "ecs", "ec2_client": "ec2", "logs_client": "logs"}
     called = {
         f"{services[client]}:{''.join(part.title() for part in operation.split('_'))}"
-        for client, operation in re.findall(r"\b(ecs_client|ec2_client|logs_client)\.([a-z_]+)\(", source)
+        for client, operation in re.findall(
+            r"\b(ecs_client|ec2_client|logs_client)\.([a-z_]+)\(", source
+        )
         if not operation.startswith("_")
     }
     needed = called | {"ecs:TagResource", "iam:PassRole"}
