@@ -819,3 +819,22 @@ def test_the_prefect_worker_is_an_optional_ecs_service_polling_gpuflows_pool() -
     from gpuflow.ops.work_pools import pool_name
 
     assert variables["prefect_work_pool_name"]["default"] == pool_name("ecs")
+
+
+def test_cluster_add_ons_are_optional_pinned_helm_releases() -> None:
+    resources: dict[str, Any] = {}
+    for block in parse_file(MODULES_DIR / "kubernetes" / "addons.tf")["resource"]:
+        for kind, named in block.items():
+            resources.setdefault(kind, {}).update(named)
+    variables: dict[str, Any] = {}
+    for block in parse_file(MODULES_DIR / "kubernetes" / "variables.tf")["variable"]:
+        variables.update(block)
+    releases = resources["helm_release"]
+    assert set(releases) == {"efs_csi_driver", "nvidia_device_plugin"}
+    for name, release in releases.items():
+        switch = f"install_{name}"
+        assert release["count"] == f"${{var.{switch} ? 1 : 0}}"
+        assert variables[switch]["default"] is False  # clusters usually have them
+        version = variables[f"{name}_chart_version"]["default"]
+        assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"{name}: pin an exact chart version"
+        assert release["version"] == f"${{var.{name}_chart_version}}"
