@@ -106,6 +106,11 @@ def bootstrap(
             "module, or `prefect variable set NAME VALUE`; until then its runs cannot start",
             err=True,
         )
+    for kind, names in variables.unset_elsewhere.items():
+        typer.echo(
+            f"  work pool {pool_name(kind, pool_prefix)} (this stack's flows do not run there) "
+            f"has no {', '.join(names)} yet"
+        )
     for name, slots in report.limits.items():
         typer.echo(f"  GPU limit {name}: {slots} slot(s)")
     typer.echo(f"  block types: {', '.join(report.block_types)}")

@@ -60,7 +60,7 @@ class ComputeTarget(Block, ABC):
         """Refuse a target whose jobs would see the NAS elsewhere than at ``nas_root``:
         venvs on the NAS are not relocatable. Local jobs share the flow's filesystem."""
 
-    def flow_pool_variables(self) -> dict[str, str]:
+    def flow_pool_variables(self) -> dict[str, Any]:
         """Prefect variables that this target's values give the work pool running its flows
         (the cluster, roles and NAS there), by name; none for a target beside the flow."""
         return {}

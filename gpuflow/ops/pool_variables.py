@@ -5,13 +5,16 @@ claim, cluster, roles, file system) to ``{{ prefect.variables.gpuflow_... }}``. 
 sets each variable a pool reads: from the stack's compute targets where they know it,
 else it keeps the value already there (Terraform's prefect module sets them too), else it
 writes gpuflow's default. What is left has no sane default (an ECS role, a file system):
-bootstrap names it, because a run would otherwise render it as an empty string.
+bootstrap names it, because a run would otherwise render it as an empty string — as a
+problem for the pools the stack's flows run in (those its targets give variables for),
+as a note for the others (a local stack never runs an ECS flow).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import VariableCreate, VariableUpdate
@@ -23,7 +26,7 @@ from gpuflow.pipeline.stack import GpuflowStack
 @dataclass(frozen=True)
 class PoolVariables:
     names: tuple[str, ...]  # the Prefect variables the pool's template reads
-    defaults: dict[str, str]  # the ones gpuflow has a default for
+    defaults: dict[str, Any]  # the ones gpuflow has a default for (JSON values)
 
 
 def pool_variables(pool_type: str) -> PoolVariables:
@@ -45,16 +48,18 @@ def pool_variables(pool_type: str) -> PoolVariables:
 
 
 class PoolVariablesReport(BaseModel):
-    set_from_stack: dict[str, str] = Field(default_factory=dict)
+    set_from_stack: dict[str, Any] = Field(default_factory=dict)
     kept: list[str] = Field(default_factory=list)
-    defaulted: dict[str, str] = Field(default_factory=dict)
+    defaulted: dict[str, Any] = Field(default_factory=dict)
     missing: dict[str, list[str]] = Field(default_factory=dict)  # pool type -> names
+    # The same for pools this stack's flows do not run in: nothing of the stack is missing.
+    unset_elsewhere: dict[str, list[str]] = Field(default_factory=dict)
 
 
-def stack_pool_variables(stack: GpuflowStack) -> dict[str, str]:
+def stack_pool_variables(stack: GpuflowStack) -> dict[str, Any]:
     """What the stack's compute targets say about where its flows run (the GPU job's
     target wins over the postprocess target)."""
-    values: dict[str, str] = {}
+    values: dict[str, Any] = {}
     for target in (stack.postprocess_compute, stack.compute):
         if target is not None:
             values.update(target.flow_pool_variables())
@@ -69,6 +74,8 @@ async def ensure_pool_variables(
     done: set[str] = set()
     for pool_type in pool_types:
         variables = pool_variables(pool_type)
+        stack_runs_here = any(name in given for name in variables.names)
+        unset = report.missing if stack_runs_here else report.unset_elsewhere
         for name in variables.names:
             if name in done:
                 continue
@@ -89,7 +96,7 @@ async def ensure_pool_variables(
                     await client.update_variable(VariableUpdate(name=name, value=value))
                 report.defaulted[name] = value
             else:
-                report.missing.setdefault(pool_type, []).append(name)
+                unset.setdefault(pool_type, []).append(name)
                 continue
             done.add(name)
     return report

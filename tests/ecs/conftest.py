@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.config import Config
 from moto.server import ThreadedMotoServer
 from prefect_aws import AwsCredentials
 
+from gpuflow.compute.ecs.aws import API_CALLS, OPTIONAL_API_CALLS
 from gpuflow.compute.ecs.target import EcsTask
 from gpuflow.compute.ecs.taskdef import EfsNas
-from tests.support.ecs_answers import AnswersProxy
+from tests.support.ecs_answers import HARNESS_AGENT, AnswersProxy
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -75,9 +77,28 @@ def aws(answers: AnswersProxy) -> AwsCredentials:
 
 
 def client(aws: AwsCredentials, service: str) -> Any:
+    """A client for the tests' own calls (setup, playing ECS's or a container's part):
+    marked, so that the check below counts only the code's calls."""
     return aws.get_boto3_session().client(
-        service, region_name=REGION, endpoint_url=aws.aws_client_parameters.endpoint_url
+        service,
+        region_name=REGION,
+        endpoint_url=aws.aws_client_parameters.endpoint_url,
+        config=Config(user_agent_extra=HARNESS_AGENT),
     )
+
+
+@pytest.fixture(autouse=True)
+def only_calls_the_iam_policy_grants(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each AWS operation the code calls in a test is one gpuflow declares (API_CALLS, which
+    Terraform's task role grants): a new call without its permission fails here."""
+    if "answers" not in request.fixturenames:
+        yield
+        return
+    proxy: AnswersProxy = request.getfixturevalue("answers")
+    before = len(proxy.code_calls)
+    yield
+    undeclared = set(proxy.code_calls[before:]) - set(API_CALLS) - set(OPTIONAL_API_CALLS)
+    assert not undeclared, f"AWS calls not in gpuflow.compute.ecs.aws.API_CALLS: {undeclared}"
 
 
 @dataclass(frozen=True)
@@ -217,7 +238,12 @@ def make_target(
             "log_drain_s": 0.5,
         }
         fields.update(overrides)
-        return EcsTask(**fields)
+        target = EcsTask(**fields)
+        if not target.create_log_group:  # the group Terraform's ecs module creates
+            logs = client(aws, "logs")
+            with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
+                logs.create_log_group(logGroupName=target.log_group)
+        return target
 
     return make
 

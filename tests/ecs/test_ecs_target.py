@@ -27,6 +27,7 @@ from gpuflow_progress import ExitCode, Progress, encode
 from prefect_aws import AwsCredentials
 
 from gpuflow.compute.base import JobResult, JobSpec
+from gpuflow.compute.ecs.aws import API_CALLS
 from gpuflow.compute.ecs.outcome import EcsCapacityError, EcsTaskError
 from gpuflow.compute.ecs.target import EcsTask
 from gpuflow.compute.ecs.taskdef import (
@@ -229,11 +230,11 @@ def test_gpu_on_fargate_is_refused_before_any_call(
     make_target: Callable[..., EcsTask], answers: AnswersProxy, capacity: dict[str, Any]
 ) -> None:
     target = make_target(**capacity)
-    calls_before = len(answers.calls)
+    calls_before = len(answers.code_calls)
     with pytest.raises(EcsConfigError, match=r"needs 1 GPU.*Fargate has no GPUs") as caught:
         asyncio.run(target.run(_job(gpus=1), _Lines()))
     assert not caught.value.retryable
-    assert len(answers.calls) == calls_before, "no AWS call may happen before the refusal"
+    assert len(answers.code_calls) == calls_before, "no AWS call may happen before the refusal"
 
 
 def test_mixed_fargate_and_ec2_providers_are_refused(make_target: Callable[..., EcsTask]) -> None:
@@ -508,6 +509,39 @@ def test_cancelling_the_run_stops_the_task_before_it_returns(
     assert task["stoppedReason"] == "gpuflow: the flow stopped waiting"
 
 
+def test_a_job_and_a_sweep_make_exactly_the_declared_aws_calls(
+    make_target: Callable[..., EcsTask],
+    aws: AwsCredentials,
+    cluster: str,
+    answers: AnswersProxy,
+    task_transitions: Callable[[dict[str, Any]], None],
+) -> None:
+    """Run, follow, sweep (the reconciler's listing) and stop: every operation the code
+    makes is in API_CALLS, which Terraform's task role grants, and each listed one is
+    made, so the list is neither short nor padded."""
+    target = make_target()
+    task_transitions(HOLD)
+    before = len(answers.code_calls)
+
+    async def scenario() -> None:
+        running = asyncio.create_task(target.run(_job(), _Lines()))
+        await _wait_for(
+            lambda: _running_task_arn(aws, cluster), "the task to start", alongside=running
+        )
+        await _wait_for(
+            lambda: "logs:GetLogEvents" in answers.code_calls[before:],
+            "the log to be read",
+            alongside=running,
+        )
+        assert len(await asyncio.to_thread(target.running_gpuflow_tasks)) == 1
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+    asyncio.run(scenario())
+    assert set(answers.code_calls[before:]) == set(API_CALLS)
+
+
 def test_cancelling_while_run_task_is_in_flight_stops_what_it_started(
     make_target: Callable[..., EcsTask],
     aws: AwsCredentials,
@@ -601,13 +635,13 @@ def test_a_gpu_type_places_the_task_on_instances_that_have_it(
 def test_a_gpu_type_fargate_cannot_place_or_an_unsafe_value_is_refused_before_any_call(
     make_target: Callable[..., EcsTask], answers: AnswersProxy
 ) -> None:
-    calls_before = len(answers.calls)
+    calls_before = len(answers.code_calls)
     with pytest.raises(EcsConfigError, match=r"GPU type 'a10g'.*Fargate"):
         asyncio.run(make_target().run(_job(gpu_type="a10g"), _Lines()))
     unsafe = make_target(launch_type="EC2", gpu_type_values={"a10g": ["g5] or [x"]})
     with pytest.raises(EcsConfigError, match=r"'g5\] or \[x' is not a plain name"):
         asyncio.run(unsafe.run(_job(gpus=1, gpu_type="a10g"), _Lines()))
-    assert answers.calls[calls_before:] == []
+    assert answers.code_calls[calls_before:] == []
 
 
 def test_an_existing_task_definition_gets_gpus_as_an_override(
@@ -647,12 +681,12 @@ def test_overrides_over_the_ecs_limit_are_refused_before_any_call_naming_only_th
 ) -> None:
     target = make_target()
     secret_text = "私の秘密の話" * 800  # 4,800 CJK characters: 28,800 escaped
-    calls_before = len(answers.calls)
+    calls_before = len(answers.code_calls)
     with pytest.raises(EcsConfigError, match=r"are \d+ characters.*at most 8192") as caught:
         asyncio.run(target.run(_job(argv=["i2v-job", f"--note={secret_text}"]), _Lines()))
     assert not caught.value.retryable
     assert "私の秘密" not in str(caught.value)
-    assert len(answers.calls) == calls_before, "no AWS call may happen before the refusal"
+    assert len(answers.code_calls) == calls_before, "no AWS call may happen before the refusal"
 
 
 def test_the_longest_cjk_prompt_starts_a_task_its_job_reads_from_the_workspace(

@@ -13,7 +13,8 @@ import pytest
 from botocore.validate import ParamValidator
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
-from prefect_aws.workers.ecs_worker import ECSJobConfiguration
+from prefect.client.schemas.objects import FlowRun
+from prefect_aws.workers.ecs_worker import ECSJobConfiguration, ECSWorker
 
 from gpuflow.compute.ecs.pool import (
     PREFECT_VARIABLE_DEFAULTS,
@@ -35,7 +36,10 @@ def test_new_variables_are_required_where_the_flow_cannot_work_without_them() ->
     for variable, prefect_variable in PREFECT_VARIABLES.items():
         default = variables["properties"][variable]["default"]
         assert default == "{{ prefect.variables." + prefect_variable + " }}"
-    assert PREFECT_VARIABLE_DEFAULTS == {"gpuflow_nas_mount_path": "/mnt/nas"}
+    assert PREFECT_VARIABLE_DEFAULTS == {
+        "gpuflow_nas_mount_path": "/mnt/nas",
+        "gpuflow_ecs_network_configuration": {},  # prefect-aws's own default: the default VPC
+    }
 
 
 @pytest.mark.parametrize(
@@ -65,6 +69,14 @@ async def test_the_server_takes_the_template_and_a_run_reads_the_stack_from_vari
         "gpuflow_efs_file_system_id": "fs-0123456789abcdef0",
         "gpuflow_efs_access_point_id": "fsap-0fedcba9876543210",
         "gpuflow_nas_mount_path": "/shared",
+        "gpuflow_ecs_vpc_id": "vpc-0123456789abcdef0",
+        "gpuflow_ecs_network_configuration": {
+            "awsvpcConfiguration": {
+                "subnets": ["subnet-0123456789abcdef0"],
+                "securityGroups": ["sg-0123456789abcdef0"],
+                "assignPublicIp": "DISABLED",
+            }
+        },
     }
     assert set(stack) == set(PREFECT_VARIABLES.values())
     template = ecs_base_job_template()
@@ -94,6 +106,8 @@ async def test_the_server_takes_the_template_and_a_run_reads_the_stack_from_vari
     assert definition["taskRoleArn"] == f"{ROLE}video-task"
     assert configuration.execution_role_arn == f"{ROLE}video-execution"
     assert configuration.cluster == stack["gpuflow_ecs_cluster"]
+    assert configuration.network_configuration == stack["gpuflow_ecs_network_configuration"]
+    assert configuration.vpc_id == stack["gpuflow_ecs_vpc_id"]
 
 
 @pytest.mark.integration
@@ -107,6 +121,7 @@ def test_prefect_aws_renders_the_nas_volume_mount_and_roles(prefect_server: Loca
         "cluster": "gpuflow",
         "nas_mount_path": "/nas",
         "efs_access_point_id": access_point,
+        "network_configuration": {},  # what bootstrap gives gpuflow_ecs_network_configuration
     }
     configuration = cast(
         ECSJobConfiguration,
@@ -129,4 +144,41 @@ def test_prefect_aws_renders_the_nas_volume_mount_and_roles(prefect_server: Loca
     # The worker names the family after the flow when the template leaves it unset.
     registered = {"family": "prefect_generate-video", **json.loads(json.dumps(definition))}
     report = ParamValidator().validate(registered, shape)
+    assert not report.has_errors(), report.generate_report()
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_a_stack_without_an_access_point_registers_none_not_an_empty_one(
+    prefect_server: LocalServer,
+) -> None:
+    """No gpuflow_efs_access_point_id: the variable resolves to "" and the rendered
+    configuration holds ``accessPointId: ""``, which RegisterTaskDefinition would refuse;
+    the worker's own preparation (prefect-aws drops empty keys before registering) sends
+    none, and what it sends is valid for ECS's schema."""
+    stack = {
+        "gpuflow_ecs_cluster": "gpuflow",
+        "gpuflow_ecs_execution_role_arn": f"{ROLE}e",
+        "gpuflow_ecs_task_role_arn": f"{ROLE}t",
+        "gpuflow_efs_file_system_id": "fs-0123456789abcdef0",
+        "gpuflow_nas_mount_path": "/mnt/nas",
+        "gpuflow_ecs_network_configuration": {},  # bootstrap's default
+    }
+    async with get_client() as client, prefect_variables(client, stack):
+        configuration = cast(
+            ECSJobConfiguration,
+            await ECSJobConfiguration.from_template_and_values(
+                ecs_base_job_template(), {"image": "gpuflow:1"}, client=client
+            ),
+        )
+    [rendered] = configuration.task_definition["volumes"]
+    assert rendered["efsVolumeConfiguration"]["authorizationConfig"]["accessPointId"] == ""
+    worker = ECSWorker(work_pool_name="unused")
+    flow_run = FlowRun(flow_id=uuid.uuid4(), name="a-run")
+    registered = worker._prepare_task_definition(configuration, "us-east-1", flow_run)
+    [volume] = registered["volumes"]
+    assert volume["efsVolumeConfiguration"]["authorizationConfig"] == {"iam": "ENABLED"}
+    model = botocore.session.get_session().get_service_model("ecs")
+    shape = model.operation_model("RegisterTaskDefinition").input_shape
+    report = ParamValidator().validate({"family": "f", **registered}, shape)
     assert not report.has_errors(), report.generate_report()

@@ -724,3 +724,117 @@ def test_terraform_gives_the_flow_pod_the_codes_role_and_crd_reader() -> None:
     assert _rbac_rules(reader["rule"]) == CRD_READER_RULES
     binding = resources["kubernetes_cluster_role_binding_v1"]["flow_crd_reader"]
     assert binding["subject"][0]["kind"] == "ServiceAccount"
+
+
+def _policy_statements(path: Path, document: str) -> list[dict[str, Any]]:
+    """The statements of data.aws_iam_policy_document.<document>, plain and dynamic."""
+    for block in parse_file(path)["data"]:
+        body = block.get("aws_iam_policy_document", {}).get(document)
+        if body is not None:
+            statements = list(body.get("statement", []))
+            for dynamic in body.get("dynamic", []):
+                statements += dynamic["statement"]["content"]
+            return statements
+    raise AssertionError(f"no aws_iam_policy_document {document} in {path}")
+
+
+def test_the_ecs_task_role_grants_exactly_the_aws_calls_the_code_makes() -> None:
+    # API_CALLS is held to the code by tests/ecs (each call the ECS test servers receive
+    # from the code must be listed); here the task role is held to API_CALLS.
+    from gpuflow.compute.ecs.aws import API_CALLS, OPTIONAL_API_CALLS
+
+    statements = _policy_statements(MODULES_DIR / "ecs" / "iam.tf", "task")
+    granted = {
+        action
+        for statement in statements
+        for action in statement["actions"]
+        if action.split(":")[0] in ("ecs", "logs", "iam")
+    }
+    needed = {action for actions in API_CALLS.values() for action in actions}
+    assert granted == needed
+    assert not granted & {a for actions in OPTIONAL_API_CALLS.values() for a in actions}
+    (tagging,) = [s for s in statements if s["actions"] == ["ecs:TagResource"]]
+    assert any("task-definition/" in resource for resource in tagging["resources"])
+    (condition,) = tagging["condition"]
+    assert (condition["variable"], set(condition["values"])) == (
+        "ecs:CreateAction",
+        {"RegisterTaskDefinition", "RunTask"},
+    )
+
+
+def test_the_ecs_modules_log_group_is_the_ecs_blocks_default() -> None:
+    from gpuflow.compute.ecs.target import EcsTask
+
+    variables: dict[str, Any] = {}
+    for block in parse_file(MODULES_DIR / "ecs" / "variables.tf")["variable"]:
+        variables.update(block)
+    fields = EcsTask.model_fields
+    assert variables["log_group_name"]["default"] == fields["log_group"].default
+    assert fields["create_log_group"].default is False
+    main = (MODULES_DIR / "ecs" / "main.tf").read_text()
+    assert "log_group_name      = var.log_group_name" in main
+
+
+def test_the_prefect_workers_role_grants_what_prefect_aws_ecs_worker_calls() -> None:
+    """The worker's AWS calls, read from the installed prefect-aws's ecs_worker.py and the
+    ECS observer it starts in-process (observers/ecs.py): their boto3 clients' ECS, EC2 and
+    CloudWatch Logs operations, plus what those imply (tag-on-create, PassRole)."""
+    import prefect_aws.observers.ecs as ecs_observer
+    import prefect_aws.workers.ecs_worker as ecs_worker
+
+    source = "".join(
+        Path(module.__file__ or "").read_text(encoding="utf-8")
+        for module in (ecs_worker, ecs_observer)
+    )
+    services = {"ecs_client": "ecs", "ec2_client": "ec2", "logs_client": "logs"}
+    called = {
+        f"{services[client]}:{''.join(part.title() for part in operation.split('_'))}"
+        for client, operation in re.findall(
+            r"\b(ecs_client|ec2_client|logs_client)\.([a-z_]+)\(", source
+        )
+        if not operation.startswith("_")
+    }
+    needed = called | {"ecs:TagResource", "iam:PassRole"}
+
+    statements = _policy_statements(MODULES_DIR / "ecs" / "worker.tf", "worker")
+    granted = {action for statement in statements for action in statement["actions"]}
+    assert granted == needed
+
+
+def test_the_prefect_worker_is_an_optional_ecs_service_polling_gpuflows_pool() -> None:
+    resources: dict[str, Any] = {}
+    for block in parse_file(MODULES_DIR / "ecs" / "worker.tf")["resource"]:
+        for kind, named in block.items():
+            resources.setdefault(kind, {}).update(named)
+    service = resources["aws_ecs_service"]["worker"]
+    assert service["count"] == "${local.worker_count}"
+    assert service["launch_type"] == "FARGATE"
+    assert service["network_configuration"][0]["assign_public_ip"] is False
+    definition = resources["aws_ecs_task_definition"]["worker"]
+    assert "var.prefect_work_pool_name" in definition["container_definitions"]
+    variables: dict[str, Any] = {}
+    for block in parse_file(MODULES_DIR / "ecs" / "variables.tf")["variable"]:
+        variables.update(block)
+    assert variables["enable_prefect_worker"]["default"] is False
+    from gpuflow.ops.work_pools import pool_name
+
+    assert variables["prefect_work_pool_name"]["default"] == pool_name("ecs")
+
+
+def test_cluster_add_ons_are_optional_pinned_helm_releases() -> None:
+    resources: dict[str, Any] = {}
+    for block in parse_file(MODULES_DIR / "kubernetes" / "addons.tf")["resource"]:
+        for kind, named in block.items():
+            resources.setdefault(kind, {}).update(named)
+    variables: dict[str, Any] = {}
+    for block in parse_file(MODULES_DIR / "kubernetes" / "variables.tf")["variable"]:
+        variables.update(block)
+    releases = resources["helm_release"]
+    assert set(releases) == {"efs_csi_driver", "nvidia_device_plugin"}
+    for name, release in releases.items():
+        switch = f"install_{name}"
+        assert release["count"] == f"${{var.{switch} ? 1 : 0}}"
+        assert variables[switch]["default"] is False  # clusters usually have them
+        version = variables[f"{name}_chart_version"]["default"]
+        assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"{name}: pin an exact chart version"
+        assert release["version"] == f"${{var.{name}_chart_version}}"

@@ -10,9 +10,11 @@ import pytest
 from prefect_kubernetes.credentials import KubernetesClusterConfig
 
 from gpuflow.compute.kubernetes.manifest import PyTorchJobConfig
+from gpuflow.compute.kubernetes.pool import DEFAULT_SERVICE_ACCOUNT, rbac_manifests
 from gpuflow.compute.kubernetes.target import KubernetesPyTorchJob
 from tests.support.crd import load_pytorchjob_crd
 from tests.support.kube_api_server import KubeApiServer
+from tests.support.kube_rbac import RoleBasedAccess
 
 
 @pytest.fixture
@@ -26,8 +28,20 @@ def pytorchjob_crd() -> dict[str, Any]:
 
 
 @pytest.fixture
-async def kube_api(pytorchjob_crd: dict[str, Any]) -> AsyncIterator[KubeApiServer]:
+def flow_pod_access() -> RoleBasedAccess:
+    """The flow pod's service account (namespace default, where the jobs run) with the RBAC
+    that deployments/kubernetes/rbac.yaml and Terraform give it: a call the code makes
+    without a grant gets 403."""
+    manifests = rbac_manifests("default", DEFAULT_SERVICE_ACCOUNT)
+    return RoleBasedAccess(manifests, "default", DEFAULT_SERVICE_ACCOUNT)
+
+
+@pytest.fixture
+async def kube_api(
+    pytorchjob_crd: dict[str, Any], flow_pod_access: RoleBasedAccess
+) -> AsyncIterator[KubeApiServer]:
     server = KubeApiServer(pytorchjob_crd)
+    server.access = flow_pod_access
     await server.start()
     try:
         yield server

@@ -12,8 +12,17 @@ import aiohttp
 import pytest
 
 from tests.support.kube_api_server import TOKEN, KubeApiServer
+from tests.support.kube_rbac import RoleBasedAccess
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def kube_api(kube_api: KubeApiServer) -> KubeApiServer:
+    """The generic semantics, asked as a cluster admin (RBAC has its own tests below)."""
+    kube_api.access = None
+    return kube_api
+
 
 _JOBS = "/apis/kubeflow.org/v1/namespaces/default/pytorchjobs"
 _SECRETS = "/api/v1/namespaces/default/secrets"
@@ -288,3 +297,90 @@ async def test_a_watch_without_resource_version_then_sees_new_changes(
     await asyncio.sleep(0.2)  # let the watch start; a late start would see an ADDED too
     assert (await _call(kube_api, "POST", _JOBS, _job("late")))[0] == 201
     assert await watching == [("ADDED", "late")]
+
+
+# ---- RBAC (kube-apiserver 1.33's authorizer, independent of the code's Role) -------------
+
+
+def _access(rules: list[dict[str, Any]], role_namespace: str = "default") -> RoleBasedAccess:
+    subject = {"kind": "ServiceAccount", "name": "flow", "namespace": "default"}
+    role = {"kind": "Role", "metadata": {"name": "r", "namespace": role_namespace}, "rules": rules}
+    binding = {
+        "kind": "RoleBinding",
+        "metadata": {"name": "r", "namespace": role_namespace},
+        "roleRef": {"kind": "Role", "name": "r"},
+        "subjects": [subject],
+    }
+    return RoleBasedAccess([role, binding], "default", "flow")
+
+
+async def test_a_verb_the_role_lacks_is_forbidden_with_the_api_servers_words(
+    kube_api: KubeApiServer,
+) -> None:
+    kube_api.access = _access([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}])
+    assert (await _call(kube_api, "POST", _SECRETS, _secret(stringData={"A": "1"})))[0] == 201
+
+    status, body, _ = await _call(kube_api, "PATCH", f"{_SECRETS}/env", {"data": {}})
+
+    assert (status, body["reason"]) == (403, "Forbidden")
+    assert body["message"] == (
+        'secrets "env" is forbidden: User "system:serviceaccount:default:flow" cannot patch '
+        'resource "secrets" in API group "" in the namespace "default"'
+    )
+    status, body, _ = await _call(kube_api, "GET", _JOBS, params={"watch": "true"})
+    assert status == 403
+    assert body["message"].startswith(
+        'pytorchjobs.kubeflow.org is forbidden: User "system:serviceaccount:default:flow" '
+        'cannot watch resource "pytorchjobs" in API group "kubeflow.org"'
+    )
+
+
+async def test_a_role_grants_only_in_its_own_namespace(kube_api: KubeApiServer) -> None:
+    kube_api.access = _access(
+        [{"apiGroups": ["kubeflow.org"], "resources": ["pytorchjobs"], "verbs": ["*"]}],
+        role_namespace="other",
+    )
+    assert (await _call(kube_api, "POST", _JOBS, _job()))[0] == 403
+
+
+async def test_resource_names_never_grant_create_and_subresources_are_their_own(
+    kube_api: KubeApiServer,
+) -> None:
+    kube_api.access = _access(
+        [
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["env"], "verbs": ["*"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+        ]
+    )
+    # The create request names no object: a rule with resourceNames cannot match it.
+    assert (await _call(kube_api, "POST", _SECRETS, _secret()))[0] == 403
+    status, body, _ = await _call(kube_api, "GET", "/api/v1/namespaces/default/pods/p/log")
+    assert status == 403 and 'cannot get resource "pods/log"' in body["message"]
+
+
+@pytest.mark.parametrize(
+    "content_type, status",
+    [
+        # What kubernetes-client labels a dict by default: not a list of operations.
+        ("application/json-patch+json", 400),
+        # Custom resources have no patch strategies.
+        ("application/strategic-merge-patch+json", 415),
+        ("application/merge-patch+json", 200),
+    ],
+)
+async def test_a_custom_resource_patch_takes_merge_or_json_patches_only(
+    kube_api: KubeApiServer, content_type: str, status: int
+) -> None:
+    assert (await _call(kube_api, "POST", _JOBS, _job()))[0] == 201
+    patch = {"spec": {"runPolicy": {"suspend": True}}}
+
+    answer, body, _ = await _call(
+        kube_api, "PATCH", f"{_JOBS}/demo", patch, headers={"Content-Type": content_type}
+    )
+
+    assert answer == status
+    assert kube_api.job("demo")["spec"].get("runPolicy", {}).get("suspend") is (
+        True if status == 200 else None
+    )
+    if status == 200:
+        assert body["metadata"]["generation"] == 2

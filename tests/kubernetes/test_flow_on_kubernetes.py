@@ -24,12 +24,15 @@ from gpuflow.ops.local_server import LocalServer
 from gpuflow.pipeline.generate_video import generate_video
 from gpuflow.pipeline.stack import GpuflowStack
 from tests.support.kube_api_server import KubeApiServer, run_containers_locally
+from tests.support.kube_rbac import RoleBasedAccess
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def cluster(pytorchjob_crd: dict[str, Any]) -> Iterator[KubeApiServer]:
+def cluster(
+    pytorchjob_crd: dict[str, Any], flow_pod_access: RoleBasedAccess
+) -> Iterator[KubeApiServer]:
     """The test API server on a loop of its own: the flow runs in another one."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="kube-api", daemon=True)
@@ -38,6 +41,7 @@ def cluster(pytorchjob_crd: dict[str, Any]) -> Iterator[KubeApiServer]:
     async def start() -> KubeApiServer:
         server = KubeApiServer(pytorchjob_crd)
         server.script = run_containers_locally
+        server.access = flow_pod_access
         await server.start()
         return server
 

@@ -660,6 +660,91 @@ async def test_secret_values_reach_the_job_through_a_secret_never_the_manifest(
     )
 
 
+async def test_a_job_with_a_secret_is_created_suspended_and_resumed_once_its_secret_is_owned(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
+) -> None:
+    with_secret = _target(target, secret_env={"HF_TOKEN": SecretStr("hf_value")})
+    kube_api.script = _succeeds_with_progress
+
+    result = await with_secret.run(i2v_job(nas), Lines())
+
+    assert result.exit_code == 0
+    writes = [r for r in kube_api.requests if r.method in ("POST", "PATCH", "PUT", "DELETE")]
+    assert [(r.method, r.path.rsplit("/", 2)[-2:]) for r in writes][:3] == [
+        ("POST", ["default", "pytorchjobs"]),
+        ("POST", ["default", "secrets"]),
+        ("PATCH", ["pytorchjobs", writes[0].body["metadata"]["name"]]),
+    ]
+    create, secret, resume = writes[:3]
+    assert create.body["spec"]["runPolicy"]["suspend"] is True
+    # Owned from birth: nothing ever has to patch or delete a Secret.
+    (owner,) = secret.body["metadata"]["ownerReferences"]
+    assert owner["kind"] == "PyTorchJob" and owner["name"] == create.body["metadata"]["name"]
+    assert resume.body == [{"op": "replace", "path": "/spec/runPolicy/suspend", "value": False}]
+    assert not [r for r in kube_api.requests if "/secrets/" in r.path]
+    (name,) = {key[1] for key in kube_api.jobs}
+    conditions = kube_api.job(name)["status"]["conditions"]
+    assert ("Suspended", "False", "PyTorchJobResumed") in [
+        (c["type"], c["status"], c["reason"]) for c in conditions
+    ]
+
+
+async def test_a_job_without_secrets_is_not_suspended(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
+) -> None:
+    kube_api.script = _succeeds_with_progress
+
+    assert (await target.run(i2v_job(nas), Lines())).exit_code == 0
+
+    (create,) = kube_api.requests_to("POST", "/pytorchjobs")
+    assert "suspend" not in create.body["spec"]["runPolicy"]
+    assert not kube_api.requests_to("PATCH", "/pytorchjobs")
+
+
+async def test_the_flow_pods_role_only_creates_secrets() -> None:
+    (rule,) = [rule for rule in FLOW_POD_RULES if "secrets" in rule["resources"]]
+    assert rule == {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}
+
+
+async def test_a_secret_the_api_refuses_deletes_the_suspended_job_before_any_pod(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
+) -> None:
+    with_secret = _target(target, secret_env={"HF_TOKEN": SecretStr("hf_value")})
+    kube_api.script = _succeeds_with_progress
+    assert kube_api.access is not None
+    kube_api.access.grants = [
+        (scope, [rule for rule in rules if "secrets" not in rule["resources"]])
+        for scope, rules in kube_api.access.grants
+    ]
+
+    with pytest.raises(JobStartError, match=r"creating Secret default/.*-env failed: HTTP 403"):
+        await with_secret.run(i2v_job(nas), Lines())
+
+    await kube_api.garbage_collected()
+    assert not kube_api.jobs and not kube_api.secrets and not kube_api.pods
+    assert not kube_api.requests_to("PATCH", "/pytorchjobs")
+
+
+async def test_a_kueue_job_with_a_secret_is_left_for_kueue_to_resume(
+    kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
+) -> None:
+    config = target.pytorchjob.model_copy(update={"kueue_queue": "gpu-queue"})
+    queued = _target(target, pytorchjob=config, secret_env={"HF_TOKEN": SecretStr("v")})
+    kube_api.script = _succeeds_with_progress
+
+    async def kueue() -> None:
+        await kube_api.request_made("POST", "/secrets")
+        (name,) = {key[1] for key in kube_api.jobs}
+        kube_api.kueue_admits(name)
+
+    admission = asyncio.create_task(kueue())
+    result = await queued.run(i2v_job(nas), Lines())
+    await admission
+
+    assert result.exit_code == 0
+    assert not kube_api.requests_to("PATCH", "/pytorchjobs")
+
+
 INJECTIONS = [
     'a "quoted" cat\'s day',
     "line one\nline two\r\nkind: Pod\n---\napiVersion: v1",

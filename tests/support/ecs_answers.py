@@ -38,6 +38,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 _TARGET_PREFIX = "AmazonEC2ContainerServiceV20141113."
+# X-Amz-Target prefixes of the JSON-protocol services -> their IAM service prefix.
+_SERVICES = {"AmazonEC2ContainerServiceV20141113": "ecs", "Logs_20140328": "logs"}
+HARNESS_AGENT = "gpuflow-test-harness"
 _JSON = [("Content-Type", "application/x-amz-json-1.1")]
 
 # Developer Guide, "Task CPU and memory" (Fargate, Linux): task CPU units -> the memory
@@ -138,6 +141,9 @@ class AnswersProxy(ThreadingHTTPServer):
         self._started: dict[str, _Started] = {}  # task ARN -> what we know of it
         self._answers_by_token: dict[str, bytes] = {}
         self.calls: list[str] = []
+        # "<service>:<operation>" of each call from the code under test (the tests' own
+        # setup calls carry HARNESS_AGENT in their User-Agent and are left out).
+        self.code_calls: list[str] = []
         self.run_task_requests: list[dict[str, Any]] = []
         self.throttle_describe_tasks = 0  # answer this many DescribeTasks with throttling
         self.throttle_get_log_events = 0  # and this many GetLogEvents
@@ -280,6 +286,9 @@ class _Handler(BaseHTTPRequestHandler):
         target = self.headers.get("X-Amz-Target", "")
         operation = target.removeprefix(_TARGET_PREFIX)
         self.server.calls.append(operation or self.path)
+        service, _, name = target.partition(".")
+        if name and HARNESS_AGENT not in self.headers.get("User-Agent", ""):
+            self.server.code_calls.append(f"{_SERVICES.get(service, service)}:{name}")
         request = json.loads(body) if operation and body else {}
         try:
             if operation == "RegisterTaskDefinition":

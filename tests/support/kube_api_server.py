@@ -4,13 +4,14 @@ It listens on 127.0.0.1 (a free port) and serves, like kube-apiserver 1.33 does 
 generic checks and semantics are in ``kube_semantics.py``, modeled on that release and
 independent of the code under test):
 
-- a bearer token on every request (401 without it);
+- a bearer token on every request (401 without it), then RBAC when ``access`` holds the
+  caller's Roles (``kube_rbac.py``: 403 Forbidden for a verb or resource not granted);
 - ``kubeflow.org/v1`` pytorchjobs: create (names and ``generateName``, the CRD's
   openAPIV3Schema with structural pruning, ``fieldValidation``, 409 for a duplicate),
   get, list, watch (chunked JSON lines from a ``resourceVersion``, ``410 Gone`` for
   compacted ones, the current state first when no ``resourceVersion`` is given),
-  delete by ``propagationPolicy`` with the garbage collector's part (dependents by
-  ``ownerReferences``);
+  patch (merge or JSON patch), delete by ``propagationPolicy`` with the garbage
+  collector's part (dependents by ``ownerReferences``);
 - core pods (list and watch by label selector, get, ``/log`` with ``follow``/``timestamps``/
   ``sinceSeconds``), events (by ``involvedObject.name``), secrets (create/patch/delete,
   checked by Kubernetes 1.33's schemas, ``stringData`` written into ``data``);
@@ -18,9 +19,10 @@ independent of the code under test):
 
 It runs no operator: each test scripts the operator's part (pods, conditions, logs,
 exit codes) with the helper methods, in the same event loop as the code under test.
-One piece of the operator is built in, because the code must survive it on every
+Two pieces of the operator are built in, because the code must survive them on every
 release: how training-operator before v1.9.4 ends a failed job (see
-``operator_deletes_failed_pods`` and ``set_condition``).
+``operator_deletes_failed_pods`` and ``set_condition``), and ``runPolicy.suspend``
+(v1.7.0 and later): a job created suspended gets no pods (no script) until resumed.
 Faults are scripted too: dropped watch and log connections, compacted history.
 """
 
@@ -39,11 +41,13 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.support.kube_rbac import RoleBasedAccess, request_attributes
 from tests.support.kube_semantics import (
     ApiRejection,
     CustomResourceSchema,
     admit_core,
     admit_metadata,
+    apply_custom_resource_patch,
     apply_patch,
     authenticate,
     field_validation,
@@ -133,6 +137,9 @@ class KubeApiServer:
         self.drop_logs_after: dict[str, int] = {}  # pod -> abort its log stream after n lines
         self.failing_reads = 0  # answer this many pod lists and log reads with 500
         self.crd_forbidden = False  # the caller's RBAC does not allow reading CRDs
+        # The caller's Roles: every request is authorized against them (403 otherwise);
+        # None, the caller is a cluster admin.
+        self.access: RoleBasedAccess | None = None
         self.token = TOKEN
         self.garbage_collection: list[asyncio.Task[None]] = []
         # Cleared, the garbage collector waits (a busy controller): a test can then see
@@ -224,9 +231,14 @@ class KubeApiServer:
     async def _authenticate(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        """The bearer token first; any refusal a handler raises becomes its ``Status``."""
+        """The bearer token first, then RBAC; any refusal a handler raises becomes its
+        ``Status``."""
         try:
             authenticate(request.headers.get("Authorization"), self.token)
+            if self.access is not None:
+                self.access.authorize(
+                    request_attributes(request.method, request.path, request.query)
+                )
             return await handler(request)
         except ApiRejection as rejection:
             return web.json_response(rejection.status(), status=rejection.code)
@@ -276,9 +288,16 @@ class KubeApiServer:
         )
         self.jobs[(namespace, name)] = job
         self._job_changed("ADDED", job)
+        if _suspended(job):
+            self.set_condition(job, "Suspended", message=f"PyTorchJob {name} is suspended.")
+        else:
+            self._operator_starts(job)
+        return _with_warnings(web.json_response(job, status=201), warnings)
+
+    def _operator_starts(self, job: dict[str, Any]) -> None:
+        """The operator makes the job's pods (the test's script) once it is not suspended."""
         if self.script is not None:
             self.script_tasks.append(asyncio.create_task(self.script(self, copy.deepcopy(job))))
-        return _with_warnings(web.json_response(job, status=201), warnings)
 
     async def _job(self, request: web.Request) -> web.Response:
         key = (request.match_info["namespace"], request.match_info["name"])
@@ -289,7 +308,54 @@ class KubeApiServer:
             return web.json_response(job)
         if request.method == "DELETE":
             return self._delete_job(key, _propagation_policy(request))
+        if request.method == "PATCH":
+            return self._patch_job(key, request)
         return _status(405, "MethodNotAllowed", request.method)
+
+    def _patch_job(self, key: tuple[str, str], request: web.Request) -> web.Response:
+        """A patch of a custom resource: JSON or merge patch (no strategic merge patch for
+        custom resources), checked against the CRD like a create. Resuming a suspended job
+        (``runPolicy.suspend`` true to false) is the operator's cue, as in training-operator
+        v1.7.0 and later (kubeflow/trainer#1859): it marks the job resumed (condition
+        Suspended False, reason PyTorchJobResumed) and creates the pods."""
+        assert self.crd is not None
+        directive = field_validation(request.query)
+        stored = self.jobs[key]
+        patched = apply_custom_resource_patch(stored, _body(request), request.content_type)
+        identity = {k: stored["metadata"][k] for k in ("name", "namespace", "uid")}
+        patched["metadata"].update(identity)
+        patched.pop("status", None)  # the status subresource: a patch of the job keeps it
+        patched, warnings = CustomResourceSchema.of(self.crd, "v1").admit(patched, directive)
+        if "status" in stored:
+            patched["status"] = stored["status"]
+        if patched["spec"] != stored["spec"]:
+            patched["metadata"]["generation"] = stored["metadata"]["generation"] + 1
+        patched["metadata"]["resourceVersion"] = self._next_version()
+        self.jobs[key] = patched
+        self._job_changed("MODIFIED", patched)
+        if _suspended(stored) and not _suspended(patched):
+            self._operator_resumes(patched)
+        return _with_warnings(web.json_response(patched), warnings)
+
+    def _operator_resumes(self, job: dict[str, Any]) -> None:
+        for condition in job.get("status", {}).get("conditions", []):
+            if condition["type"] == "Suspended":
+                condition.update(
+                    status="False",
+                    reason="PyTorchJobResumed",
+                    message=f"PyTorchJob {job['metadata']['name']} is resumed.",
+                    lastTransitionTime=_now(),
+                )
+        job["metadata"]["resourceVersion"] = self._next_version()
+        self._job_changed("MODIFIED", job)
+        self._operator_starts(job)
+
+    def kueue_admits(self, name: str, namespace: str = "default") -> None:
+        """Kueue admits the job's workload: it unsuspends the job (Kueue's own update)."""
+        job = self.jobs[(namespace, name)]
+        job["spec"]["runPolicy"]["suspend"] = False
+        job["metadata"]["generation"] += 1
+        self._operator_resumes(job)
 
     # ---- deletion and the garbage collector (generic semantics, Kubernetes 1.33) ------
 
@@ -825,6 +891,10 @@ def _propagation_policy(request: web.Request) -> str:
             '"Foreground", "Background", "Orphan"',
         )
     return str(policy)
+
+
+def _suspended(job: dict[str, Any]) -> bool:
+    return bool(job["spec"].get("runPolicy", {}).get("suspend", False))
 
 
 def _owner_references(obj: dict[str, Any]) -> list[dict[str, Any]]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 
 
 @asynccontextmanager
-async def prefect_variables(client: PrefectClient, values: dict[str, str]) -> AsyncIterator[None]:
+async def prefect_variables(client: PrefectClient, values: dict[str, Any]) -> AsyncIterator[None]:
     before = {name: await client.read_variable_by_name(name) for name in values}
     for name, value in values.items():
         if before[name] is None:

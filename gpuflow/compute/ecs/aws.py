@@ -11,6 +11,28 @@ from gpuflow.compute.ecs.outcome import EcsTaskError
 
 _T = TypeVar("_T")
 
+# Every AWS API operation the ECS backend calls, and the IAM actions each needs (Amazon
+# ECS Developer Guide, "Grant permission to tag resources on creation": RegisterTaskDefinition
+# and RunTask with tags also need ecs:TagResource; a task or execution role in the request
+# or its task definition needs iam:PassRole). The Terraform task role grants exactly these
+# (tests/infra/test_terraform.py), and the ECS tests fail on a call the code makes that is
+# not listed (tests/ecs/conftest.py records what the ECS test servers receive).
+API_CALLS: dict[str, tuple[str, ...]] = {
+    "ecs:DescribeTaskDefinition": ("ecs:DescribeTaskDefinition",),
+    "ecs:RegisterTaskDefinition": (
+        "ecs:RegisterTaskDefinition",
+        "ecs:TagResource",
+        "iam:PassRole",
+    ),
+    "ecs:RunTask": ("ecs:RunTask", "ecs:TagResource", "iam:PassRole"),
+    "ecs:DescribeTasks": ("ecs:DescribeTasks",),
+    "ecs:ListTasks": ("ecs:ListTasks",),  # the reconciler's sweep for orphaned tasks
+    "ecs:StopTask": ("ecs:StopTask",),
+    "logs:GetLogEvents": ("logs:GetLogEvents",),
+}
+# Only with the block's create_log_group (off by default: Terraform creates the group).
+OPTIONAL_API_CALLS: dict[str, tuple[str, ...]] = {"logs:CreateLogGroup": ("logs:CreateLogGroup",)}
+
 _CONFIG_ERROR_CODES = frozenset(
     {
         "ClusterNotFoundException",

@@ -23,7 +23,11 @@ from gpuflow.compute.ecs.taskdef import (
     MountPoint,
     Volume,
 )
-from gpuflow.compute.pool_variables import default_to_variables, id_or_reference
+from gpuflow.compute.pool_variables import (
+    VARIABLE_REFERENCE_PATTERN,
+    default_to_variables,
+    id_or_reference,
+)
 
 DEFAULT_NAS_MOUNT_PATH = "/mnt/nas"  # the same path as the Kubernetes template and Terraform
 
@@ -37,9 +41,18 @@ PREFECT_VARIABLES: dict[str, str] = {
     "efs_file_system_id": "gpuflow_efs_file_system_id",
     "efs_access_point_id": "gpuflow_efs_access_point_id",
     "nas_mount_path": "gpuflow_nas_mount_path",
+    "network_configuration": "gpuflow_ecs_network_configuration",
+    # prefect-aws takes a network configuration only with the VPC it belongs to.
+    "vpc_id": "gpuflow_ecs_vpc_id",
 }
-# Given by `gpuflow bootstrap` when neither the stack nor Terraform set it.
-PREFECT_VARIABLE_DEFAULTS: dict[str, str] = {"gpuflow_nas_mount_path": DEFAULT_NAS_MOUNT_PATH}
+# Given by `gpuflow bootstrap` when neither the stack nor Terraform set it. An empty
+# network configuration is prefect-aws's own default (the default VPC's subnets): the
+# template variable must resolve to an object, never to the "" of a missing variable.
+PREFECT_VARIABLE_DEFAULTS: dict[str, Any] = {
+    "gpuflow_nas_mount_path": DEFAULT_NAS_MOUNT_PATH,
+    "gpuflow_ecs_network_configuration": {},
+}
+
 
 _VARIABLES: dict[str, dict[str, Any]] = {
     "efs_file_system_id": {
@@ -73,6 +86,14 @@ def ecs_base_job_template() -> dict[str, Any]:
     template = copy.deepcopy(ECSWorker.get_default_base_job_template())
     variables = template["variables"]
     variables["properties"].update(copy.deepcopy(_VARIABLES))
+    # An object, or (the default) a reference to the Prefect variable holding one: the
+    # server checks defaults against the schema before resolving any variable.
+    network = variables["properties"]["network_configuration"]
+    object_schema = {key: network.pop(key) for key in ("type", "additionalProperties")}
+    network["anyOf"] = [
+        object_schema,
+        {"type": "string", "pattern": f"^{VARIABLE_REFERENCE_PATTERN}$"},
+    ]
     variables["required"] = sorted({*variables.get("required", []), *_REQUIRED})
     default_to_variables(variables["properties"], PREFECT_VARIABLES)
 

@@ -112,10 +112,15 @@ class EcsTask(ComputeTarget):
         default=None, description="Role ECS uses to pull the image, read secrets, write logs."
     )
     task_role_arn: str | None = Field(default=None, description="Role the job itself runs as.")
-    log_group: str = Field(default="/gpuflow/jobs", description="CloudWatch log group.")
+    log_group: str = Field(
+        default="/gpuflow/jobs",
+        description="CloudWatch log group (Terraform's ecs module creates /gpuflow/jobs).",
+    )
     log_stream_prefix: str = Field(default="gpuflow", pattern=r"^[^:*/][^:*]*$")
     create_log_group: bool = Field(
-        default=True, description="Create the log group if it is missing (logs:CreateLogGroup)."
+        default=False,
+        description="Create the log group if it is missing (needs logs:CreateLogGroup, which "
+        "Terraform's task role does not grant: the module creates the group).",
     )
     launch_type: LaunchType | None = Field(
         default=LaunchType.FARGATE,
@@ -140,6 +145,12 @@ class EcsTask(ComputeTarget):
     subnets: list[str] = Field(min_length=1, description="Subnets of the task (awsvpc).")
     security_groups: list[str] = Field(default_factory=list)
     assign_public_ip: bool = False
+    vpc_id: str | None = Field(
+        default=None,
+        pattern=r"^vpc-[0-9a-f]+$",
+        description="VPC of the subnets: the ecs work pool's flow tasks use these subnets and "
+        "security groups, and prefect-aws takes them only with their VPC.",
+    )
     environment: dict[str, str] = Field(default_factory=dict)
     secrets: dict[str, SecretStr] = Field(
         default_factory=dict,
@@ -205,12 +216,15 @@ class EcsTask(ComputeTarget):
                 f"nas_root is {nas_root}: mount it at the same path everywhere"
             )
 
-    def flow_pool_variables(self) -> dict[str, str]:
-        # Flow tasks run in the jobs' cluster, as the jobs' roles, on the jobs' NAS root.
-        values = {
+    def flow_pool_variables(self) -> dict[str, Any]:
+        # Flow tasks run in the jobs' cluster, as the jobs' roles, on the jobs' NAS root,
+        # in the jobs' subnets and security groups.
+        values: dict[str, Any] = {
             "gpuflow_ecs_cluster": self.cluster,
             "gpuflow_ecs_execution_role_arn": self.execution_role_arn,
             "gpuflow_ecs_task_role_arn": self.task_role_arn,
+            "gpuflow_ecs_network_configuration": self._network_configuration().to_api(),
+            "gpuflow_ecs_vpc_id": self.vpc_id,
         }
         if self.nas is not None:
             values["gpuflow_efs_file_system_id"] = self.nas.file_system_id
@@ -354,16 +368,19 @@ class EcsTask(ComputeTarget):
             launch_type=self.launch_type,
             capacity_provider_strategy=self.capacity_provider_strategy or None,
             placement_constraints=self._gpu_type_placement(job),
-            network_configuration=NetworkConfiguration(
-                awsvpc_configuration=AwsVpcConfiguration(
-                    subnets=self.subnets,
-                    security_groups=self.security_groups or None,
-                    assign_public_ip="ENABLED" if self.assign_public_ip else "DISABLED",
-                )
-            ),
+            network_configuration=self._network_configuration(),
             overrides=overrides,
             tags=[Tag(key=k, value=v) for k, v in sorted(tags.items())],
             client_token=client_token,
+        )
+
+    def _network_configuration(self) -> NetworkConfiguration:
+        return NetworkConfiguration(
+            awsvpc_configuration=AwsVpcConfiguration(
+                subnets=self.subnets,
+                security_groups=self.security_groups or None,
+                assign_public_ip="ENABLED" if self.assign_public_ip else "DISABLED",
+            )
         )
 
     def _overrides(self, job: JobSpec) -> TaskOverride:

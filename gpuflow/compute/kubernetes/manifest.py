@@ -313,11 +313,14 @@ def build_pytorchjob(
     secret_env_keys: tuple[str, ...] = (),
     owner: OwnerReference | None = None,
     pending_allowance_s: float = 0.0,
+    suspended: bool = False,
 ) -> dict[str, Any]:
     """The PyTorchJob that runs ``job``: a Master and, for more GPUs, Workers.
 
     ``secret_env_name`` names a Secret holding ``secret_env_keys`` (env var name = key):
-    the manifest references them; their values never appear in it. The operator's
+    the manifest references them; their values never appear in it. ``suspended`` creates
+    the job with ``runPolicy.suspend`` (no pods until it is resumed, or Kueue admits it):
+    time for its Secret to be created owned by it. The operator's
     deadline counts from creation, so it is the job's timeout plus ``pending_allowance_s``
     (the longest wait for pods to start).
     """
@@ -347,13 +350,13 @@ def build_pytorchjob(
         }
     spec: dict[str, Any] = {
         "pytorchReplicaSpecs": replica_specs,
-        "runPolicy": _run_policy(config, job.timeout_s + pending_allowance_s),
+        "runPolicy": _run_policy(config, job.timeout_s + pending_allowance_s, suspended),
         "nprocPerNode": config.nproc_per_node_for(),
     }
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": spec}
 
 
-def _run_policy(config: PyTorchJobConfig, deadline_s: float) -> dict[str, Any]:
+def _run_policy(config: PyTorchJobConfig, deadline_s: float, suspended: bool) -> dict[str, Any]:
     policy = config.run_policy
     # The operator enforces the job's timeout too, so a job outlives no dead watcher.
     deadline = int(deadline_s) + 1
@@ -364,6 +367,8 @@ def _run_policy(config: PyTorchJobConfig, deadline_s: float) -> dict[str, Any]:
         "backoffLimit": policy.backoff_limit,
         "activeDeadlineSeconds": deadline,
     }
+    if suspended:
+        data["suspend"] = True
     if policy.ttl_seconds_after_finished is not None:
         data["ttlSecondsAfterFinished"] = policy.ttl_seconds_after_finished
     scheduling = config.scheduling_policy

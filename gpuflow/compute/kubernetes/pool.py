@@ -44,13 +44,16 @@ FLOW_POD_RULES: list[dict[str, Any]] = [
     {
         "apiGroups": [GROUP],
         "resources": [PLURAL],
-        "verbs": ["create", "get", "list", "watch", "delete"],
+        # patch: resuming a job created suspended (the one with a Secret).
+        "verbs": ["create", "get", "list", "watch", "patch", "delete"],
     },
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]},
-    # The per-job Secret carrying secret env values (created, handed to the job, removed).
-    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "patch", "delete"]},
+    # The per-job Secret carrying secret env values: only created, owned by its job from
+    # birth (the garbage collector deletes it), so the flow pod can neither read, change
+    # nor delete any Secret. create cannot be narrowed by resourceNames: docs/kubernetes.md.
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
     # Owner references with blockOwnerDeletion (the PyTorchJob owned by the flow pod's
     # Job, the Secret by its PyTorchJob) need update on the owner's finalizers where the
     # OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift, others).

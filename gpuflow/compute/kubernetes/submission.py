@@ -23,6 +23,7 @@ from kubernetes_asyncio.client import (
     CoreV1Api,
     CustomObjectsApi,
     V1ObjectMeta,
+    V1OwnerReference,
     V1Secret,
 )
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -139,26 +140,27 @@ class PyTorchJobRun:
     # ---- creation -----------------------------------------------------------------
 
     async def _create(self) -> None:
-        secret_name = f"{self.name}-env" if self.target.secret_env else None
         manifest = self.target.pytorchjob_manifest(
             self.job, self.name, owner=await self._flow_owner()
         )
         await self._validate(manifest)
         # From before the job exists: no replica can end unseen.
         await self.pod_watcher.open()
-        if secret_name is not None:
-            await self._create_secret(secret_name)
         self.submitted = True  # from here on, a failure or cancellation deletes the job
         try:
             created = await self.custom.create_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, PLURAL, manifest, field_validation="Strict"
             )
         except ApiException as error:
-            if secret_name is not None:
-                await self._delete_secret(secret_name)
             raise api_error(f"creating PyTorchJob {self.namespace}/{self.name}", error) from None
-        if secret_name is not None:
-            await self._own_secret(secret_name, created["metadata"]["uid"])
+        if self.target.secret_env:
+            # The job waits suspended: its Secret is born owned by it, then it may start.
+            owner = OwnerReference(
+                api_version=API_VERSION, kind=KIND, name=self.name, uid=created["metadata"]["uid"]
+            )
+            await self._create_secret(f"{self.name}-env", owner)
+            if not self.target.pytorchjob.kueue_queue:  # Kueue resumes it on admission
+                await self._resume()
         self.log.info(
             "Created PyTorchJob %s/%s (%d GPU(s), image %s)",
             self.namespace,
@@ -211,7 +213,7 @@ class PyTorchJobRun:
         self.log.warning("Flow pod %s has no owning Job: the PyTorchJob gets no owner", pod_name)
         return None
 
-    async def _create_secret(self, secret_name: str) -> None:
+    async def _create_secret(self, secret_name: str, owner: OwnerReference) -> None:
         body = V1Secret(
             api_version="v1",
             kind="Secret",
@@ -219,6 +221,16 @@ class PyTorchJobRun:
                 name=secret_name,
                 namespace=self.namespace,
                 labels={JOB_LABEL: label_value(self.job.name)},
+                owner_references=[
+                    V1OwnerReference(
+                        api_version=owner.api_version,
+                        kind=owner.kind,
+                        name=owner.name,
+                        uid=owner.uid,
+                        block_owner_deletion=True,
+                        controller=False,
+                    )
+                ],
             ),
             type="Opaque",
             string_data={
@@ -235,20 +247,19 @@ class PyTorchJobRun:
                 retryable=error.status is None or error.status >= 500 or error.status == 429,
             ) from None
 
-    async def _own_secret(self, secret_name: str, job_uid: str) -> None:
-        """Hand the Secret to the job, so the job's deletion (or TTL) removes it too."""
-        owner = OwnerReference(api_version=API_VERSION, kind=KIND, name=self.name, uid=job_uid)
-        patch = {"metadata": {"ownerReferences": [owner.manifest()]}}
+    async def _resume(self) -> None:
         try:
-            await self.core.patch_namespaced_secret(secret_name, self.namespace, patch)
+            await self.custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                self.namespace,
+                PLURAL,
+                self.name,
+                # A list: the client labels it a JSON patch (and a dict too, wrongly).
+                [{"op": "replace", "path": "/spec/runPolicy/suspend", "value": False}],
+            )
         except ApiException as error:
-            self.log.warning("Could not hand Secret %s to its job: %s", secret_name, error.reason)
-
-    async def _delete_secret(self, secret_name: str) -> None:
-        try:
-            await self.core.delete_namespaced_secret(secret_name, self.namespace)
-        except ApiException as error:
-            self.log.warning("Could not delete Secret %s: %s", secret_name, error.reason)
+            raise api_error(f"resuming PyTorchJob {self.namespace}/{self.name}", error) from None
 
     async def _delete(self) -> None:
         try:

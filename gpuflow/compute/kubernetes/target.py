@@ -87,7 +87,7 @@ class KubernetesPyTorchJob(ComputeTarget):
         description="Most bytes of all of a job's pod logs copied to <workdir>/logs/.",
     )
 
-    def flow_pool_variables(self) -> dict[str, str]:
+    def flow_pool_variables(self) -> dict[str, Any]:
         # Flow pods share the jobs' namespace and NAS claim; the jobs' service account is
         # not the flow pod's (that one holds the flow's Role), so it is not given here.
         config = self.pytorchjob
@@ -109,7 +109,10 @@ class KubernetesPyTorchJob(ComputeTarget):
         self, job: JobSpec, name: str, owner: OwnerReference | None = None
     ) -> dict[str, Any]:
         """The PyTorchJob ``name`` that runs ``job``; secret values stay in a Secret of
-        their own (``<name>-env``) that the manifest only references."""
+        their own (``<name>-env``) that the manifest only references. With such a Secret
+        the job is created suspended: the Secret is then created owned by the job (so
+        the garbage collector removes it with the job: the flow pod needs no patch or
+        delete on Secrets), and the job resumed."""
         return build_pytorchjob(
             self.pytorchjob,
             job,
@@ -118,6 +121,7 @@ class KubernetesPyTorchJob(ComputeTarget):
             secret_env_keys=tuple(self.secret_env),
             owner=owner,
             pending_allowance_s=self.pending_deadline_s,
+            suspended=bool(self.secret_env),
         )
 
     def preview(self, job: JobSpec) -> dict[str, Any]:

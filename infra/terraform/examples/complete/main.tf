@@ -120,18 +120,25 @@ module "prefect" {
 
   variables = merge(
     {
-      gpuflow_nas_mount_path              = var.nas_mount_path
-      gpuflow_nas_pvc_name                = module.kubernetes.pvc_name
-      gpuflow_k8s_namespace               = module.kubernetes.namespace
-      gpuflow_k8s_service_account         = module.kubernetes.service_account_name
-      gpuflow_ecs_cluster                 = module.ecs.cluster_arn
-      gpuflow_ecs_task_role_arn           = module.ecs.task_role_arn
-      gpuflow_ecs_execution_role_arn      = module.ecs.task_execution_role_arn
-      gpuflow_ecs_log_group               = module.ecs.log_group_name
-      gpuflow_efs_file_system_id          = module.nas.file_system_id
-      gpuflow_efs_access_point_id         = module.nas.access_point_id
-      gpuflow_ecs_tasks_security_group_id = module.ecs.tasks_security_group_id
-      gpuflow_subnet_ids                  = join(",", var.private_subnet_ids)
+      gpuflow_nas_mount_path         = var.nas_mount_path
+      gpuflow_nas_pvc_name           = module.kubernetes.pvc_name
+      gpuflow_k8s_namespace          = module.kubernetes.namespace
+      gpuflow_k8s_service_account    = module.kubernetes.service_account_name
+      gpuflow_ecs_cluster            = module.ecs.cluster_arn
+      gpuflow_ecs_task_role_arn      = module.ecs.task_role_arn
+      gpuflow_ecs_execution_role_arn = module.ecs.task_execution_role_arn
+      gpuflow_ecs_log_group          = module.ecs.log_group_name
+      gpuflow_efs_file_system_id     = module.nas.file_system_id
+      gpuflow_efs_access_point_id    = module.nas.access_point_id
+      # The ecs pool's flow tasks: the jobs' private subnets and security group.
+      gpuflow_ecs_vpc_id = var.vpc_id
+      gpuflow_ecs_network_configuration = {
+        awsvpcConfiguration = {
+          subnets        = var.private_subnet_ids
+          securityGroups = [module.ecs.tasks_security_group_id]
+          assignPublicIp = "DISABLED"
+        }
+      }
     },
     # Only with EC2 GPU capacity: a Prefect variable cannot be null.
     var.enable_gpu_capacity ? { gpuflow_ecs_gpu_capacity_provider = module.ecs.gpu_capacity_provider_name } : {},

@@ -88,19 +88,11 @@ resource "aws_iam_role" "task" {
 }
 
 data "aws_iam_policy_document" "task" {
+  # Following a job's log stream. The group is this module's: gpuflow does not create it.
   statement {
-    sid = "ReadGpuflowLogs"
-    actions = [
-      "logs:CreateLogStream",
-      "logs:PutLogEvents",
-      "logs:DescribeLogStreams",
-      "logs:GetLogEvents",
-      "logs:FilterLogEvents",
-    ]
-    resources = [
-      aws_cloudwatch_log_group.tasks.arn,
-      "${aws_cloudwatch_log_group.tasks.arn}:*",
-    ]
+    sid       = "ReadGpuflowJobLogs"
+    actions   = ["logs:GetLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.tasks.arn}:*"]
   }
 
   dynamic "statement" {
@@ -172,10 +164,48 @@ data "aws_iam_policy_document" "task" {
 
     content {
       sid     = "WatchAndStopJobTasks"
-      actions = ["ecs:DescribeTasks", "ecs:StopTask", "ecs:TagResource"]
+      actions = ["ecs:DescribeTasks", "ecs:StopTask"]
       resources = [
         "arn:${local.partition}:ecs:${local.region}:${local.account_id}:task/${statement.value}/*",
       ]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = var.allow_task_submission ? [aws_ecs_cluster.this.arn] : []
+
+    content {
+      # The reconciler's sweep for job tasks whose flow run is gone.
+      sid       = "ListJobTasks"
+      actions   = ["ecs:ListTasks"]
+      resources = ["arn:${local.partition}:ecs:${local.region}:${local.account_id}:container-instance/${aws_ecs_cluster.this.name}/*"]
+
+      condition {
+        test     = "ArnEquals"
+        variable = "ecs:cluster"
+        values   = [statement.value]
+      }
+    }
+  }
+
+  dynamic "statement" {
+    for_each = var.allow_task_submission ? [aws_ecs_cluster.this.name] : []
+
+    content {
+      # RegisterTaskDefinition and RunTask send tags: tag-on-create needs ecs:TagResource,
+      # only for those two creating actions.
+      sid     = "TagJobResourcesOnCreate"
+      actions = ["ecs:TagResource"]
+      resources = [
+        "arn:${local.partition}:ecs:${local.region}:${local.account_id}:task/${statement.value}/*",
+        "arn:${local.partition}:ecs:${local.region}:${local.account_id}:task-definition/${var.name}-*:*",
+      ]
+
+      condition {
+        test     = "StringEquals"
+        variable = "ecs:CreateAction"
+        values   = ["RegisterTaskDefinition", "RunTask"]
+      }
     }
   }
 

@@ -17,7 +17,7 @@ locals {
   account_id = data.aws_caller_identity.current.account_id
   region     = data.aws_region.current.region
 
-  log_group_name      = "/gpuflow/${var.name}"
+  log_group_name      = var.log_group_name
   exec_log_group_name = "/gpuflow/${var.name}/exec"
   log_group_arns = [
     "arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group:${local.log_group_name}",

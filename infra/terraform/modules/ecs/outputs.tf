@@ -73,3 +73,8 @@ output "tasks_security_group_id" {
   description = "Security group of gpuflow's awsvpc tasks (allow it on the NAS), or null when vpc_id is not set."
   value       = try(aws_security_group.tasks[0].id, null)
 }
+
+output "prefect_worker_service_name" {
+  description = "ECS service of the Prefect ECS worker (null without enable_prefect_worker)."
+  value       = one(aws_ecs_service.worker[*].name)
+}

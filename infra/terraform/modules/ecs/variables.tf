@@ -155,6 +155,17 @@ variable "gpu_root_volume_size" {
 # Logs, encryption, images
 ################################################################################
 
+variable "log_group_name" {
+  description = "CloudWatch log group of gpuflow's job tasks: the ECS block's log_group (its default is /gpuflow/jobs), created here, so the block's create_log_group stays off."
+  type        = string
+  default     = "/gpuflow/jobs"
+
+  validation {
+    condition     = can(regex("^[.\\-_/#A-Za-z0-9]{1,512}$", var.log_group_name))
+    error_message = "log_group_name must be 1-512 characters of letters, digits and . - _ / #."
+  }
+}
+
 variable "log_retention_in_days" {
   description = "Retention of the CloudWatch log group of gpuflow's tasks."
   type        = number
@@ -274,4 +285,44 @@ variable "vpc_id" {
     condition     = var.vpc_id == null || can(regex("^vpc-[0-9a-f]+$", var.vpc_id))
     error_message = "vpc_id must look like vpc-0123abcd."
   }
+}
+
+################################################################################
+# Prefect ECS worker (optional): an ECS service that runs the ecs work pool's flows
+################################################################################
+
+variable "enable_prefect_worker" {
+  description = "Run a Prefect ECS worker as an ECS service on this cluster (Fargate), polling prefect_work_pool_name and starting each flow run as an ECS task."
+  type        = bool
+  default     = false
+}
+
+variable "prefect_worker_image" {
+  description = "Image of the worker: Prefect with prefect-aws (the version gpuflow's template was rendered with, prefect-aws 0.7.12)."
+  type        = string
+  default     = "prefecthq/prefect-aws:0.7.12-python3.12"
+}
+
+variable "prefect_work_pool_name" {
+  description = "The ecs work pool the worker polls (gpuflow bootstrap names it gpuflow-ecs)."
+  type        = string
+  default     = "gpuflow-ecs"
+}
+
+variable "prefect_api_url" {
+  description = "PREFECT_API_URL of the worker (a Prefect server, or a Prefect Cloud workspace URL). Required with enable_prefect_worker."
+  type        = string
+  default     = null
+}
+
+variable "prefect_api_key_secret_arn" {
+  description = "Secrets Manager secret holding the worker's PREFECT_API_KEY (null for a server without auth). Add it to secret_arns so the execution role may read it."
+  type        = string
+  default     = null
+}
+
+variable "worker_subnet_ids" {
+  description = "Subnets of the worker task (private, with a route to the Prefect API). Required with enable_prefect_worker."
+  type        = list(string)
+  default     = []
 }

@@ -178,7 +178,7 @@ resource "kubernetes_role_v1" "flow" {
   rule {
     api_groups = ["kubeflow.org"]
     resources  = ["pytorchjobs"]
-    verbs      = ["create", "get", "list", "watch", "delete"]
+    verbs      = ["create", "get", "list", "watch", "patch", "delete"]
   }
 
   rule {
@@ -199,11 +199,12 @@ resource "kubernetes_role_v1" "flow" {
     verbs      = ["get", "list", "watch"]
   }
 
-  # The per-job Secret carrying secret env values (created, handed to the job, removed).
+  # The per-job Secret carrying secret env values: only created, owned by its job from
+  # birth (the garbage collector deletes it). See docs/kubernetes.md for what create allows.
   rule {
     api_groups = [""]
     resources  = ["secrets"]
-    verbs      = ["create", "patch", "delete"]
+    verbs      = ["create"]
   }
 
   # Owner references with blockOwnerDeletion need update on the owner's finalizers where

@@ -232,3 +232,31 @@ variable "prefect_worker_values" {
   type        = any
   default     = {}
 }
+
+################################################################################
+# Cluster add-ons (optional): what the GPU jobs need from the cluster
+################################################################################
+
+variable "install_efs_csi_driver" {
+  description = "Install the AWS EFS CSI driver (kubernetes-sigs/aws-efs-csi-driver chart) for the NAS PVC. Off: EKS clusters usually run it as an EKS add-on."
+  type        = bool
+  default     = false
+}
+
+variable "efs_csi_driver_chart_version" {
+  description = "Pinned aws-efs-csi-driver chart version (3.1.4 is driver v2.1.3)."
+  type        = string
+  default     = "3.1.4"
+}
+
+variable "install_nvidia_device_plugin" {
+  description = "Install the NVIDIA device plugin (NVIDIA/k8s-device-plugin chart), which advertises nvidia.com/gpu. Off: GPU AMIs and GPU operators usually bring it."
+  type        = bool
+  default     = false
+}
+
+variable "nvidia_device_plugin_chart_version" {
+  description = "Pinned nvidia-device-plugin chart version."
+  type        = string
+  default     = "0.19.0"
+}

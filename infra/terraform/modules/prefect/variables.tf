@@ -133,9 +133,11 @@ variable "gpu_limits_active" {
 ################################################################################
 
 variable "variables" {
-  description = "Prefect variables to create (name => string value), e.g. the NAS mount path and PVC name that the base job templates read with {{ prefect.variables.<name> }}."
-  type        = map(string)
-  default     = {}
+  description = "Prefect variables to create (name => JSON value: a string, or an object such as gpuflow_ecs_network_configuration), e.g. the NAS mount path and PVC name that the base job templates read with {{ prefect.variables.<name> }}."
+  # any, not map(any): map(any) would make every value one type, and these mix strings
+  # with objects (the prefect provider's variable value is dynamic).
+  type    = any
+  default = {}
 
   validation {
     condition     = alltrue([for name in keys(var.variables) : can(regex("^[a-z_][a-z0-9_]*$", name))])
