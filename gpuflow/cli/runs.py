@@ -241,9 +241,11 @@ def submit(
     from gpuflow.pipeline.submission import (
         backend_preview,
         check_capacity_for,
+        check_file_input,
         find_deployment,
         idle_pool_warning,
         planned_run,
+        read_stack_settings,
         submit_request,
         upload_local_input,
     )
@@ -264,9 +266,12 @@ def submit(
         async def create(request: VideoRequest) -> UUID | None:
             async with get_client() as client:
                 target = await find_deployment(client, deployment)
+                settings = await read_stack_settings(client, stack)
                 await check_capacity_for(
-                    client, stack, gpus_beyond_bound or request.gpus, request.gpu_type
+                    settings, gpus_beyond_bound or request.gpus, request.gpu_type
                 )
+                if local_image is None:
+                    check_file_input(settings, stack, request.image_uri)
                 if gpus_beyond_bound is not None:
                     request = parse_request(fields)  # the limits hold them: the bound refuses
                 if dry_run:

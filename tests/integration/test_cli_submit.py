@@ -75,6 +75,31 @@ def test_a_path_that_is_no_file_is_refused_before_anything_is_sent(
     assert "Submitted" not in done.stdout
 
 
+def test_a_file_uri_the_run_could_not_read_is_refused_before_the_run_exists(
+    deployed: Deployed, layout: EmbeddedLayout, prefect_server: LocalServer, state_dir: Path
+) -> None:
+    store = layout.store_root.resolve()
+    missing_in_store = f"file://{store}/samples/missing-{uuid.uuid4().hex[:6]}.png"
+    refusals = {
+        "file:///nonexist.png": (
+            f"image_uri 'file:///nonexist.png' is outside the stack's file:// store {store}: "
+            "pass the picture's local path instead"
+        ),
+        missing_in_store: (
+            f"image_uri {missing_in_store!r}: no such file in the stack's file:// store {store}"
+        ),
+    }
+    for image_uri, refusal in refusals.items():
+        for dry_run in ([], ["--dry-run"]):
+            done = _gpuflow(
+                prefect_server, state_dir, state_dir, "submit", "--prompt", "x",
+                "--image-uri", image_uri, "--stack", deployed.stack, *dry_run,
+            )  # fmt: skip
+            assert done.returncode == 1, done.stdout + done.stderr
+            assert refusal in done.stderr
+            assert "Submitted" not in done.stdout and "Dry run" not in done.stderr
+
+
 def test_more_gpus_than_the_limit_holds_are_refused_naming_the_cap(
     deployed: Deployed, layout: EmbeddedLayout, prefect_server: LocalServer, state_dir: Path
 ) -> None:
