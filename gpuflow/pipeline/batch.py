@@ -40,6 +40,7 @@ from pydantic import BaseModel, Field
 
 from gpuflow.core.batch_manifest import Manifest, ManifestEntry, manifest_format, parse_manifest
 from gpuflow.core.errors import GpuflowError
+from gpuflow.pipeline.result import artifact_key
 from gpuflow.pipeline.stack import GpuflowStack
 from gpuflow.pipeline.submission import (
     DEFAULT_DEPLOYMENT,
@@ -264,7 +265,7 @@ async def batch_generate(
     )
     await acreate_table_artifact(
         [row.model_dump() for row in rows],
-        key=f"batch-{batch.lower().replace('_', '-').replace('.', '-')}",
+        key=artifact_key("batch", batch),
         description=f"Batch {batch}: {succeeded}/{len(tracked)} succeeded",
     )
     if summary.failed:
