@@ -7,6 +7,7 @@ A request's priority picks the work queue of the deployment's pool (``high``, ``
 from __future__ import annotations
 
 import asyncio
+import enum
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -177,6 +178,51 @@ def check_file_input(settings: dict[str, Any], stack: str, image_uri: str) -> No
 
 # The workspace name a dry run shows where a run has its flow-run id.
 DRY_RUN_ID = "dry-run"
+
+
+class DryRunOutput(enum.StrEnum):
+    """What ``gpuflow submit --dry-run`` prints: the whole plan, or the one request of the
+    GPU step that a tool takes as it is (``kubectl apply -f -``, ``--cli-input-json``)."""
+
+    JSON = "json"
+    YAML = "yaml"
+    PYTORCHJOB = "pytorchjob"  # the PyTorchJob manifest, YAML
+    ECS_TASK_DEFINITION = "ecs-task-definition"  # RegisterTaskDefinition's input, JSON
+    ECS_RUN_TASK = "ecs-run-task"  # RunTask's input, JSON
+
+
+# The part of the GPU step's preview each single-request output prints, and its format.
+_GPU_JOB_PARTS = {
+    DryRunOutput.PYTORCHJOB: ("pytorchjob", "yaml"),
+    DryRunOutput.ECS_TASK_DEFINITION: ("register_task_definition", "json"),
+    DryRunOutput.ECS_RUN_TASK: ("run_task", "json"),
+}
+
+
+def render_dry_run(plan: dict[str, Any], output: DryRunOutput) -> str:
+    """The dry run's plan as ``output`` asks; a part the stack's compute target does not send
+    (a PyTorchJob of an ECS stack, a task definition the block names by ARN) is an error
+    naming the target."""
+    import json
+
+    import yaml
+
+    if output not in _GPU_JOB_PARTS:
+        document: Any = plan
+        fmt = output.value
+    else:
+        part, fmt = _GPU_JOB_PARTS[output]
+        gpu_job = plan["gpu_job"]
+        if part not in gpu_job:
+            sent = ", ".join(key for key in gpu_job if key not in ("compute", "workspace_files"))
+            raise SubmissionError(
+                f"--output {output.value}: the stack's compute target {gpu_job['compute']} "
+                f"sends no {part} (its dry run shows: {sent}); use --output json or yaml"
+            )
+        document = gpu_job[part]
+    if fmt == "yaml":
+        return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100).rstrip()
+    return json.dumps(document, indent=2, ensure_ascii=False)
 
 
 async def backend_preview(stack: str, request: VideoRequest) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
+import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
@@ -219,3 +220,20 @@ def test_a_dry_run_shows_the_run_it_would_create_and_creates_none(
     assert gpu_job["workspace_files"] == {prompt_file: "a cat"}
     assert f"--image={layout.nas_root}/workspaces/dry-run/inputs/cat.png" in gpu_job["argv"]
     assert not (layout.nas_root / "workspaces" / "dry-run").exists()
+
+    # The same plan as YAML, to pipe on; a part the local target does not send is refused.
+    dry_run = [
+        "submit", "--dry-run", "--prompt", "a cat", "--image-uri", "./cat.png",
+        "--priority", "high", "--stack", deployed.stack,
+    ]  # fmt: skip
+    as_yaml = _gpuflow(prefect_server, state_dir, tmp_path, *dry_run, "--output", "yaml")
+    assert as_yaml.returncode == 0, as_yaml.stderr
+    assert yaml.safe_load(as_yaml.stdout) == plan
+    no_manifest = _gpuflow(prefect_server, state_dir, tmp_path, *dry_run, "--output", "pytorchjob")
+    assert no_manifest.returncode == 1
+    assert (
+        "--output pytorchjob: the stack's compute target gpuflow-local-subprocess sends no "
+        "pytorchjob (its dry run shows: argv, workdir, gpus)"
+    ) in no_manifest.stderr
+    assert no_manifest.stdout == ""
+    assert asyncio.run(runs_of_the_deployment()) == before
