@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -178,6 +179,22 @@ def test_a_run_on_a_pool_no_worker_polls_says_how_to_start_one(
         f"warning: no worker polls work pool {pool!r}: the run waits until one does; "
         f"start one with `prefect worker start --pool {pool}`"
     ) in done.stderr
+
+    # Followed, the run would sit Scheduled then Late for ever: the warning comes first.
+    follower = subprocess.Popen(
+        [GPUFLOW, "submit", "--prompt", "x", "--image-uri", layout.seed_samples(),
+         "--deployment", deployment, "--stack", stack_name, "--follow", "--poll-s", "0.3"],
+        env=cli_env(state_dir, prefect_server), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert follower.stdout is not None and follower.stderr is not None
+    assert f"warning: no worker polls work pool {pool!r}" in follower.stderr.readline()
+    assert follower.stdout.readline().startswith("Submitted run ")
+    follower.stdout.readline()  # the UI link
+    assert "Scheduled" in follower.stdout.readline()  # following
+    follower.send_signal(signal.SIGINT)
+    follower.communicate("y\n", timeout=60)  # cancel the run that no worker would take
+    assert follower.returncode == 130
 
 
 def test_a_dry_run_shows_the_run_it_would_create_and_creates_none(
