@@ -212,9 +212,9 @@ def submit(
         typer.Option(
             "--dry-run",
             help="Check the request against the deployment and the GPU limits and print "
-            "(see --output) the run it would create and what its GPU step would send to the stack's "
-            "compute target (PyTorchJob manifest, ECS task definition and RunTask, or the "
-            "local command); create, upload and change nothing.",
+            "(see --output) the run it would create and what its GPU step would send to the "
+            "stack's compute target (PyTorchJob manifest, ECS task definition and RunTask, or "
+            "the local command); create, upload and change nothing.",
         ),
     ] = False,
     output: Annotated[

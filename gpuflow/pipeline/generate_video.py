@@ -144,10 +144,6 @@ def upload(stack: GpuflowStack, video: Path, run_id: str) -> str:
     return uri
 
 
-# Parameters are validated in the body, not by Prefect before it: Prefect's failed validation
-# reaches neither the run's logs nor (with the field named) the UI, a RequestError raised here
-# reaches both. The schema of the annotations still renders the form and is enforced by
-# deployments when a run is created.
 def _result_link(pipeline: GpuflowStack, uri: str) -> ResultLink | None:
     """The presigned link to the result, where the store signs one; a store that cannot sign
     (no credentials) leaves the artifact with the URI, the video being uploaded already."""
@@ -162,6 +158,10 @@ def _result_link(pipeline: GpuflowStack, uri: str) -> ResultLink | None:
     return ResultLink.valid_for(url, expires_s) if url else None
 
 
+# Parameters are validated in the body, not by Prefect before it: Prefect's failed validation
+# reaches neither the run's logs nor (with the field named) the UI, a RequestError raised here
+# reaches both. The schema of the annotations still renders the form and is enforced by
+# deployments when a run is created.
 @flow(name="generate-video", log_prints=True, validate_parameters=False)
 async def generate_video(request: VideoRequest, stack: str = "default") -> str:
     """Turn one image and a prompt into a watermarked MP4 in the object store.
