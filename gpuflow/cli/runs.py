@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -14,7 +13,7 @@ import typer
 from gpuflow.cli.support import CliExitCode, fail, load_data_file, prefect_api
 from gpuflow.core.request import MAX_GPUS_PER_REQUEST, Priority, parse_request
 from gpuflow.ops.embedded import default_state_dir
-from gpuflow.pipeline.submission import DEFAULT_DEPLOYMENT
+from gpuflow.pipeline.submission import DEFAULT_DEPLOYMENT, DryRunOutput
 
 # Prefect's client is imported in the commands' bodies, so that `--help` answers at once.
 if TYPE_CHECKING:
@@ -212,12 +211,21 @@ def submit(
         bool,
         typer.Option(
             "--dry-run",
-            help="Check the request against the deployment and the GPU limits and print, as "
-            "JSON, the run it would create and what its GPU step would send to the stack's "
-            "compute target (PyTorchJob manifest, ECS task definition and RunTask, or the "
-            "local command); create, upload and change nothing.",
+            help="Check the request against the deployment and the GPU limits and print "
+            "(see --output) the run it would create and what its GPU step would send to the "
+            "stack's compute target (PyTorchJob manifest, ECS task definition and RunTask, or "
+            "the local command); create, upload and change nothing.",
         ),
     ] = False,
+    output: Annotated[
+        DryRunOutput,
+        typer.Option(
+            metavar="FORMAT",
+            help="With --dry-run: json or yaml (the whole plan), or only the GPU step's "
+            "request, for a tool to take as it is: pytorchjob (YAML, for kubectl), "
+            "ecs-task-definition or ecs-run-task (JSON, for the aws CLI's --cli-input-json).",
+        ),
+    ] = DryRunOutput.JSON,
 ) -> None:
     """Create a run of a deployment for one request.
 
@@ -241,13 +249,18 @@ def submit(
     from gpuflow.pipeline.submission import (
         backend_preview,
         check_capacity_for,
+        check_file_input,
         find_deployment,
         idle_pool_warning,
         planned_run,
+        read_stack_settings,
+        render_dry_run,
         submit_request,
         upload_local_input,
     )
 
+    if output != DryRunOutput.JSON and not dry_run:
+        raise fail(f"--output {output.value} applies to --dry-run only")
     fields = _request_fields(file, options, set_fields or [])
     local_image = _local_image(fields.get("image_uri"))
     if local_image is not None:
@@ -264,9 +277,12 @@ def submit(
         async def create(request: VideoRequest) -> UUID | None:
             async with get_client() as client:
                 target = await find_deployment(client, deployment)
+                settings = await read_stack_settings(client, stack)
                 await check_capacity_for(
-                    client, stack, gpus_beyond_bound or request.gpus, request.gpu_type
+                    settings, gpus_beyond_bound or request.gpus, request.gpu_type
                 )
+                if local_image is None:
+                    check_file_input(settings, stack, request.image_uri)
                 if gpus_beyond_bound is not None:
                     request = parse_request(fields)  # the limits hold them: the bound refuses
                 if dry_run:
@@ -281,7 +297,7 @@ def submit(
                             update={"image_uri": f"file:///{local_image.name}"}
                         )
                     plan["gpu_job"] = await backend_preview(stack, staged)
-                    typer.echo(json.dumps(plan, indent=2))
+                    typer.echo(render_dry_run(plan, output))
                     return None
                 if local_image is not None:
                     uploaded = await upload_local_input(stack, local_image)

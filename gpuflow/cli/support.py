@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 
 from gpuflow.core.redaction import yaml_problem
 from gpuflow.ops.local_server import read_server
@@ -95,6 +94,8 @@ def prefect_api(state_dir: Path) -> Iterator[str]:
 
 def load_data_file(path: Path) -> dict[str, Any]:
     """A JSON or YAML mapping from a file, or an error naming the file."""
+    import yaml  # here, not at the top: every command's start-up would pay for it
+
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

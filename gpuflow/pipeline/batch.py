@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from pydantic import BaseModel, Field
 
 from gpuflow.core.batch_manifest import Manifest, ManifestEntry, manifest_format, parse_manifest
 from gpuflow.core.errors import GpuflowError
+from gpuflow.pipeline.result import artifact_key
 from gpuflow.pipeline.stack import GpuflowStack
 from gpuflow.pipeline.submission import (
     DEFAULT_DEPLOYMENT,
@@ -226,16 +228,21 @@ async def batch_generate(
                     tags=[BATCH_TAG + batch, REQUEST_TAG + item.entry.key],
                 )
                 in_flight[item.run.id] = item
+                _log_state(logger, item.entry.line, item.run, done, to_run)
             await asyncio.sleep(poll_interval_s)
             runs = await client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(in_flight))),
                 limit=len(in_flight),
             )
             for run in runs:
-                in_flight[run.id].run = run
+                item = in_flight[run.id]
+                changed = _state_name(item.run) != _state_name(run)
+                item.run = run
                 if _finished(run):
                     del in_flight[run.id]
                     done += 1
+                if changed:
+                    _log_state(logger, item.entry.line, run, done, to_run)
             if to_run:
                 await aupdate_progress_artifact(
                     progress, 100.0 * done / to_run, description=f"batch {batch}: {done}/{to_run}"
@@ -258,7 +265,7 @@ async def batch_generate(
     )
     await acreate_table_artifact(
         [row.model_dump() for row in rows],
-        key=f"batch-{batch.lower().replace('_', '-').replace('.', '-')}",
+        key=artifact_key("batch", batch),
         description=f"Batch {batch}: {succeeded}/{len(tracked)} succeeded",
     )
     if summary.failed:
@@ -266,9 +273,32 @@ async def batch_generate(
     return summary
 
 
+def _state_name(run: FlowRun | None) -> str:
+    if run is None or run.state is None:
+        return "Not run"
+    return run.state.name or run.state.type.value.title()
+
+
+def _log_state(
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    line: int,
+    run: FlowRun,
+    done: int,
+    to_run: int,
+) -> None:
+    """One line per state change of a request's run, so a batch in a terminal (or its flow
+    run's logs in the UI) shows where every request is while runs are in flight."""
+    message = run.state.message if run.state is not None and _finished(run) else None
+    logger.info(
+        "line %d: %s (run %s, %s) · %d/%d finished%s",
+        line, _state_name(run), run.name, run.id, done, to_run,
+        f" · {message}" if message and not _succeeded(run) else "",
+    )  # fmt: skip
+
+
 def _row(item: _Tracked, pipeline: GpuflowStack) -> BatchRow:
     run = item.run
-    state = run.state.name if run is not None and run.state is not None else "Not run"
+    state = _state_name(run)
     return BatchRow(
         line=item.entry.line,
         request_key=item.entry.key,

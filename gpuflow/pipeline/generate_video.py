@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import cast
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import acreate_link_artifact, acreate_table_artifact
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder, State, TaskRun
 from prefect.context import TaskRunContext
@@ -30,6 +30,7 @@ from gpuflow.pipeline.costs import RunCosts
 from gpuflow.pipeline.input_image import check_input_image
 from gpuflow.pipeline.job_contract import OUTPUT_NAME, RAW_OUTPUT, job_spec
 from gpuflow.pipeline.progress import ProgressReporter, job_line_handler
+from gpuflow.pipeline.result import ResultLink, costs_key, result_markdown, video_key
 from gpuflow.pipeline.stack import GpuflowStack
 from gpuflow.postprocess.job import apply_steps, run_postprocess
 from gpuflow.storage.model_cache import CachedModel
@@ -143,6 +144,20 @@ def upload(stack: GpuflowStack, video: Path, run_id: str) -> str:
     return uri
 
 
+def _result_link(pipeline: GpuflowStack, uri: str) -> ResultLink | None:
+    """The presigned link to the result, where the store signs one; a store that cannot sign
+    (no credentials) leaves the artifact with the URI, the video being uploaded already."""
+    expires_s = pipeline.result_link_expiry_s
+    if not expires_s:
+        return None
+    try:
+        url = pipeline.object_store.share_url(uri, expires_s)
+    except GpuflowError as exc:
+        get_run_logger().warning("No download link for %s: %s", uri, exc)
+        return None
+    return ResultLink.valid_for(url, expires_s) if url else None
+
+
 # Parameters are validated in the body, not by Prefect before it: Prefect's failed validation
 # reaches neither the run's logs nor (with the field named) the UI, a RequestError raised here
 # reaches both. The schema of the annotations still renders the form and is enforced by
@@ -215,7 +230,13 @@ async def generate_video(request: VideoRequest, stack: str = "default") -> str:
     workspace.remove()
     emit_run_event(GpuflowEvent.RUN_COMPLETED, run_id, payload={"output_uri": uri})
 
-    await acreate_link_artifact(uri, link_text=f"{request.resolution} video", description="Result")
-    await acreate_table_artifact(costs.table(), description="Wall time per step and run costs")
+    await acreate_markdown_artifact(
+        result_markdown(uri, f"{request.resolution} video", _result_link(pipeline, uri)),
+        key=video_key(request.job),
+        description=f"Result: {uri}",
+    )
+    await acreate_table_artifact(
+        costs.table(), key=costs_key(request.job), description="Wall time per step and run costs"
+    )
     print(f"Video ready: {uri}")
     return uri

@@ -86,6 +86,14 @@ class GpuflowStack(Block):
         default_factory=lambda: [cast(PostprocessStep, Watermark())],
         description="Steps run in order on the job's raw video (the watermark by default).",
     )
+    result_link_expiry_s: int = Field(
+        default=86400,
+        ge=0,
+        le=604800,
+        description="How long the presigned https link to a run's result works, for stores "
+        "that sign links (S3 and S3-compatible; SigV4 allows at most 7 days); 0: no link, "
+        "the result artifact shows only the URI.",
+    )
     gpu_limit: str = Field(default="gpu", description="Name of the global concurrency limit.")
     gpu_lease_s: int = Field(
         default=300, ge=60, le=86400, description="Lease on GPU slots, renewed while a job runs."

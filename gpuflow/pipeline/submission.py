@@ -7,11 +7,13 @@ A request's priority picks the work queue of the deployment's pool (``high``, ``
 from __future__ import annotations
 
 import asyncio
+import enum
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
-from gpuflow.core.errors import GpuflowError, NotFoundError
+from gpuflow.core.errors import GpuflowError, NotFoundError, ObjectNotFoundError, UriError
 from gpuflow.core.request import VideoRequest
 from gpuflow.storage.uri import ObjectUri
 
@@ -109,15 +111,10 @@ async def idle_pool_warning(client: PrefectClient, deployment: DeploymentRespons
     )
 
 
-async def check_capacity_for(
-    client: PrefectClient, stack: str, gpus: int, gpu_type: str | None
-) -> None:
-    """Refuse a request for more GPUs than the stack's limits hold, naming the limit and its
-    size, before a run is created. Reads the stack's saved document rather than loading the
-    block, which would import every backend."""
+async def read_stack_settings(client: PrefectClient, stack: str) -> dict[str, Any]:
+    """The stack's saved fields, secrets left out, read as a document rather than by loading
+    the block (which would import every backend): what submission checks need."""
     from prefect.exceptions import ObjectNotFound
-
-    from gpuflow.gpu.capacity import check_gpu_capacity, gpu_limit_names
 
     try:
         document = await client.read_block_document_by_name(
@@ -128,12 +125,104 @@ async def check_capacity_for(
             f"no gpuflow-stack block {stack!r} on {client.api_url}: save one with "
             "`gpuflow bootstrap --stack-name NAME`"
         ) from None
-    gpu_limit = str(document.data.get("gpu_limit", "gpu"))
+    return dict(document.data)
+
+
+async def check_capacity_for(settings: dict[str, Any], gpus: int, gpu_type: str | None) -> None:
+    """Refuse a request for more GPUs than the stack's limits hold, naming the limit and its
+    size, before a run is created."""
+    from gpuflow.gpu.capacity import check_gpu_capacity, gpu_limit_names
+
+    gpu_limit = str(settings.get("gpu_limit", "gpu"))
     await check_gpu_capacity(gpu_limit_names(gpu_limit, gpu_type), gpus)
+
+
+def check_file_input(settings: dict[str, Any], stack: str, image_uri: str) -> None:
+    """Refuse a ``file://`` input the run could not read, before the run exists: no
+    ``file://`` store in the stack, a path outside the store's root, or (where the store's
+    root is on this machine) no such file or one this user cannot read. Other schemes are
+    the run's to read."""
+    from gpuflow.storage.local import LocalObjectStore
+
+    if ObjectUri.parse(image_uri).scheme != "file":
+        return
+    local_slug = LocalObjectStore.get_block_type_slug()
+    roots = [
+        Path(str(store["root"]))
+        for store in (settings.get("object_store"), settings.get("model_store"))
+        if isinstance(store, dict) and store.get("block_type_slug") == local_slug
+    ]
+    if not roots:
+        raise SubmissionError(
+            f"image_uri {image_uri!r}: stack {stack!r} has no file:// store; pass an object "
+            "URI of its stores, or the picture's local path (it is uploaded first)"
+        )
+    root = roots[0]
+    store = LocalObjectStore(root=root)
+    try:
+        store.stat(image_uri)
+    except UriError:
+        raise SubmissionError(
+            f"image_uri {image_uri!r} is outside the stack's file:// store {root}: pass the "
+            "picture's local path instead (it is uploaded into the store first)"
+        ) from None
+    except ObjectNotFoundError:
+        if root.is_dir():  # else the store is another machine's: its run checks
+            raise SubmissionError(
+                f"image_uri {image_uri!r}: no such file in the stack's file:// store {root}"
+            ) from None
+        return
+    if not os.access(ObjectUri.parse(image_uri).key, os.R_OK):
+        raise SubmissionError(f"image_uri {image_uri!r}: the file is not readable (permission)")
 
 
 # The workspace name a dry run shows where a run has its flow-run id.
 DRY_RUN_ID = "dry-run"
+
+
+class DryRunOutput(enum.StrEnum):
+    """What ``gpuflow submit --dry-run`` prints: the whole plan, or the one request of the
+    GPU step that a tool takes as it is (``kubectl apply -f -``, ``--cli-input-json``)."""
+
+    JSON = "json"
+    YAML = "yaml"
+    PYTORCHJOB = "pytorchjob"  # the PyTorchJob manifest, YAML
+    ECS_TASK_DEFINITION = "ecs-task-definition"  # RegisterTaskDefinition's input, JSON
+    ECS_RUN_TASK = "ecs-run-task"  # RunTask's input, JSON
+
+
+# The part of the GPU step's preview each single-request output prints, and its format.
+_GPU_JOB_PARTS = {
+    DryRunOutput.PYTORCHJOB: ("pytorchjob", "yaml"),
+    DryRunOutput.ECS_TASK_DEFINITION: ("register_task_definition", "json"),
+    DryRunOutput.ECS_RUN_TASK: ("run_task", "json"),
+}
+
+
+def render_dry_run(plan: dict[str, Any], output: DryRunOutput) -> str:
+    """The dry run's plan as ``output`` asks; a part the stack's compute target does not send
+    (a PyTorchJob of an ECS stack, a task definition the block names by ARN) is an error
+    naming the target."""
+    import json
+
+    import yaml
+
+    if output not in _GPU_JOB_PARTS:
+        document: Any = plan
+        fmt = output.value
+    else:
+        part, fmt = _GPU_JOB_PARTS[output]
+        gpu_job = plan["gpu_job"]
+        if part not in gpu_job:
+            sent = ", ".join(key for key in gpu_job if key not in ("compute", "workspace_files"))
+            raise SubmissionError(
+                f"--output {output.value}: the stack's compute target {gpu_job['compute']} "
+                f"sends no {part} (its dry run shows: {sent}); use --output json or yaml"
+            )
+        document = gpu_job[part]
+    if fmt == "yaml":
+        return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100).rstrip()
+    return json.dumps(document, indent=2, ensure_ascii=False)
 
 
 async def backend_preview(stack: str, request: VideoRequest) -> dict[str, Any]:

@@ -61,6 +61,12 @@ class ObjectStore(Block, ABC):
     def list(self, prefix_uri: str) -> Iterator[ObjectInfo]:
         """Every object under a prefix, recursively, in key order."""
 
+    def share_url(self, uri: str, expires_s: int) -> str | None:
+        """An https URL that fetches the object for ``expires_s`` seconds without the store's
+        credentials (a signature in its query, never the secret), or None where the store
+        has none: a browser refuses ``file://`` links from an http page."""
+        return None
+
     @abstractmethod
     def download(self, uri: str, destination: Path) -> ObjectInfo:
         """Copy one object to ``destination``, which appears only once complete; the

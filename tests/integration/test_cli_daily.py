@@ -154,6 +154,32 @@ def test_batch_check_lists_every_bad_line(
     assert "1 valid request(s), 2 invalid line(s)" in checked.stdout
 
 
+def test_batch_reports_each_runs_state_changes_while_runs_are_in_flight(
+    deployed: Deployed, layout: EmbeddedLayout, env: dict[str, str], tmp_path: Path
+) -> None:
+    manifest = tmp_path / "requests.jsonl"
+    lines = [request_fields(layout, seed=seed) for seed in (31, 32)]
+    manifest.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    done = _gpuflow(
+        env, "batch", str(manifest), "--stack", deployed.stack,
+        "--name", f"progress-{uuid.uuid4().hex[:6]}", "--max-in-flight", "1", "--poll-s", "0.3",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    changes = re.findall(
+        r"line (\d+): (\w+) \(run [\w-]+, ([0-9a-f-]{36})\) · (\d+)/2 finished", done.stderr
+    )
+    # Each line's run is reported when created, then at each state the polls see, ending
+    # Completed; with one run in flight, line 2 starts only once line 1 has finished.
+    by_line = {line: [state for n, state, _, _ in changes if n == line] for line in ("1", "2")}
+    for states in by_line.values():
+        assert states[0] == "Scheduled" and states[-1] == "Completed", changes
+        assert len(states) == len(set(states)), f"a state reported twice: {changes}"
+    first_line_done = next(i for i, c in enumerate(changes) if c[:2] == ("1", "Completed"))
+    assert changes[first_line_done][3] == "1"
+    assert next(i for i, c in enumerate(changes) if c[0] == "2") > first_line_done
+    assert changes[-1][1:2] == ("Completed",) and changes[-1][3] == "2"
+
+
 _UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 
 

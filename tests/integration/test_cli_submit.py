@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import uuid
 from pathlib import Path
 from uuid import UUID
 
 import pytest
+import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
@@ -73,6 +75,31 @@ def test_a_path_that_is_no_file_is_refused_before_anything_is_sent(
     assert done.returncode == 1
     assert "image_uri 'dog.png' is neither an object URI" in done.stderr
     assert "Submitted" not in done.stdout
+
+
+def test_a_file_uri_the_run_could_not_read_is_refused_before_the_run_exists(
+    deployed: Deployed, layout: EmbeddedLayout, prefect_server: LocalServer, state_dir: Path
+) -> None:
+    store = layout.store_root.resolve()
+    missing_in_store = f"file://{store}/samples/missing-{uuid.uuid4().hex[:6]}.png"
+    refusals = {
+        "file:///nonexist.png": (
+            f"image_uri 'file:///nonexist.png' is outside the stack's file:// store {store}: "
+            "pass the picture's local path instead"
+        ),
+        missing_in_store: (
+            f"image_uri {missing_in_store!r}: no such file in the stack's file:// store {store}"
+        ),
+    }
+    for image_uri, refusal in refusals.items():
+        for dry_run in ([], ["--dry-run"]):
+            done = _gpuflow(
+                prefect_server, state_dir, state_dir, "submit", "--prompt", "x",
+                "--image-uri", image_uri, "--stack", deployed.stack, *dry_run,
+            )  # fmt: skip
+            assert done.returncode == 1, done.stdout + done.stderr
+            assert refusal in done.stderr
+            assert "Submitted" not in done.stdout and "Dry run" not in done.stderr
 
 
 def test_more_gpus_than_the_limit_holds_are_refused_naming_the_cap(
@@ -153,6 +180,22 @@ def test_a_run_on_a_pool_no_worker_polls_says_how_to_start_one(
         f"start one with `prefect worker start --pool {pool}`"
     ) in done.stderr
 
+    # Followed, the run would sit Scheduled then Late for ever: the warning comes first.
+    follower = subprocess.Popen(
+        [GPUFLOW, "submit", "--prompt", "x", "--image-uri", layout.seed_samples(),
+         "--deployment", deployment, "--stack", stack_name, "--follow", "--poll-s", "0.3"],
+        env=cli_env(state_dir, prefect_server), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert follower.stdout is not None and follower.stderr is not None
+    assert f"warning: no worker polls work pool {pool!r}" in follower.stderr.readline()
+    assert follower.stdout.readline().startswith("Submitted run ")
+    follower.stdout.readline()  # the UI link
+    assert "Scheduled" in follower.stdout.readline()  # following
+    follower.send_signal(signal.SIGINT)
+    follower.communicate("y\n", timeout=60)  # cancel the run that no worker would take
+    assert follower.returncode == 130
+
 
 def test_a_dry_run_shows_the_run_it_would_create_and_creates_none(
     deployed: Deployed,
@@ -194,3 +237,20 @@ def test_a_dry_run_shows_the_run_it_would_create_and_creates_none(
     assert gpu_job["workspace_files"] == {prompt_file: "a cat"}
     assert f"--image={layout.nas_root}/workspaces/dry-run/inputs/cat.png" in gpu_job["argv"]
     assert not (layout.nas_root / "workspaces" / "dry-run").exists()
+
+    # The same plan as YAML, to pipe on; a part the local target does not send is refused.
+    dry_run = [
+        "submit", "--dry-run", "--prompt", "a cat", "--image-uri", "./cat.png",
+        "--priority", "high", "--stack", deployed.stack,
+    ]  # fmt: skip
+    as_yaml = _gpuflow(prefect_server, state_dir, tmp_path, *dry_run, "--output", "yaml")
+    assert as_yaml.returncode == 0, as_yaml.stderr
+    assert yaml.safe_load(as_yaml.stdout) == plan
+    no_manifest = _gpuflow(prefect_server, state_dir, tmp_path, *dry_run, "--output", "pytorchjob")
+    assert no_manifest.returncode == 1
+    assert (
+        "--output pytorchjob: the stack's compute target gpuflow-local-subprocess sends no "
+        "pytorchjob (its dry run shows: argv, workdir, gpus)"
+    ) in no_manifest.stderr
+    assert no_manifest.stdout == ""
+    assert asyncio.run(runs_of_the_deployment()) == before

@@ -118,7 +118,13 @@ def test_generates_a_watermarked_video_matching_the_request(
     by_type = {artifact.type: artifact for artifact in artifacts}
     assert set(by_type) >= {"progress", "markdown", "table"}
     assert float(by_type["progress"].data) == 100.0
-    assert uri in str(by_type["markdown"].data)
+    result = by_type["markdown"]
+    # Keyed by job, so every run of it is a version of one artifact in the UI; the URI and
+    # local path are there to copy (no file:// link, which the browser would block).
+    assert result.key == "video-i2v"
+    assert f"URI: `{uri}`" in str(result.data) and f"`{video}`" in str(result.data)
+    assert "](file:" not in str(result.data)
+    assert by_type["table"].key == "costs-i2v"
     costs = {row["item"]: row for row in json.loads(str(by_type["table"].data))}
     steps = {"download_model", "resolve_environment", "run_gpu_job", "postprocess", "upload"}
     assert set(costs) >= steps

@@ -2,29 +2,42 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import boto3
+import httpx
 import pytest
 from boto3.s3.transfer import TransferConfig
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect_aws import AwsCredentials
 
 from gpuflow.compute.local import LocalSubprocess
 from gpuflow.core.errors import ObjectNotFoundError, StoreAccessError, UriError, WorkspacePathError
 from gpuflow.core.request import VideoRequest
 from gpuflow.core.workspace import Workspace
+from gpuflow.ops.bootstrap import bootstrap
+from gpuflow.ops.embedded import EmbeddedLayout
+from gpuflow.ops.local_server import LocalServer
 from gpuflow.ops.samples import landscape_png
-from gpuflow.pipeline.generate_video import stage_inputs
+from gpuflow.pipeline.generate_video import generate_video, stage_inputs
 from gpuflow.pipeline.stack import GpuflowStack
+from gpuflow.storage.local import LocalObjectStore
 from gpuflow.storage.s3 import S3ObjectStore
 from gpuflow.storage.transfer import MiB, journal_path, partial_path
+from gpuflow.storage.uri import ObjectUri
 from tests.storage.conftest import SECRET, SMALL_PARTS
 from tests.support.files import random_file, sha256_of
 from tests.support.s3_servers import CountingProxy, MotoServer
@@ -323,4 +336,83 @@ def _stack(store: S3ObjectStore, bucket: str, tmp_path: Path) -> GpuflowStack:
         models_uri=f"s3://{bucket}/models",
         outputs_uri=f"s3://{bucket}/outputs",
         compute=LocalSubprocess(devices=[], lock_dir=tmp_path / "nas" / "locks"),
+    )
+
+
+def test_a_share_url_fetches_the_object_over_https_style_get_and_carries_no_secret(
+    s3_store: S3ObjectStore, bucket: str, tmp_path: Path
+) -> None:
+
+    source = random_file(tmp_path / "video.mp4", 3000)
+    uri = f"s3://{bucket}/outputs/run/video.mp4"
+    s3_store.upload(source, uri)
+
+    url = s3_store.share_url(uri, 3600)
+    assert url is not None
+    # A plain GET, no credentials of the caller's: what a browser does with the link.
+    fetched = httpx.get(url, timeout=30)
+    assert fetched.status_code == 200 and fetched.content == source.read_bytes()
+    parts = urlsplit(url)
+    assert parts.path == f"/{bucket}/outputs/run/video.mp4"
+    query = parse_qs(parts.query)
+    assert query["X-Amz-Expires"] == ["3600"]
+    assert query["X-Amz-Credential"][0].startswith("testing/")
+    assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"] and query["X-Amz-Signature"]
+    assert SECRET not in url
+
+
+def test_a_local_store_has_no_share_url(tmp_path: Path) -> None:
+    store = LocalObjectStore(root=tmp_path)
+    uri = store.uri_for("outputs/video.mp4")
+    assert store.share_url(uri, 3600) is None
+
+
+def test_a_run_into_an_s3_store_ends_with_a_presigned_link_to_its_video(
+    s3_store: S3ObjectStore,
+    bucket: str,
+    layout: EmbeddedLayout,
+    prefect_server: LocalServer,
+    gpu_limit_name: str,
+) -> None:
+    # Inputs and model from the embedded file:// store, the result into S3 (moto).
+    embedded = layout.stack()
+    stack = embedded.model_copy(
+        update={
+            "object_store": s3_store,
+            "model_store": embedded.object_store,
+            "outputs_uri": f"s3://{bucket}/outputs",
+            "gpu_limit": gpu_limit_name,
+            "result_link_expiry_s": 900,
+        }
+    )
+    name = f"s3-result-{uuid.uuid4().hex[:8]}"
+    asyncio.run(bootstrap(stack, name, gpu_slots=1))
+    request = VideoRequest(
+        prompt="a slow pan", image_uri=layout.seed_samples(), resolution="128x96", num_frames=5
+    )
+
+    async def run() -> tuple[str, list[Any]]:
+        state = await generate_video(request=request, stack=name, return_state=True)
+        assert state.is_completed(), state.message
+        async with get_client() as client:
+            artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+                )
+            )
+        return str(await state.aresult()), artifacts
+
+    uri, artifacts = asyncio.run(run())
+    (result,) = [artifact for artifact in artifacts if artifact.key == "video-i2v"]
+    text = str(result.data)
+    assert f"URI: `{uri}`" in text
+    link = re.search(r"\[Download the video\]\((\S+)\) \(a presigned link, valid until ", text)
+    assert link is not None, text
+    assert parse_qs(urlsplit(link[1]).query)["X-Amz-Expires"] == ["900"]
+    assert SECRET not in text
+    video = httpx.get(link[1], timeout=30)
+    assert video.status_code == 200
+    assert (
+        video.content
+        == s3_store.client.get_object(Bucket=bucket, Key=ObjectUri.parse(uri).key)["Body"].read()
     )

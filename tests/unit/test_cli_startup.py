@@ -30,7 +30,7 @@ print(json.dumps({"codes": codes, "modules": sorted(sys.modules)}))
 
 # Module prefixes a help screen must not import (each costs a second or more to import).
 _HEAVY = ("prefect", "kubernetes_asyncio", "botocore", "boto3", "gpuflow.compute",
-          "gpuflow.pipeline.stack", "gpuflow.envs.fabric")  # fmt: skip
+          "gpuflow.pipeline.stack", "gpuflow.envs.fabric", "yaml")  # fmt: skip
 
 
 def _help_everywhere() -> dict[str, object]:

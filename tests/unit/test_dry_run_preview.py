@@ -3,6 +3,7 @@ run would send, from the example stacks in ``blocks/``, with nothing downloaded 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any, cast
@@ -14,7 +15,13 @@ from gpuflow.compute.kubernetes.crd import crd_schema, validate_against_crd
 from gpuflow.core.request import parse_request
 from gpuflow.envs.key import environment_key
 from gpuflow.pipeline.stack import GpuflowStack
-from gpuflow.pipeline.submission import DRY_RUN_ID, SubmissionError, planned_job
+from gpuflow.pipeline.submission import (
+    DRY_RUN_ID,
+    DryRunOutput,
+    SubmissionError,
+    planned_job,
+    render_dry_run,
+)
 from tests.support.crd import load_pytorchjob_crd
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,3 +109,50 @@ def test_a_job_without_sources_here_is_named() -> None:
     request = parse_request({"prompt": "x", "image_uri": "s3://b/cat.png", "job": "nosuchjob"})
     with pytest.raises(SubmissionError, match=r"job 'nosuchjob' has no project at .*nosuchjob"):
         planned_job(stack, request)
+
+
+def _plan(stack: GpuflowStack, request: Any) -> dict[str, Any]:
+    """The plan `gpuflow submit --dry-run` prints, with the GPU step's preview in it."""
+    return {
+        "deployment": "generate-video/generate-video-x (id)",
+        "parameters": {"request": request.model_dump(mode="json"), "stack": "s"},
+        "gpu_job": {"compute": stack.compute.get_block_type_slug(), **stack.compute.preview(
+            planned_job(stack, request)
+        )},
+    }  # fmt: skip
+
+
+def test_the_plan_prints_as_json_or_yaml_with_the_same_content(tmp_path: Path) -> None:
+    stack = _example("kubernetes.yaml").model_copy(update={"jobs_root": _with_torch(tmp_path)})
+    plan = _plan(stack, _request(gpus=16))
+    as_json = render_dry_run(plan, DryRunOutput.JSON)
+    as_yaml = render_dry_run(plan, DryRunOutput.YAML)
+    assert json.loads(as_json) == yaml.safe_load(as_yaml) == plan
+    assert yaml.safe_load(as_yaml)["parameters"]["request"]["prompt"] == PROMPT
+
+
+def test_the_pytorchjob_alone_is_yaml_kubectl_takes(tmp_path: Path) -> None:
+    stack = _example("kubernetes.yaml").model_copy(update={"jobs_root": _with_torch(tmp_path)})
+    plan = _plan(stack, _request(gpus=16))
+    manifest = yaml.safe_load(render_dry_run(plan, DryRunOutput.PYTORCHJOB))
+    assert manifest == plan["gpu_job"]["pytorchjob"]
+    assert (manifest["apiVersion"], manifest["kind"]) == ("kubeflow.org/v1", "PyTorchJob")
+    validate_against_crd(manifest, crd_schema(load_pytorchjob_crd()))
+
+
+def test_the_ecs_requests_alone_are_the_api_inputs_as_json(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    stack = _example("ecs.yaml")
+    plan = _plan(stack, _request(gpus=4))
+    definition = json.loads(render_dry_run(plan, DryRunOutput.ECS_TASK_DEFINITION))
+    run = json.loads(render_dry_run(plan, DryRunOutput.ECS_RUN_TASK))
+    assert definition == plan["gpu_job"]["register_task_definition"]
+    assert run == plan["gpu_job"]["run_task"] and run["taskDefinition"] == definition["family"]
+    with pytest.raises(
+        SubmissionError,
+        match=r"--output pytorchjob: the stack's compute target gpuflow-ecs-task sends no "
+        r"pytorchjob \(its dry run shows: register_task_definition, run_task\)",
+    ):
+        render_dry_run(plan, DryRunOutput.PYTORCHJOB)
