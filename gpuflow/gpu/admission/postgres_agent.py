@@ -5,13 +5,19 @@ connections plus one that ``LISTEN``s for admissions. The checks and renewals of
 tickets are batched: those that arrive within ``BATCH_WINDOW_S`` (or while a batch is in
 flight) go to the database as one statement. Decision passes are requested here too, and
 run one at a time per process.
+
+The connections are closed when their event loop shuts down (``asyncio.run`` ends, or
+whoever owns the loop calls ``shutdown_asyncgens``); those of a loop closed without that
+are dropped when the next agent is made, or at process exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
+import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,6 +34,7 @@ logger = logging.getLogger(__name__)
 POOL_SIZE = 2
 CONNECTIONS_PER_PROCESS = POOL_SIZE + 1  # the pool, and the LISTEN connection
 BATCH_WINDOW_S = 0.01
+CLOSE_TIMEOUT_S = 5.0  # a graceful close that takes longer is cut short
 APPLICATION_NAME = "gpuflow-admission"
 
 # (ticket id, ttl, renew) of each ticket in a batch -> admitted flag of each ticket found,
@@ -77,6 +84,8 @@ class PostgresAgent:
         self._pass_wanted = False
         self._passes: asyncio.Task[None] | None = None
         self._renewed_at: dict[str, float] = {}
+        # Every connection this agent opened, so that one on a closed loop can be dropped.
+        self._opened: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
 
     @contextlib.asynccontextmanager
     async def unreachable_as_admission_error(self) -> AsyncIterator[None]:
@@ -111,6 +120,7 @@ class PostgresAgent:
                 min_size=1,
                 max_size=POOL_SIZE,
                 server_settings={"application_name": APPLICATION_NAME},
+                init=self._opened_connection,
             )
             async with pool.acquire() as connection:
                 await self._statements.prepare(connection)
@@ -125,6 +135,36 @@ class PostgresAgent:
                 "percent-encode a user or password that holds '/', '?', '#' or '@'"
             ) from None
         return pool
+
+    async def _opened_connection(self, connection: asyncpg.Connection) -> None:
+        self._opened.add(connection)
+
+    async def close(self) -> None:
+        """Close the pool and the LISTEN connection (on their own loop)."""
+        for task in (self._flusher, self._passes):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        pool, self._pool = self._pool, None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(listener.close(), CLOSE_TIMEOUT_S)
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_S)
+            except Exception:  # a connection still busy, or the server gone: cut it
+                pool.terminate()
+        self.drop()
+
+    def drop(self) -> None:
+        """Cut every connection at once, without a loop to run on (its loop has closed)."""
+        for connection in list(self._opened):
+            # On a closed loop the transport is closed before the loop refuses the callback.
+            with contextlib.suppress(RuntimeError):
+                connection.terminate()
+        self._opened = weakref.WeakSet()
 
     # Wake-ups -------------------------------------------------------------------------
 
@@ -146,6 +186,7 @@ class PostgresAgent:
                 listener = await asyncpg.connect(
                     self._dsn, server_settings={"application_name": APPLICATION_NAME}
                 )
+                self._opened.add(listener)
                 await listener.add_listener(self._statements.channel, self._on_notify)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 logger.warning(
@@ -234,15 +275,74 @@ class PostgresAgent:
                 return
 
 
-_AGENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, PostgresAgent]] = (
-    weakref.WeakKeyDictionary()
-)
+class _LoopAgents:
+    """The agents of one event loop, closed when it shuts down."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.agents: dict[str, PostgresAgent] = {}
+        # asyncio.run (and every loop owner that calls shutdown_asyncgens) closes the async
+        # generators first iterated in its loop, each on that loop: this one closes the
+        # agents there. The loop keeps only a weak reference to it: we keep the strong one.
+        self._closer = self._close_at_shutdown()
+        self._started = asyncio.ensure_future(self._closer.__anext__())
+
+    async def _close_at_shutdown(self) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            with _REGISTRY_GUARD:
+                _LOOPS.pop(self.loop, None)
+            for agent in list(self.agents.values()):
+                await agent.close()
+
+    def drop(self) -> None:
+        for agent in self.agents.values():
+            agent.drop()
+
+
+# Keyed by loop id: a loop's agents hold the loop (their connections do), so a weak key
+# would never let go; entries leave at the loop's shutdown, or when found closed.
+_LOOPS: dict[asyncio.AbstractEventLoop, _LoopAgents] = {}
+_REGISTRY_GUARD = threading.Lock()
 
 
 def agent_for(dsn: str, statements: QueueStatements) -> PostgresAgent:
     """The agent of this event loop for ``dsn`` (created on first use)."""
-    agents = _AGENTS.setdefault(asyncio.get_running_loop(), {})
-    agent = agents.get(dsn)
+    loop = asyncio.get_running_loop()
+    with _REGISTRY_GUARD:
+        closed = [stale for known, stale in _LOOPS.items() if known.is_closed()]
+        for stale in closed:
+            del _LOOPS[stale.loop]
+        if loop not in _LOOPS:
+            _LOOPS[loop] = _LoopAgents(loop)
+        loop_agents = _LOOPS[loop]
+    for stale in closed:
+        stale.drop()
+    agent = loop_agents.agents.get(dsn)
     if agent is None:
-        agent = agents[dsn] = PostgresAgent(dsn, statements)
+        agent = loop_agents.agents[dsn] = PostgresAgent(dsn, statements)
     return agent
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    """Loops still open at exit: close their agents on their own loop when it still runs
+    (a loop in another thread), and cut the connections of the others."""
+    with _REGISTRY_GUARD:
+        remaining = list(_LOOPS.values())
+        _LOOPS.clear()
+    for loop_agents in remaining:
+        if loop_agents.loop.is_running() and not loop_agents.loop.is_closed():
+            with contextlib.suppress(Exception):
+                closing = asyncio.run_coroutine_threadsafe(
+                    _close_agents(loop_agents), loop_agents.loop
+                )
+                closing.result(CLOSE_TIMEOUT_S)
+                continue
+        loop_agents.drop()
+
+
+async def _close_agents(loop_agents: _LoopAgents) -> None:
+    for agent in list(loop_agents.agents.values()):
+        await agent.close()
