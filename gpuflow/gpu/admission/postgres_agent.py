@@ -6,6 +6,12 @@ tickets are batched: those that arrive within ``BATCH_WINDOW_S`` (or while a bat
 flight) go to the database as one statement. Decision passes are requested here too, and
 run one at a time per process.
 
+Through PgBouncer in transaction mode (the URL's ``pgbouncer_listen_database`` names
+PgBouncer's session-mode alias of the same database, see docs/gpu-admission.md), the pool
+runs without prepared-statement cache (``statement_cache_size=0``, what asyncpg needs
+there) and ``LISTEN`` goes through the session alias, whose pool size bounds the host's
+listeners: a process that finds it full polls until a session frees.
+
 The connections are closed when their event loop shuts down (``asyncio.run`` ends, or
 whoever owns the loop calls ``shutdown_asyncgens``); those of a loop closed without that
 are dropped when the next agent is made, or at process exit.
@@ -22,6 +28,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -36,6 +43,9 @@ CONNECTIONS_PER_PROCESS = POOL_SIZE + 1  # the pool, and the LISTEN connection
 BATCH_WINDOW_S = 0.01
 CLOSE_TIMEOUT_S = 5.0  # a graceful close that takes longer is cut short
 APPLICATION_NAME = "gpuflow-admission"
+LISTEN_DATABASE_PARAMETER = "pgbouncer_listen_database"
+LISTEN_CONNECT_TIMEOUT_S = 10.0
+LISTEN_FIRST_WAIT_S = 1.0  # how long the first waiter waits for LISTEN before polling
 
 # (ticket id, ttl, renew) of each ticket in a batch -> admitted flag of each ticket found,
 # and whether a decision pass is due.
@@ -56,6 +66,36 @@ class _Pending:
 
 
 @dataclass(frozen=True)
+class QueueConnections:
+    """Where the pool and the ``LISTEN`` connection go, and how the pool prepares."""
+
+    pooled_dsn: str
+    listen_dsn: str
+    statement_cache_size: int | None  # None: asyncpg's default
+
+    @classmethod
+    def from_url(cls, dsn: str) -> QueueConnections:
+        """Direct to PostgreSQL, or through PgBouncer when the URL names its listen alias."""
+        try:
+            parts = urlsplit(dsn)
+            query = parse_qsl(parts.query, keep_blank_values=True)
+        except ValueError:
+            return cls(dsn, dsn, None)  # the driver's own error says more, redacted
+        listen = [value for key, value in query if key == LISTEN_DATABASE_PARAMETER]
+        if not listen:
+            return cls(dsn, dsn, None)
+        if len(listen) > 1 or not listen[0] or "/" in listen[0]:
+            raise AdmissionConfigError(
+                f"the admission queue URL {redacted_url(dsn)}: {LISTEN_DATABASE_PARAMETER}="
+                f"{listen[-1]!r} must name one database alias of PgBouncer (session mode)"
+            )
+        rest = urlencode([(key, value) for key, value in query if key != LISTEN_DATABASE_PARAMETER])
+        pooled = urlunsplit(parts._replace(query=rest))
+        listen_dsn = urlunsplit(parts._replace(path=f"/{listen[0]}", query=rest))
+        return cls(pooled, listen_dsn, 0)
+
+
+@dataclass(frozen=True)
 class QueueStatements:
     """What the agent runs against the queue's tables (the queue module owns the SQL)."""
 
@@ -71,13 +111,14 @@ class PostgresAgent:
     cannot cross loops)."""
 
     def __init__(self, dsn: str, statements: QueueStatements) -> None:
-        self._dsn = dsn
+        self._connections = QueueConnections.from_url(dsn)
+        self._dsn = self._connections.pooled_dsn
         self._statements = statements
         self.location = redacted_url(dsn)
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
         self._listener: asyncpg.Connection | None = None
-        self._listener_lock = asyncio.Lock()
+        self._listening: asyncio.Task[None] | None = None
         self._wakeups = LocalWakeups()
         self._pending: dict[str, _Pending] = {}
         self._flusher: asyncio.Task[None] | None = None
@@ -121,6 +162,7 @@ class PostgresAgent:
                 max_size=POOL_SIZE,
                 server_settings={"application_name": APPLICATION_NAME},
                 init=self._opened_connection,
+                **self._cache_setting(),
             )
             async with pool.acquire() as connection:
                 await self._statements.prepare(connection)
@@ -136,12 +178,16 @@ class PostgresAgent:
             ) from None
         return pool
 
+    def _cache_setting(self) -> dict[str, int]:
+        size = self._connections.statement_cache_size
+        return {} if size is None else {"statement_cache_size": size}
+
     async def _opened_connection(self, connection: asyncpg.Connection) -> None:
         self._opened.add(connection)
 
     async def close(self) -> None:
         """Close the pool and the LISTEN connection (on their own loop)."""
-        for task in (self._flusher, self._passes):
+        for task in (self._flusher, self._passes, self._listening):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -175,25 +221,41 @@ class PostgresAgent:
             yield event
 
     async def _ensure_listener(self) -> None:
-        """LISTEN on the queue's channel; without it (database unreachable now) waiters
-        fall back to their poll interval, and the next wait tries again."""
+        """LISTEN on the queue's channel, set up in the background; the waiter that starts
+        it waits for it briefly. Without it (database unreachable, or PgBouncer's session
+        pool full) waiters fall back to their poll interval, and the next wait tries again."""
         if self._listener is not None and not self._listener.is_closed():
             return
-        async with self._listener_lock:
-            if self._listener is not None and not self._listener.is_closed():
-                return
-            try:
-                listener = await asyncpg.connect(
-                    self._dsn, server_settings={"application_name": APPLICATION_NAME}
-                )
-                self._opened.add(listener)
-                await listener.add_listener(self._statements.channel, self._on_notify)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                logger.warning(
-                    "Cannot LISTEN on the admission queue %s (%s); polling", self.location, exc
-                )
-                return
-            self._listener = listener
+        if self._listening is not None and not self._listening.done():
+            return
+        self._listening = asyncio.create_task(self._listen())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._listening), LISTEN_FIRST_WAIT_S)
+
+    async def _listen(self) -> None:
+        listener: asyncpg.Connection | None = None
+        try:
+            listener = await asyncpg.connect(
+                self._connections.listen_dsn,
+                server_settings={"application_name": APPLICATION_NAME},
+                timeout=LISTEN_CONNECT_TIMEOUT_S,
+                **self._cache_setting(),
+            )
+            self._opened.add(listener)
+            # Through PgBouncer this waits until its session pool has a connection for us.
+            await listener.add_listener(self._statements.channel, self._on_notify)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            logger.warning(
+                "Cannot LISTEN on the admission queue %s (%s); polling", self.location, exc
+            )
+            if listener is not None:
+                listener.terminate()
+            return
+        except asyncio.CancelledError:
+            if listener is not None:
+                listener.terminate()
+            raise
+        self._listener = listener
 
     def _on_notify(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
         self._wakeups.wake(payload.split(","))
