@@ -242,6 +242,15 @@ class PostgresAdmissionQueue(AdmissionQueue):
     def wakeup(self, ticket_id: str) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
         return self._agent().wakeup(ticket_id)
 
+    def fallback_poll_s(self, poll_s: float, ttl_s: float) -> float:
+        # While this process LISTENs, an admission always comes with its NOTIFY, the agent
+        # checks for owed passes (expired entries) every OWED_CHECK_S for all its waiters,
+        # and a lost LISTEN connection wakes every waiter: a waiter's own check is then
+        # only due for its renewal.
+        if self._agent().listening():
+            return max(poll_s, ttl_s / 3)
+        return poll_s
+
     async def heartbeat(self, ticket_id: str, ttl_s: float) -> bool:
         return await self._agent().check(ticket_id, ttl_s, force_renew=True) is not None
 
