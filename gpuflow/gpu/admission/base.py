@@ -44,12 +44,6 @@ class AdmissionQueue(ABC):
         """An event set when ``ticket_id`` may have become admissible; the waiter clears it,
         checks with ``try_admit``, and sleeps on it (with its poll interval as a fallback)."""
 
-    def fallback_poll_s(self, poll_s: float, ttl_s: float) -> float:
-        """How long a waiter sleeps on its wake-up before it checks anyway: ``poll_s``,
-        unless the backend's wake-ups are known to arrive (then the check is only due for
-        the renewal of its deadline)."""
-        return poll_s
-
     @abstractmethod
     async def heartbeat(self, ticket_id: str, ttl_s: float) -> bool:
         """Push the ticket's deadline out; False when it is no longer queued."""

@@ -45,7 +45,6 @@ CLOSE_TIMEOUT_S = 5.0  # a graceful close that takes longer is cut short
 APPLICATION_NAME = "gpuflow-admission"
 LISTEN_DATABASE_PARAMETER = "pgbouncer_listen_database"
 LISTEN_CONNECT_TIMEOUT_S = 10.0
-OWED_CHECK_S = 0.5  # while listening: how often the process asks whether a pass is owed
 LISTEN_FIRST_WAIT_S = 1.0  # how long the first waiter waits for LISTEN before polling
 
 # (ticket id, ttl, renew) of each ticket in a batch -> admitted flag of each ticket found,
@@ -120,7 +119,6 @@ class PostgresAgent:
         self._pool_lock = asyncio.Lock()
         self._listener: asyncpg.Connection | None = None
         self._listening: asyncio.Task[None] | None = None
-        self._owed_checks: asyncio.Task[None] | None = None
         self._wakeups = LocalWakeups()
         self._pending: dict[str, _Pending] = {}
         self._flusher: asyncio.Task[None] | None = None
@@ -189,7 +187,7 @@ class PostgresAgent:
 
     async def close(self) -> None:
         """Close the pool and the LISTEN connection (on their own loop)."""
-        for task in (self._flusher, self._passes, self._listening, self._owed_checks):
+        for task in (self._flusher, self._passes, self._listening):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -220,33 +218,14 @@ class PostgresAgent:
     async def wakeup(self, ticket_id: str) -> AsyncIterator[asyncio.Event]:
         await self._ensure_listener()
         with self._wakeups.register(ticket_id) as event:
-            if self._owed_checks is None or self._owed_checks.done():
-                self._owed_checks = asyncio.create_task(self._check_owed_passes())
             yield event
 
     def listening(self) -> bool:
         return self._listener is not None and not self._listener.is_closed()
 
-    async def _check_owed_passes(self) -> None:
-        """While this process's waiters rely on LISTEN, ask for them (one statement per
-        interval, whatever their number) whether a pass is owed: an entry past its
-        deadline, or a change nobody decided on."""
-        while len(self._wakeups):
-            await asyncio.sleep(OWED_CHECK_S)
-            if not self.listening():
-                continue  # the waiters poll themselves, and ask
-            try:
-                async with self.connection() as connection:
-                    due = await self._statements.pass_due(connection)
-            except AdmissionError as exc:
-                logger.warning("Admission check for an owed pass failed: %s", exc)
-                continue
-            if due:
-                self.request_pass()
-
     def _on_listener_lost(self, _connection: object) -> None:
         """The LISTEN connection closed: notifications may have been missed, so every
-        waiter checks now (and polls at its own interval until LISTEN is back)."""
+        waiter checks now (and the next wait listens again)."""
         self._listener = None
         self._wakeups.wake(self._wakeups.ticket_ids())
 
