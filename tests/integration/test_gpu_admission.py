@@ -255,7 +255,12 @@ def test_an_admitted_request_takes_its_free_slots_in_one_request_without_back_of
                 proxy.exchanges.clear()
                 async with held_gpu_slots([limit], 2, 60):
                     blocked = asyncio.create_task(job(jobs))
-                    await asyncio.sleep(0.5)
+                    # Held until the server has refused it once (a 503 of the SQLite
+                    # server under load is retried by Prefect's client, and is no refusal).
+                    deadline = time.monotonic() + 60
+                    while 423 not in [e.status for e in proxy.received(_TAKE_SLOTS)]:
+                        assert time.monotonic() < deadline, proxy.received(_TAKE_SLOTS)
+                        await asyncio.sleep(0.05)
                 await blocked
                 control = [exchange.status for exchange in proxy.received(_TAKE_SLOTS)]
         finally:

@@ -26,6 +26,7 @@ class RecordingProxy:
         self.port = 0
         self.exchanges: list[Exchange] = []
         self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def url(self) -> str:
@@ -38,6 +39,8 @@ class RecordingProxy:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+            for writer in list(self._writers):  # keep-alive connections of the clients
+                writer.transport.abort()
             await self._server.wait_closed()
 
     def received(self, path_suffix: str) -> list[Exchange]:
@@ -47,6 +50,7 @@ class RecordingProxy:
         self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
     ) -> None:
         upstream_in, upstream_out = await asyncio.open_connection(*self.upstream)
+        self._writers.update((client_out, upstream_out))
         try:
             while True:
                 request_line, request_headers = await _read_head(client_in)
@@ -68,6 +72,7 @@ class RecordingProxy:
             return
         finally:
             for writer in (upstream_out, client_out):
+                self._writers.discard(writer)
                 writer.close()
                 with contextlib.suppress(ConnectionError):
                     await writer.wait_closed()
