@@ -377,7 +377,7 @@ def test_200_concurrent_runs_in_a_process_stay_within_its_connection_budget(
             served.append(ticket.holder)
 
     async def connections(observer: asyncpg.Connection, since: Any) -> int:
-        # Only this test's: earlier tests' event loops are closed, their pools not yet.
+        # Only this test's connections, should another test's still be closing.
         return int(
             await observer.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
@@ -405,3 +405,118 @@ def test_200_concurrent_runs_in_a_process_stay_within_its_connection_budget(
     assert len(served) == 200
     assert max(counts) <= CONNECTIONS_PER_PROCESS, counts
     assert max(counts) >= 2, "the count saw none of the queue's connections"
+
+
+def _queue_connections(url: str) -> int:
+    """The queue's connections to the test database, as PostgreSQL counts them."""
+    import asyncpg
+
+    async def count() -> int:
+        observer = await asyncpg.connect(url)
+        try:
+            return int(
+                await observer.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND application_name = $1",
+                    APPLICATION_NAME,
+                )
+            )
+        finally:
+            await observer.close()
+
+    return asyncio.run(count())
+
+
+def _wait_for_queue_connections(url: str, expected: int, within_s: float = 5.0) -> int:
+    """PostgreSQL ends a backend shortly after its client hung up: wait for the count."""
+    deadline = time.monotonic() + within_s
+    while (found := _queue_connections(url)) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+def test_a_loops_connections_are_closed_when_it_shuts_down(
+    postgresql_url_with_clean_tables: str,
+) -> None:
+    """Each asyncio.run opens the queue's pool and LISTEN connection for its runs; when it
+    returns they are closed, so a process that runs many loops holds none of the old ones."""
+    url = postgresql_url_with_clean_tables
+    queue = admission_queue(url)
+    assert _wait_for_queue_connections(url, 0) == 0
+
+    async def one_run(number: int) -> int:
+        ticket = Ticket(("gpu",), 1, Priority.NORMAL, holder=f"loop-{number}")
+        async with admitted(queue, ticket, {"gpu": 1}, ttl_s=30, poll_s=0.2):
+            pass
+        return await asyncio.to_thread(_queue_connections, url)
+
+    while_running = [asyncio.run(one_run(number)) for number in range(3)]
+    assert all(count >= 2 for count in while_running), while_running  # pool + LISTEN
+    assert _wait_for_queue_connections(url, 0) == 0
+
+
+def test_connections_of_a_loop_closed_without_shutdown_are_dropped(
+    postgresql_url_with_clean_tables: str,
+) -> None:
+    """A loop closed without shutting down its async generators: its connections are cut
+    when the next agent is made, in whatever loop (and at process exit, which the next
+    test checks in a child process)."""
+    url = postgresql_url_with_clean_tables
+    queue = admission_queue(url)
+
+    async def one_run() -> None:
+        ticket = Ticket(("gpu",), 1, Priority.NORMAL, holder="abandoned-loop")
+        async with admitted(queue, ticket, {"gpu": 1}, ttl_s=30, poll_s=0.2):
+            pass
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(one_run())
+    # Its tasks finish (the pass that the leave asked for), its generators stay open.
+    loop.run_until_complete(asyncio.gather(*asyncio.all_tasks(loop)))
+    loop.close()
+    assert _queue_connections(url) >= 2
+
+    async def entries() -> list[QueueEntry]:
+        return await admission_queue(url).entries()
+
+    asyncio.run(entries())
+    assert _wait_for_queue_connections(url, 0) == 0
+
+
+_HOLD_IN_A_THREAD_LOOP = """
+import asyncio, sys, threading
+from gpuflow.gpu.admission.queues import admission_queue
+
+loop = asyncio.new_event_loop()
+threading.Thread(target=loop.run_forever, daemon=True).start()
+queue = admission_queue(sys.argv[1])
+asyncio.run_coroutine_threadsafe(queue.entries(), loop).result(30)
+print("connected", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_connections_of_a_loop_still_running_at_exit_are_closed(
+    postgresql_url_with_clean_tables: str,
+) -> None:
+    """A process whose loop runs in a daemon thread (never shut down): at exit the agent
+    closes its connections on that loop, so PostgreSQL sees a clean goodbye."""
+    import subprocess
+
+    url = postgresql_url_with_clean_tables
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_IN_A_THREAD_LOOP, url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "connected"
+        assert _queue_connections(url) >= 1
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.wait(30) == 0
+    finally:
+        child.kill()
+    assert _wait_for_queue_connections(url, 0) == 0

@@ -20,13 +20,18 @@ from pydantic import SecretStr
 from gpuflow.compute.local import LocalSubprocess
 from gpuflow.core.request import Priority
 from gpuflow.gpu.admission.policy import Ticket
+from gpuflow.gpu.admission.queues import admission_queue
 from gpuflow.gpu.admission.waiting import admitted
+from gpuflow.gpu.capacity import ensure_gpu_limits
+from gpuflow.gpu.hold import Admission, gpu_hold
 from gpuflow.gpu.leases import held_gpu_slots
+from gpuflow.gpu.registry import JobRegistry
 from gpuflow.ops.bootstrap import bootstrap
 from gpuflow.ops.embedded import EmbeddedLayout
 from gpuflow.ops.local_server import LocalServer, ensure_server, stop_server
 from gpuflow.pipeline.stack import GpuflowStack
 from tests.support.gpu_probe import gpu_probe, read_records
+from tests.support.http_recorder import RecordingProxy
 from tests.support.postgres import fresh_database
 
 pytestmark = pytest.mark.integration
@@ -211,4 +216,60 @@ def test_a_4_gpu_request_is_not_starved_by_a_stream_of_1_gpu_requests(
     # them drained (within one job duration), and no later 1-GPU request overtook it.
     assert records["big"]["started"] - drained < job_s, (records["big"]["started"], drained)
     assert all(records[f"late-{i}"]["started"] >= records["big"]["ended"] for i in range(6))
+    assert asyncio.run(_active_slots(limit)) == 0
+
+
+_TAKE_SLOTS = "/concurrency_limits/increment-with-lease"
+
+
+def test_an_admitted_request_takes_its_free_slots_in_one_request_without_back_off(
+    prefect_server: LocalServer, tmp_path: Path
+) -> None:
+    """The common case: the queue admits a request only once its slots are free (a holder
+    gives them back before it leaves), so taking them is one request that the server
+    grants, never a 423 and the back-off after it. Counted on the wire, between gpuflow and
+    the session's Prefect server; the control at the end holds the limit from outside
+    gpuflow and shows the count does see refusals."""
+    limit = f"gpu-quick-{uuid.uuid4().hex[:6]}"
+    queue = admission_queue(f"sqlite:///{tmp_path / 'admission.sqlite3'}")
+    registry = JobRegistry(tmp_path / "running")
+    admission = Admission(queue, Priority.NORMAL, ttl_s=30)
+    jobs = 8
+
+    async def job(number: int) -> None:
+        async with gpu_hold(
+            [limit], 1, job_name=f"job-{number}", run_id=None, lease_s=60,
+            registry=registry, admission=admission,
+        ):  # fmt: skip
+            await asyncio.sleep(0.2)
+
+    async def main(proxy: RecordingProxy) -> tuple[list[int], list[int]]:
+        await ensure_gpu_limits({limit: 2})
+        await proxy.start()
+        try:
+            with temporary_settings({PREFECT_API_URL: f"{proxy.url}/api"}):
+                await asyncio.gather(*(job(number) for number in range(jobs)))
+                common = [exchange.status for exchange in proxy.received(_TAKE_SLOTS)]
+                # Control: both slots held outside the queue; a request admitted by the
+                # queue then meets a full limit until that holder lets go.
+                proxy.exchanges.clear()
+                async with held_gpu_slots([limit], 2, 60):
+                    blocked = asyncio.create_task(job(jobs))
+                    # Held until the server has refused it once (a 503 of the SQLite
+                    # server under load is retried by Prefect's client, and is no refusal).
+                    deadline = time.monotonic() + 60
+                    while 423 not in [e.status for e in proxy.received(_TAKE_SLOTS)]:
+                        assert time.monotonic() < deadline, proxy.received(_TAKE_SLOTS)
+                        await asyncio.sleep(0.05)
+                await blocked
+                control = [exchange.status for exchange in proxy.received(_TAKE_SLOTS)]
+        finally:
+            await proxy.close()
+        return common, control
+
+    common, control = asyncio.run(main(RecordingProxy("127.0.0.1", prefect_server.port)))
+    # A 503 is the SQLite server's "database is locked" under load, retried by Prefect's
+    # own client; what must never come is a refusal (423) and gpuflow's back-off after it.
+    assert 423 not in common and common.count(200) == jobs, common
+    assert 423 in control and control[-1] == 200, control
     assert asyncio.run(_active_slots(limit)) == 0

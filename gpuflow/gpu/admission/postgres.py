@@ -66,11 +66,16 @@ _BUMP_VERSION = "UPDATE gpuflow_admission_change SET version = version + 1 WHERE
 _CHECK_BATCH = """
 WITH wanted AS (
     SELECT * FROM unnest($1::text[], $2::float8[], $3::bool[]) AS wanted(ticket_id, ttl_s, renew)
+), locked AS (
+    -- Rows locked in ticket order, as the decision pass locks them: no deadlock between
+    -- a batch of renewals and a pass that admits some of the same tickets.
+    SELECT ticket.ticket_id FROM gpuflow_admission_ticket AS ticket JOIN wanted USING (ticket_id)
+    WHERE wanted.renew ORDER BY ticket.ticket_id FOR UPDATE OF ticket
 ), renewed AS (
     UPDATE gpuflow_admission_ticket AS ticket
     SET expires_at = EXTRACT(EPOCH FROM clock_timestamp()) + wanted.ttl_s
-    FROM wanted
-    WHERE ticket.ticket_id = wanted.ticket_id AND wanted.renew
+    FROM wanted JOIN locked USING (ticket_id)
+    WHERE ticket.ticket_id = wanted.ticket_id
     RETURNING ticket.ticket_id, ticket.admitted
 )
 SELECT ticket_id, admitted FROM renewed
@@ -127,9 +132,11 @@ async def _decide(connection: asyncpg.Connection) -> bool:
         }
         newly = await _admissible_waiting(connection, capacity)
         if newly:
+            # Locked in ticket order, as renewals lock them (see _CHECK_BATCH).
             await connection.execute(
-                "UPDATE gpuflow_admission_ticket SET admitted = TRUE "
-                "WHERE ticket_id = ANY($1::text[])",
+                "UPDATE gpuflow_admission_ticket SET admitted = TRUE WHERE ticket_id IN ("
+                "SELECT ticket_id FROM gpuflow_admission_ticket WHERE ticket_id = ANY($1::text[]) "
+                "ORDER BY ticket_id FOR UPDATE)",
                 newly,
             )
             # Delivered on commit, to every process's LISTEN connection.

@@ -5,17 +5,30 @@ connections plus one that ``LISTEN``s for admissions. The checks and renewals of
 tickets are batched: those that arrive within ``BATCH_WINDOW_S`` (or while a batch is in
 flight) go to the database as one statement. Decision passes are requested here too, and
 run one at a time per process.
+
+Through PgBouncer in transaction mode (the URL's ``pgbouncer_listen_database`` names
+PgBouncer's session-mode alias of the same database, see docs/gpu-admission.md), the pool
+runs without prepared-statement cache (``statement_cache_size=0``, what asyncpg needs
+there) and ``LISTEN`` goes through the session alias, whose pool size bounds the host's
+listeners: a process that finds it full polls until a session frees.
+
+The connections are closed when their event loop shuts down (``asyncio.run`` ends, or
+whoever owns the loop calls ``shutdown_asyncgens``); those of a loop closed without that
+are dropped when the next agent is made, or at process exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
+import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -28,7 +41,11 @@ logger = logging.getLogger(__name__)
 POOL_SIZE = 2
 CONNECTIONS_PER_PROCESS = POOL_SIZE + 1  # the pool, and the LISTEN connection
 BATCH_WINDOW_S = 0.01
+CLOSE_TIMEOUT_S = 5.0  # a graceful close that takes longer is cut short
 APPLICATION_NAME = "gpuflow-admission"
+LISTEN_DATABASE_PARAMETER = "pgbouncer_listen_database"
+LISTEN_CONNECT_TIMEOUT_S = 10.0
+LISTEN_FIRST_WAIT_S = 1.0  # how long the first waiter waits for LISTEN before polling
 
 # (ticket id, ttl, renew) of each ticket in a batch -> admitted flag of each ticket found,
 # and whether a decision pass is due.
@@ -49,6 +66,36 @@ class _Pending:
 
 
 @dataclass(frozen=True)
+class QueueConnections:
+    """Where the pool and the ``LISTEN`` connection go, and how the pool prepares."""
+
+    pooled_dsn: str
+    listen_dsn: str
+    statement_cache_size: int | None  # None: asyncpg's default
+
+    @classmethod
+    def from_url(cls, dsn: str) -> QueueConnections:
+        """Direct to PostgreSQL, or through PgBouncer when the URL names its listen alias."""
+        try:
+            parts = urlsplit(dsn)
+            query = parse_qsl(parts.query, keep_blank_values=True)
+        except ValueError:
+            return cls(dsn, dsn, None)  # the driver's own error says more, redacted
+        listen = [value for key, value in query if key == LISTEN_DATABASE_PARAMETER]
+        if not listen:
+            return cls(dsn, dsn, None)
+        if len(listen) > 1 or not listen[0] or "/" in listen[0]:
+            raise AdmissionConfigError(
+                f"the admission queue URL {redacted_url(dsn)}: {LISTEN_DATABASE_PARAMETER}="
+                f"{listen[-1]!r} must name one database alias of PgBouncer (session mode)"
+            )
+        rest = urlencode([(key, value) for key, value in query if key != LISTEN_DATABASE_PARAMETER])
+        pooled = urlunsplit(parts._replace(query=rest))
+        listen_dsn = urlunsplit(parts._replace(path=f"/{listen[0]}", query=rest))
+        return cls(pooled, listen_dsn, 0)
+
+
+@dataclass(frozen=True)
 class QueueStatements:
     """What the agent runs against the queue's tables (the queue module owns the SQL)."""
 
@@ -64,19 +111,22 @@ class PostgresAgent:
     cannot cross loops)."""
 
     def __init__(self, dsn: str, statements: QueueStatements) -> None:
-        self._dsn = dsn
+        self._connections = QueueConnections.from_url(dsn)
+        self._dsn = self._connections.pooled_dsn
         self._statements = statements
         self.location = redacted_url(dsn)
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
         self._listener: asyncpg.Connection | None = None
-        self._listener_lock = asyncio.Lock()
+        self._listening: asyncio.Task[None] | None = None
         self._wakeups = LocalWakeups()
         self._pending: dict[str, _Pending] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._pass_wanted = False
         self._passes: asyncio.Task[None] | None = None
         self._renewed_at: dict[str, float] = {}
+        # Every connection this agent opened, so that one on a closed loop can be dropped.
+        self._opened: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
 
     @contextlib.asynccontextmanager
     async def unreachable_as_admission_error(self) -> AsyncIterator[None]:
@@ -111,6 +161,8 @@ class PostgresAgent:
                 min_size=1,
                 max_size=POOL_SIZE,
                 server_settings={"application_name": APPLICATION_NAME},
+                init=self._opened_connection,
+                **self._cache_setting(),
             )
             async with pool.acquire() as connection:
                 await self._statements.prepare(connection)
@@ -126,6 +178,40 @@ class PostgresAgent:
             ) from None
         return pool
 
+    def _cache_setting(self) -> dict[str, int]:
+        size = self._connections.statement_cache_size
+        return {} if size is None else {"statement_cache_size": size}
+
+    async def _opened_connection(self, connection: asyncpg.Connection) -> None:
+        self._opened.add(connection)
+
+    async def close(self) -> None:
+        """Close the pool and the LISTEN connection (on their own loop)."""
+        for task in (self._flusher, self._passes, self._listening):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        pool, self._pool = self._pool, None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(listener.close(), CLOSE_TIMEOUT_S)
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_S)
+            except Exception:  # a connection still busy, or the server gone: cut it
+                pool.terminate()
+        self.drop()
+
+    def drop(self) -> None:
+        """Cut every connection at once, without a loop to run on (its loop has closed)."""
+        for connection in list(self._opened):
+            # On a closed loop the transport is closed before the loop refuses the callback.
+            with contextlib.suppress(RuntimeError):
+                connection.terminate()
+        self._opened = weakref.WeakSet()
+
     # Wake-ups -------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
@@ -134,25 +220,52 @@ class PostgresAgent:
         with self._wakeups.register(ticket_id) as event:
             yield event
 
+    def listening(self) -> bool:
+        return self._listener is not None and not self._listener.is_closed()
+
+    def _on_listener_lost(self, _connection: object) -> None:
+        """The LISTEN connection closed: notifications may have been missed, so every
+        waiter checks now (and the next wait listens again)."""
+        self._listener = None
+        self._wakeups.wake(self._wakeups.ticket_ids())
+
     async def _ensure_listener(self) -> None:
-        """LISTEN on the queue's channel; without it (database unreachable now) waiters
-        fall back to their poll interval, and the next wait tries again."""
-        if self._listener is not None and not self._listener.is_closed():
+        """LISTEN on the queue's channel, set up in the background; the waiter that starts
+        it waits for it briefly. Without it (database unreachable, or PgBouncer's session
+        pool full) waiters fall back to their poll interval, and the next wait tries again."""
+        if self.listening():
             return
-        async with self._listener_lock:
-            if self._listener is not None and not self._listener.is_closed():
-                return
-            try:
-                listener = await asyncpg.connect(
-                    self._dsn, server_settings={"application_name": APPLICATION_NAME}
-                )
-                await listener.add_listener(self._statements.channel, self._on_notify)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                logger.warning(
-                    "Cannot LISTEN on the admission queue %s (%s); polling", self.location, exc
-                )
-                return
-            self._listener = listener
+        if self._listening is not None and not self._listening.done():
+            return
+        self._listening = asyncio.create_task(self._listen())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._listening), LISTEN_FIRST_WAIT_S)
+
+    async def _listen(self) -> None:
+        listener: asyncpg.Connection | None = None
+        try:
+            listener = await asyncpg.connect(
+                self._connections.listen_dsn,
+                server_settings={"application_name": APPLICATION_NAME},
+                timeout=LISTEN_CONNECT_TIMEOUT_S,
+                **self._cache_setting(),
+            )
+            self._opened.add(listener)
+            # Through PgBouncer this waits until its session pool has a connection for us.
+            await listener.add_listener(self._statements.channel, self._on_notify)
+            listener.add_termination_listener(self._on_listener_lost)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            logger.warning(
+                "Cannot LISTEN on the admission queue %s (%s); polling", self.location, exc
+            )
+            if listener is not None:
+                listener.terminate()
+            return
+        except asyncio.CancelledError:
+            if listener is not None:
+                listener.terminate()
+            raise
+        self._listener = listener
 
     def _on_notify(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
         self._wakeups.wake(payload.split(","))
@@ -234,15 +347,74 @@ class PostgresAgent:
                 return
 
 
-_AGENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, PostgresAgent]] = (
-    weakref.WeakKeyDictionary()
-)
+class _LoopAgents:
+    """The agents of one event loop, closed when it shuts down."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.agents: dict[str, PostgresAgent] = {}
+        # asyncio.run (and every loop owner that calls shutdown_asyncgens) closes the async
+        # generators first iterated in its loop, each on that loop: this one closes the
+        # agents there. The loop keeps only a weak reference to it: we keep the strong one.
+        self._closer = self._close_at_shutdown()
+        self._started = asyncio.ensure_future(self._closer.__anext__())
+
+    async def _close_at_shutdown(self) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            with _REGISTRY_GUARD:
+                _LOOPS.pop(self.loop, None)
+            for agent in list(self.agents.values()):
+                await agent.close()
+
+    def drop(self) -> None:
+        for agent in self.agents.values():
+            agent.drop()
+
+
+# Keyed by loop id: a loop's agents hold the loop (their connections do), so a weak key
+# would never let go; entries leave at the loop's shutdown, or when found closed.
+_LOOPS: dict[asyncio.AbstractEventLoop, _LoopAgents] = {}
+_REGISTRY_GUARD = threading.Lock()
 
 
 def agent_for(dsn: str, statements: QueueStatements) -> PostgresAgent:
     """The agent of this event loop for ``dsn`` (created on first use)."""
-    agents = _AGENTS.setdefault(asyncio.get_running_loop(), {})
-    agent = agents.get(dsn)
+    loop = asyncio.get_running_loop()
+    with _REGISTRY_GUARD:
+        closed = [stale for known, stale in _LOOPS.items() if known.is_closed()]
+        for stale in closed:
+            del _LOOPS[stale.loop]
+        if loop not in _LOOPS:
+            _LOOPS[loop] = _LoopAgents(loop)
+        loop_agents = _LOOPS[loop]
+    for stale in closed:
+        stale.drop()
+    agent = loop_agents.agents.get(dsn)
     if agent is None:
-        agent = agents[dsn] = PostgresAgent(dsn, statements)
+        agent = loop_agents.agents[dsn] = PostgresAgent(dsn, statements)
     return agent
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    """Loops still open at exit: close their agents on their own loop when it still runs
+    (a loop in another thread), and cut the connections of the others."""
+    with _REGISTRY_GUARD:
+        remaining = list(_LOOPS.values())
+        _LOOPS.clear()
+    for loop_agents in remaining:
+        if loop_agents.loop.is_running() and not loop_agents.loop.is_closed():
+            with contextlib.suppress(Exception):
+                closing = asyncio.run_coroutine_threadsafe(
+                    _close_agents(loop_agents), loop_agents.loop
+                )
+                closing.result(CLOSE_TIMEOUT_S)
+                continue
+        loop_agents.drop()
+
+
+async def _close_agents(loop_agents: _LoopAgents) -> None:
+    for agent in list(loop_agents.agents.values()):
+        await agent.close()

@@ -5,13 +5,15 @@ run the decision pass in their own transaction (SQLite has one writer at a time)
 every admissible ticket. A waiter is woken once it is admitted: at once when the change
 was made in its own process, and within ``CHANGE_POLL_S`` when it was made in another (a
 thread watches ``PRAGMA data_version``, which moves on every commit of another connection,
-and then reads the queue's admission counter, which moves only when a pass admits).
+and then reads the queue's admission counter, which moves only when a pass admits; it then
+wakes only those of its process's waiters that the pass admitted, read without a lock).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import threading
 import time
@@ -29,7 +31,7 @@ from gpuflow.gpu.admission.base import (
 from gpuflow.gpu.admission.policy import QueueEntry, Ticket, admissible
 from gpuflow.gpu.admission.wakeups import LocalWakeups
 
-CHANGE_POLL_S = 0.05
+CHANGE_POLL_S = 0.025
 
 _SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS gpuflow_admission_ticket (
@@ -64,13 +66,6 @@ class _ChangeWatcher:
         self.wakeups = LocalWakeups()
         self._guard = threading.Lock()
         self._thread: threading.Thread | None = None
-        # Admission counts this process wrote: their admitted were woken in-process already.
-        self._local_versions: set[int] = set()
-
-    def admitted_here(self, version: int) -> None:
-        with self._guard:
-            if self._thread is not None:  # else nobody here watches
-                self._local_versions.add(version)
 
     @contextlib.contextmanager
     def watching(self) -> Iterator[None]:
@@ -82,6 +77,16 @@ class _ChangeWatcher:
                 self._thread.start()
         yield
 
+    def _admitted_waiters(self, connection: sqlite3.Connection) -> list[str]:
+        """This process's waiting tickets that are admitted now (a waiter already woken in
+        process by the pass that admitted it is woken again: it only finds itself admitted)."""
+        rows = connection.execute(
+            "SELECT ticket_id FROM gpuflow_admission_ticket "
+            "WHERE admitted AND ticket_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(self.wakeups.ticket_ids()),),
+        )
+        return [row[0] for row in rows]
+
     def _watch(self) -> None:
         connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
@@ -91,7 +96,6 @@ class _ChangeWatcher:
                 with self._guard:
                     if not len(self.wakeups):
                         self._thread = None
-                        self._local_versions.clear()
                         return
                 try:
                     commit = connection.execute("PRAGMA data_version").fetchone()[0]
@@ -101,12 +105,7 @@ class _ChangeWatcher:
                             "SELECT version FROM gpuflow_admission_change"
                         ).fetchone()
                         if seen_version is not None and version != seen_version:
-                            with self._guard:
-                                news = set(range(seen_version + 1, version + 1))
-                                elsewhere = news - self._local_versions
-                                self._local_versions -= news
-                            if elsewhere:
-                                self.wakeups.wake_all()
+                            self.wakeups.wake(self._admitted_waiters(connection))
                         seen_version = version
                 except sqlite3.Error:
                     pass  # busy or being created: the waiters' poll interval covers it
@@ -183,8 +182,7 @@ class SqliteAdmissionQueue(AdmissionQueue):
                 [(ticket_id,) for ticket_id in newly],
             )
             # The signal the waiters of other processes watch for.
-            (version,) = connection.execute(_BUMP_VERSION + " RETURNING version").fetchone()
-            _watcher(self.path).admitted_here(version)
+            connection.execute(_BUMP_VERSION)
         return newly
 
     async def _changed(self, work: Any) -> Any:

@@ -30,8 +30,10 @@ async def admitted(
     checks the waiter sleeps until the queue wakes it (slots may have come free), or
     ``poll_s`` at most: the fallback for a lost wake-up, and what notices an expiry."""
     started = time.monotonic()
-    await queue.enqueue(ticket, capacity, ttl_s)
     try:
+        # Inside the try: a cancellation that lands after the enqueue committed (while its
+        # connection goes back to the pool) must still take the entry out again.
+        await queue.enqueue(ticket, capacity, ttl_s)
         async with queue.wakeup(ticket.ticket_id) as wakeup:
             while True:
                 wakeup.clear()

@@ -39,10 +39,9 @@ class LocalWakeups:
             tokens = [token for ticket in ticket_ids for token in self._events.get(ticket, ())]
         self._set(tokens)
 
-    def wake_all(self) -> None:
+    def ticket_ids(self) -> list[str]:
         with self._guard:
-            tokens = [token for tokens in self._events.values() for token in tokens]
-        self._set(tokens)
+            return list(self._events)
 
     @staticmethod
     def _set(tokens: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]) -> None:
