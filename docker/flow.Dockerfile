@@ -60,9 +60,6 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 
 
 FROM ${BASE_IMAGE} AS runtime
-ARG BASE_IMAGE
-ARG VERSION=0.1.0
-ARG REVISION=unknown
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -84,6 +81,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     UV_PYTHON_DOWNLOADS=never
 USER gpuflow
 
+# Declared here, not at the top of the stage: a build argument is in the environment of
+# every later RUN, so a new revision would rebuild them all.
+ARG BASE_IMAGE
+ARG VERSION=0.1.0
+ARG REVISION=unknown
 LABEL org.opencontainers.image.title="gpuflow" \
       org.opencontainers.image.description="gpuflow's flow image: Prefect flows that run GPU batch jobs" \
       org.opencontainers.image.version="${VERSION}" \
