@@ -28,7 +28,8 @@ from tests.support.docker_engine import (
 )
 from tests.support.s3_servers import free_port
 
-pytestmark = pytest.mark.integration
+# A full image build through prefect deploy, then the push of every layer.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")

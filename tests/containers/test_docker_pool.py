@@ -27,7 +27,9 @@ from tests.support.deployed import PREFECT, REPO, Deployed, cli_env
 from tests.support.docker_engine import ca_bundle, docker
 from tests.support.media import probe
 
-pytestmark = pytest.mark.integration
+# Two flow runs and, on a cold machine, the image build: vfs copies the whole image for
+# each container, which on a loaded 2-core machine takes minutes.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 IMAGE_JOBS_ROOT = Path("/opt/gpuflow/jobs")
 # Where a container finds the proxy's CA bundle, bind-mounted from the host: job envs the
@@ -116,7 +118,7 @@ def run_deployment(
 
     started = time.monotonic()
     run_id = asyncio.run(create())
-    run = asyncio.run(wait_for_final(run_id, timeout_s=480))
+    run = asyncio.run(wait_for_final(run_id, timeout_s=900))
     seconds = time.monotonic() - started
     assert run.state is not None and run.state.is_completed(), run.state
     return run_id, seconds

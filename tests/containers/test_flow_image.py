@@ -13,7 +13,8 @@ import pytest
 from tests.containers.conftest import FlowImage, certificate_bodies
 from tests.support.docker_engine import build_test_image, docker
 
-pytestmark = pytest.mark.integration
+# The first test's setup builds the image: on a cold machine that is minutes.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 _CHUNK = 8 << 20
 
