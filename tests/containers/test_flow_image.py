@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.containers.conftest import FlowImage, certificate_bodies
-from tests.support.docker_engine import build_test_image, docker
+from tests.support.docker_engine import base_image, build_test_image, docker
 
 # The first test's setup builds the image: on a cold machine that is minutes.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -64,7 +64,7 @@ def test_labels_name_version_revision_and_base(docker_cli: str, flow_image: Flow
     assert labels["org.opencontainers.image.version"] == flow_image.version
     assert labels["org.opencontainers.image.revision"] == flow_image.revision
     assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
-    assert labels["org.opencontainers.image.base.name"] == "debian:bookworm-slim"
+    assert labels["org.opencontainers.image.base.name"] == base_image()
     assert config["User"] == "10001:10001"
 
 
