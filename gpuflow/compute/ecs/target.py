@@ -66,6 +66,7 @@ from gpuflow.compute.ecs.taskdef import (
     log_stream_name,
     secret_refs,
 )
+from gpuflow.compute.interpreter_check import checked_command
 
 _TAIL_LINES = 20
 _CANCELLED_REASON = "gpuflow: the flow stopped waiting"
@@ -369,8 +370,14 @@ class EcsTask(ComputeTarget):
     def _overrides(self, job: JobSpec) -> TaskOverride:
         command = list(job.argv)
         if self.change_to_workdir:
-            # No shell: env(1) changes directory and execs argv, each element verbatim.
+            # env(1) changes directory and execs argv, each element verbatim.
             command = ["env", "-C", str(job.workdir), "--", *command]
+        where = (
+            f"image {self.image}"
+            if self.task_definition_arn is None
+            else f"the image of task definition {self.task_definition_arn}"
+        )
+        command = checked_command(command, job.interpreter, where)
         override = ContainerOverride(
             name=self.container_name,
             command=command,

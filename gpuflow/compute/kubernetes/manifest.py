@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gpuflow.compute.base import JobSpec
+from gpuflow.compute.interpreter_check import checked_command
 from gpuflow.core.errors import GpuflowError
 
 API_VERSION = "kubeflow.org/v1"
@@ -445,7 +446,12 @@ def _spread(mode: str, name: str) -> dict[str, Any] | None:
 def _command(config: PyTorchJobConfig, job: JobSpec) -> list[str]:
     """``job.argv``, under the env's torchrun when the job runs more than one process:
     torchrun reads the operator's ``PET_*`` variables (nodes, processes per node, node
-    rank, master address) and gives each process its ``RANK``."""
+    rank, master address) and gives each process its ``RANK``. Behind the interpreter
+    check: an image without the env's interpreter fails as a config error, saying so."""
+    return checked_command(_launcher(config, job), job.interpreter, f"image {config.image}")
+
+
+def _launcher(config: PyTorchJobConfig, job: JobSpec) -> list[str]:
     processes = config.launches_processes(job.gpus)
     if processes == 1:
         return list(job.argv)
