@@ -4,17 +4,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 from gpuflow_progress import ExitCode
+from prefect_aws import AwsCredentials
 
 from gpuflow.compute.base import JobSpec
+from gpuflow.compute.ecs.target import EcsTask
 from gpuflow.compute.interpreter_check import SCRIPT, SCRIPT_NAME, SHELL, checked_command
+from gpuflow.compute.kubernetes.manifest import PyTorchJobConfig, build_pytorchjob
 from gpuflow.compute.local import LocalSubprocess
 from gpuflow.core.errors import JobFailedError
 from gpuflow.envs.catalog import ResolvedEnv
@@ -187,3 +191,86 @@ def test_a_relative_venv_link_is_named_by_its_absolute_path(tmp_path: Path) -> N
     assert env.interpreter() == BaseInterpreter(
         path=str(env.venv / "bin" / "python3.13"), version="3.13.1"
     )
+
+
+def _env_job(**changes: object) -> JobSpec:
+    job = JobSpec(
+        name="i2v-run",
+        argv=["/mnt/nas/envs/k/.venv/bin/i2v-job", "--prompt-file=/mnt/nas/workspaces/r/p.txt"],
+        workdir=Path("/mnt/nas/workspaces/r"),
+        gpus=1,
+        interpreter=BaseInterpreter(path="/usr/bin/python3.11", version="3.11.2"),
+    )
+    return job.model_copy(update=changes)
+
+
+def _ecs(**fields: object) -> EcsTask:
+    settings: dict[str, object] = {
+        "aws_credentials": AwsCredentials(region_name="us-east-1"),
+        "cluster": "gpuflow",
+        "launch_type": "EC2",
+        "subnets": ["subnet-0123456789abcdef0"],
+        "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/gpuflow:job-0.1.0",
+        **fields,
+    }
+    return EcsTask.model_validate(settings)
+
+
+@pytest.mark.parametrize(
+    ("fields", "where"),
+    [
+        ({}, "image 123456789012.dkr.ecr.us-east-1.amazonaws.com/gpuflow:job-0.1.0"),
+        (
+            {"image": None, "task_definition_arn": "arn:aws:ecs:us-east-1:1:task-definition/j:3"},
+            "the image of task definition arn:aws:ecs:us-east-1:1:task-definition/j:3",
+        ),
+    ],
+)
+def test_an_ecs_task_starts_the_check_then_env_c_then_the_job(
+    fields: dict[str, object], where: str
+) -> None:
+    job = _env_job()
+    request = _ecs(**fields).run_task_request(job, "gpuflow-job-1gpu", None, "t").to_api()
+    (override,) = request["overrides"]["containerOverrides"]
+    assert override["command"] == [
+        SHELL,
+        "-c",
+        SCRIPT,
+        SCRIPT_NAME,
+        where,
+        "/usr/bin/python3.11",
+        "3.11",
+        "3.11.2",
+        "env",
+        "-C",
+        str(job.workdir),
+        "--",
+        *job.argv,
+    ]
+    # The check costs part of RunTask's 8,192 characters of overrides, once per job.
+    assert len(json.dumps(request["overrides"], separators=(",", ":"))) < 2000
+
+
+def test_a_kubernetes_job_starts_the_check_then_torchrun_then_the_job() -> None:
+    config = PyTorchJobConfig(
+        image="registry.example/gpuflow-job:0.1.0",
+        nas_mount_path=PurePosixPath("/mnt/nas"),
+        gpus_per_replica=2,
+    )
+    job = _env_job(gpus=4, torchrun="/mnt/nas/envs/k/.venv/bin/torchrun")
+    manifest = build_pytorchjob(config, job, name="i2v-run-abc123")
+    for replica in manifest["spec"]["pytorchReplicaSpecs"].values():
+        (container,) = replica["template"]["spec"]["containers"]
+        assert container["command"] == [
+            SHELL,
+            "-c",
+            SCRIPT,
+            SCRIPT_NAME,
+            "image registry.example/gpuflow-job:0.1.0",
+            "/usr/bin/python3.11",
+            "3.11",
+            "3.11.2",
+            "/mnt/nas/envs/k/.venv/bin/torchrun",
+            "--no-python",
+            *job.argv,
+        ]
