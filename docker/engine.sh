@@ -67,6 +67,9 @@ make_base_image() {
         /etc/apt/sources.list.d/* /etc/apt/sources.list 2>/dev/null || true)
     mirror="${mirror:-http://deb.debian.org/debian}"
     rootfs=$(mktemp -d "${TMPDIR:-/var/tmp}/gpuflow-rootfs.XXXXXX")
+    # mktemp makes the directory 0700, and tar records it as the image's `/`: a non-root
+    # user in a container could then run nothing.
+    chmod 0755 "$rootfs"
     trap 'rm -rf "$rootfs"' RETURN
     log "no registry answers: making $base_image with debootstrap $suite from $mirror"
     debootstrap --variant=minbase "$suite" "$rootfs" "$mirror" >"$state_dir/debootstrap.log" 2>&1 \

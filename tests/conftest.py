@@ -25,7 +25,17 @@ pytest_plugins = ["tests.support.deployed"]
 
 # Fixtures that start or need a real service; a test using one is an integration test.
 SERVICE_FIXTURES = frozenset(
-    {"prefect_server", "i2v_env", "wan_env", "deployed", "moto_server", "moto_url", "wheelhouse"}
+    {
+        "prefect_server",
+        "i2v_env",
+        "wan_env",
+        "deployed",
+        "moto_server",
+        "moto_url",
+        "wheelhouse",
+        "docker_cli",
+        "flow_image",
+    }
 )
 # Helpers a test module imports to reach a service from the test's body.
 SERVICE_HELPERS = frozenset({"fresh_database", "ensure_server"})
