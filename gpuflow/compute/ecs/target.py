@@ -98,7 +98,11 @@ class EcsTask(ComputeTarget):
         description="Task definition family (a GPU count adds a '-<k>gpu' suffix).",
     )
     container_name: str = Field(default="job", pattern=r"^[A-Za-z0-9_-]{1,255}$")
-    image: str | None = Field(default=None, description="Container image of the job.")
+    image: str | None = Field(
+        default=None,
+        description="Container image of the job: the job image (docker/job.Dockerfile) "
+        "pushed to ECR, e.g. <repository URL>:job-<version>.",
+    )
     cpu: str = Field(default="1024", description="Task CPU units (1024 = 1 vCPU).")
     memory: str = Field(default="2048", pattern=r"^[1-9][0-9]*$", description="Task memory in MiB.")
     shared_memory_mib: int | None = Field(

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from gpuflow.compute.base import JobSpec
 from gpuflow.compute.interpreter_check import checked_command
+from gpuflow.compute.job_image import default_job_image
 from gpuflow.core.errors import GpuflowError
 
 API_VERSION = "kubeflow.org/v1"
@@ -157,7 +158,11 @@ class PyTorchJobConfig(_Config):
     """How every PyTorchJob of a compute target is shaped; the job supplies argv and GPUs."""
 
     namespace: DnsLabel = "default"
-    image: Annotated[str, Field(min_length=1, pattern=r"^\S+$")]
+    image: Annotated[str, Field(min_length=1, pattern=r"^\S+$")] = Field(
+        default_factory=default_job_image,
+        description="Image of the job's pods: the job image (docker/job.Dockerfile) in your "
+        "registry; unset: gpuflow-job:<version>, for nodes that have the local build.",
+    )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     image_pull_secrets: list[DnsLabel] = Field(default_factory=list)
     service_account_name: DnsLabel | None = None
