@@ -21,9 +21,6 @@
 ARG BASE_IMAGE=debian:bookworm-slim
 
 FROM ${BASE_IMAGE}
-ARG BASE_IMAGE
-ARG VERSION=0.1.0
-ARG REVISION=unknown
 # The interpreter contract: envs record the executable their venv links to, and every
 # image that runs them must have it at that path (gpuflow.compute.interpreter_check
 # refuses the job, naming both, where it does not).
@@ -47,11 +44,16 @@ ENV GPUFLOW_PYTHON="/usr/bin/python${PYTHON_VERSION}" \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
-# The flow image's user too (uid 10001; numeric, so runAsNonRoot can check it): files a job writes into the run's workspace
-# belong to the same user as the flow's.
+# The flow image's user (uid 10001), so what a job writes into the run's workspace
+# belongs to the flow's user; numeric, so Kubernetes' runAsNonRoot can check it.
 USER 10001:10001
 WORKDIR /home/gpuflow
 
+# Declared here, after the packages: a build argument used before a RUN is part of its
+# cache key, and the revision changes with every commit.
+ARG BASE_IMAGE
+ARG VERSION=0.1.0
+ARG REVISION=unknown
 LABEL org.opencontainers.image.title="gpuflow-job" \
       org.opencontainers.image.description="gpuflow's job image: the interpreter of the job environments on the NAS, for GPU job containers" \
       org.opencontainers.image.version="${VERSION}" \
