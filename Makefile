@@ -9,7 +9,7 @@ RUN := $(UV) run --frozen
 # workers keep two cores busy. A file's tests stay on one worker (they share fixtures).
 TEST_WORKERS ?= 3
 
-.PHONY: demo test lint typecheck unit templates sync server-stop clean
+.PHONY: demo test lint typecheck unit templates sync server-stop clean docker-engine flow-image
 
 demo: sync
 	$(RUN) gpuflow demo
@@ -24,6 +24,7 @@ unit: sync
 lint: sync
 	$(RUN) ruff format --check .
 	$(RUN) ruff check .
+	$(RUN) hadolint docker/*.Dockerfile
 
 typecheck: sync
 	$(RUN) mypy .
@@ -37,6 +38,16 @@ $(UV_TOOLS)/bin/uv:
 # Render the work-pool templates and RBAC in deployments/ from the code.
 templates: sync
 	$(RUN) python -m gpuflow.ops.pool_templates deployments
+
+# A Docker engine that answers and the base image (docker/engine.sh; the container tests
+# run it themselves too).
+docker-engine:
+	bash docker/engine.sh
+
+# The flow image as `prefect deploy` builds it (GPUFLOW_IMAGE_REGISTRY, GPUFLOW_IMAGE_TAG,
+# GPUFLOW_BUILD_CA_BUNDLE as docs/containers.md says).
+flow-image: sync docker-engine
+	$(RUN) python -m gpuflow.ops.deploy_steps
 
 server-stop:
 	$(RUN) gpuflow server stop

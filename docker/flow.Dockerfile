@@ -26,7 +26,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 # ca is optional: without a proxy, pip and uv use the CA bundles they ship.
 RUN --mount=type=secret,id=ca,required=false \
-    if [[ -s /run/secrets/ca ]]; then export PIP_CERT=/run/secrets/ca; fi; \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
     python3.11 -m pip install --no-cache-dir --break-system-packages --root-user-action=ignore \
         "uv==${UV_VERSION}"
 
@@ -45,7 +45,7 @@ COPY pyproject.toml uv.lock ./
 COPY jobs/progress jobs/progress
 RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=secret,id=ca,required=false \
-    if [[ -s /run/secrets/ca ]]; then export SSL_CERT_FILE=/run/secrets/ca; fi; \
+    if [ -s /run/secrets/ca ]; then export SSL_CERT_FILE=/run/secrets/ca; fi; \
     uv sync --frozen --no-dev --no-editable --no-install-project
 
 # The code layer: the gpuflow wheel, and the tree the runtime image keeps at
@@ -53,16 +53,13 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 COPY . .
 RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=secret,id=ca,required=false \
-    if [[ -s /run/secrets/ca ]]; then export SSL_CERT_FILE=/run/secrets/ca; fi; \
+    if [ -s /run/secrets/ca ]; then export SSL_CERT_FILE=/run/secrets/ca; fi; \
     uv build --wheel --out-dir /dist \
     && mkdir -p /opt/gpuflow \
     && cp -r flows jobs blocks deployments prefect.yaml /opt/gpuflow/
 
 
 FROM ${BASE_IMAGE} AS runtime
-ARG BASE_IMAGE
-ARG VERSION=0.1.0
-ARG REVISION=unknown
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -82,8 +79,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     GPUFLOW_JOBS_ROOT=/opt/gpuflow/jobs \
     UV_PYTHON_DOWNLOADS=never
-USER gpuflow
+# Numeric, so Kubernetes' runAsNonRoot can tell it is not root.
+USER 10001:10001
 
+# Declared here, not at the top of the stage: a build argument is in the environment of
+# every later RUN, so a new revision would rebuild them all.
+ARG BASE_IMAGE
+ARG VERSION=0.1.0
+ARG REVISION=unknown
 LABEL org.opencontainers.image.title="gpuflow" \
       org.opencontainers.image.description="gpuflow's flow image: Prefect flows that run GPU batch jobs" \
       org.opencontainers.image.version="${VERSION}" \

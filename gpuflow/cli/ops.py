@@ -53,7 +53,7 @@ def bootstrap(
         list[str] | None,
         typer.Option(
             metavar="TYPE",
-            help="Work pool type to create (repeatable; default: process, kubernetes, ecs).",
+            help="Work pool type to create (repeatable; default: all of them).",
         ),
     ] = None,
     pool_prefix: Annotated[str, typer.Option(help="Pools are named PREFIX-TYPE.")] = "gpuflow",

@@ -18,7 +18,7 @@ import yaml
 from gpuflow.compute.kubernetes.pool import rbac_manifests
 from gpuflow.ops.work_pools import base_job_template
 
-RENDERED_POOL_TYPES = ("kubernetes", "ecs")
+RENDERED_POOL_TYPES = ("kubernetes", "ecs", "docker")
 RBAC_PATH = "kubernetes/rbac.yaml"
 
 

@@ -41,6 +41,12 @@ def pool_variables(pool_type: str) -> PoolVariables:
         return PoolVariables(
             tuple(ecs_pool.PREFECT_VARIABLES.values()), ecs_pool.PREFECT_VARIABLE_DEFAULTS
         )
+    if pool_type == "docker":
+        from gpuflow.compute import docker_pool
+
+        return PoolVariables(
+            tuple(docker_pool.PREFECT_VARIABLES.values()), docker_pool.PREFECT_VARIABLE_DEFAULTS
+        )
     return PoolVariables((), {})  # Prefect's own template (process) reads none
 
 

@@ -2,7 +2,8 @@
 
 A pool's base job template is built by code: the worker type's own default (Prefect's
 process worker) or gpuflow's additions to it (the NAS, the service account, the roles;
-``gpuflow.compute.kubernetes.pool``, ``gpuflow.compute.ecs.pool``). Creating a pool again
+``gpuflow.compute.kubernetes.pool``, ``gpuflow.compute.ecs.pool``,
+``gpuflow.compute.docker_pool``). Creating a pool again
 updates its template and queues: safe to repeat.
 """
 
@@ -32,6 +33,12 @@ def _kubernetes_template() -> dict[str, Any]:
     return kubernetes_base_job_template()
 
 
+def _docker_template() -> dict[str, Any]:
+    from gpuflow.compute.docker_pool import docker_base_job_template
+
+    return docker_base_job_template()
+
+
 def _ecs_template() -> dict[str, Any]:
     from gpuflow.compute.ecs.pool import ecs_base_job_template
 
@@ -43,6 +50,7 @@ TEMPLATES: dict[str, Callable[[], dict[str, Any]]] = {
     "process": _process_template,
     "kubernetes": _kubernetes_template,
     "ecs": _ecs_template,
+    "docker": _docker_template,
 }
 POOL_TYPES = tuple(TEMPLATES)
 

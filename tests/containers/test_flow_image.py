@@ -64,7 +64,7 @@ def test_labels_name_version_revision_and_base(docker_cli: str, flow_image: Flow
     assert labels["org.opencontainers.image.revision"] == flow_image.revision
     assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
     assert labels["org.opencontainers.image.base.name"] == "debian:bookworm-slim"
-    assert config["User"] == "gpuflow"
+    assert config["User"] == "10001:10001"
 
 
 def _occurrences(archive: Path, needles: set[bytes]) -> set[bytes]:

@@ -24,7 +24,7 @@ from gpuflow.ops.embedded import EmbeddedLayout
 from gpuflow.ops.local_server import LocalServer
 from gpuflow.ops.work_pools import PRIORITY_QUEUES, base_job_template
 from gpuflow.storage.uri import ObjectUri
-from tests.support.deployed import GPUFLOW, REPO, Deployed, cli_env
+from tests.support.deployed import DEPLOYED_IMAGE, GPUFLOW, PREFECT, REPO, Deployed, cli_env
 from tests.support.media import probe
 
 pytestmark = pytest.mark.integration
@@ -62,6 +62,7 @@ def test_deploy_all_creates_every_deployment(deployed: Deployed) -> None:
                 "generate-video/generate-video-kubernetes",
                 "generate-video/generate-video-ecs",
                 "generate-video/generate-video-wan-i2v",
+                "generate-video/generate-video-docker",
                 "gpuflow-batch/nightly-batch",
                 "gpuflow-janitor/janitor",
             ]
@@ -71,6 +72,11 @@ def test_deploy_all_creates_every_deployment(deployed: Deployed) -> None:
     pools = {name: d.work_pool_name for name, d in found.items()}
     assert pools["generate-video/generate-video-kubernetes"] == "gpuflow-kubernetes"
     assert pools["generate-video/generate-video-ecs"] == "gpuflow-ecs"
+    assert pools["generate-video/generate-video-docker"] == "gpuflow-docker"
+    # Every container deployment runs the image the deploy's build step named.
+    for name in ("kubernetes", "ecs", "wan-i2v", "docker"):
+        job_variables = found[f"generate-video/generate-video-{name}"].job_variables
+        assert job_variables["image"] == DEPLOYED_IMAGE, name
     assert all(d.enforce_parameter_schema for d in found.values())
     k8s = found["generate-video/generate-video-kubernetes"]
     # The pool's template reads the namespace from a Prefect variable: none is hard-coded.
@@ -90,6 +96,21 @@ def test_deploy_all_creates_every_deployment(deployed: Deployed) -> None:
     request = schema["definitions"]["VideoRequest"]["properties"]
     assert request["num_frames"]["maximum"] == 241
     assert schema["definitions"]["Priority"]["enum"] == ["high", "normal", "batch"]
+
+
+def test_deploying_the_process_pool_needs_no_docker_and_no_registry(
+    deployed: Deployed, prefect_server: LocalServer, state_dir: Path
+) -> None:
+    env = {**cli_env(state_dir, prefect_server), "GPUFLOW_DOCKER": "/nonexistent/docker"}
+    for name in ("GPUFLOW_IMAGE", "GPUFLOW_IMAGE_REGISTRY"):
+        env.pop(name, None)
+    deploy = subprocess.run(
+        [PREFECT, "--no-prompt", "deploy", "--name", "generate-video-process"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    output = deploy.stdout + deploy.stderr
+    assert deploy.returncode == 0, output[-4000:]
+    assert "built " not in output
 
 
 def test_every_deployment_of_prefect_yaml_creates_a_flow_run(

@@ -23,6 +23,7 @@ from gpuflow.ops.local_server import LocalServer, stop_process
 REPO = Path(__file__).resolve().parents[2]
 GPUFLOW = str(Path(sys.executable).with_name("gpuflow"))
 PREFECT = str(Path(sys.executable).with_name("prefect"))
+DEPLOYED_IMAGE = "gpuflow:0.1.0"
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,12 @@ def deployed(
         env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert boot.returncode == 0, boot.stderr[-3000:]
+    # The container deployments run an image named here, not built: this deploy needs no
+    # Docker engine (tests/containers/test_deploy_build.py builds through prefect deploy).
     deploy = subprocess.run(
         [PREFECT, "--no-prompt", "deploy", "--all"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False,
+        cwd=REPO, env={**env, "GPUFLOW_IMAGE": DEPLOYED_IMAGE},
+        capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert deploy.returncode == 0, (deploy.stdout + deploy.stderr)[-4000:]
     worker_log = tmp_path_factory.mktemp("worker") / "worker.log"

@@ -123,3 +123,35 @@ def docker(docker_cli: str, *args: str, timeout: float = 300) -> subprocess.Comp
 def remove_tag(docker_cli: str, image: str) -> None:
     """Untag a test image; its layers stay in the build cache for the next session."""
     docker(docker_cli, "image", "rm", image, timeout=120)
+
+
+# Debian's docker-registry is the Distribution project's registry (2.8.2 in bookworm),
+# what `registry:2` runs: a real registry without a registry to pull it from.
+_REGISTRY_BINARY = Path("/usr/bin/docker-registry")
+
+
+def registry_binary() -> Path:
+    """Debian's docker-registry, installed where it is missing and we are root on Debian;
+    else skip (fail where services are required)."""
+    apt_get = shutil.which("apt-get")
+    if not _REGISTRY_BINARY.is_file() and os.geteuid() == 0 and apt_get is not None:
+        subprocess.run(
+            [apt_get, "install", "-y", "--no-install-recommends", "docker-registry"],
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            capture_output=True,
+            timeout=600,
+            check=False,
+        )
+    if not _REGISTRY_BINARY.is_file():
+        service_missing(f"no {_REGISTRY_BINARY} (Debian's docker-registry package) to push to")
+    return _REGISTRY_BINARY
+
+
+def registry_config(root: Path, port: int) -> str:
+    """A registry on 127.0.0.1 without auth (Docker trusts 127.0.0.0/8 over plain HTTP)."""
+    return (
+        "version: 0.1\n"
+        "storage:\n"
+        f"  filesystem:\n    rootdirectory: {root}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
