@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field
 
+from gpuflow.envs.records import BaseInterpreter
+
 LineHandler = Callable[[str], Awaitable[None]]
 
 
@@ -37,6 +39,12 @@ class JobSpec(BaseModel):
         default=None,
         description="The job env's torchrun, where it has one: a backend that starts more "
         "than one process launches argv under it (jobs/progress/README.md).",
+    )
+    interpreter: BaseInterpreter | None = Field(
+        default=None,
+        description="The interpreter the job's env was built on, where it runs in one: "
+        "backends check the job's image (or host) has it before starting argv "
+        "(gpuflow.compute.interpreter_check).",
     )
 
 

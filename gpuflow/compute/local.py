@@ -7,7 +7,9 @@ no GPUs configured or found, ``CUDA_VISIBLE_DEVICES`` is empty and the job runs 
 
 The job runs under ``gpuflow.compute.job_guard``, which kills its process group when the
 flow process dies (even by ``kill -9``), so no job outlives the run that accounts
-for its GPUs.
+for its GPUs. A job of an env starts behind the interpreter check
+(``gpuflow.compute.interpreter_check``): in a container of the docker work pool, an env
+built on another host's Python fails as a config error that names it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -28,6 +31,7 @@ from gpuflow_progress import ExitCode
 from pydantic import Field
 
 from gpuflow.compute.base import ComputeTarget, JobResult, JobSpec, LineHandler
+from gpuflow.compute.interpreter_check import checked_command
 from gpuflow.compute.output_lines import OutputLines
 from gpuflow.core.errors import GpuCapacityError
 from gpuflow.gpu.discovery import discover_gpu_indices
@@ -137,7 +141,7 @@ class LocalSubprocess(ComputeTarget):
             try:
                 process = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "gpuflow.compute.job_guard", str(lifeline_read), "--",
-                    *job.argv,
+                    *checked_command(job.argv, job.interpreter, f"host {socket.gethostname()}"),
                     cwd=job.workdir,
                     env=env,
                     stdin=asyncio.subprocess.DEVNULL,

@@ -25,7 +25,7 @@ import uv
 from gpuflow.core.errors import EnvironmentBuildError
 from gpuflow.envs import shared_bytecode
 from gpuflow.envs.key import local_package_names, platform_tag
-from gpuflow.envs.records import EnvMetadata, now
+from gpuflow.envs.records import BaseInterpreter, EnvMetadata, now
 
 logger = logging.getLogger("gpuflow.envs")
 
@@ -245,6 +245,16 @@ def env_python_version(venv: Path) -> str:
         r"^version\s*=\s*(.+)$", config, re.MULTILINE
     )
     return match.group(1).strip() if match else platform.python_version()
+
+
+def venv_interpreter(venv: Path) -> BaseInterpreter:
+    """What ``venv/bin/python`` starts: the target of its symlink as the kernel will look it
+    up (not resolved further: a container needs that very path), and the venv's version."""
+    python = venv / "bin" / "python"
+    path = python
+    if python.is_symlink():
+        path = python.parent / python.readlink()
+    return BaseInterpreter(path=os.path.normpath(path), version=env_python_version(venv))
 
 
 def build(

@@ -36,6 +36,7 @@ from gpuflow.envs import builder
 from gpuflow.envs.key import StatIndex, environment_key
 from gpuflow.envs.records import (
     METADATA,
+    BaseInterpreter,
     EnvMetadata,
     JobRecord,
     Pin,
@@ -66,6 +67,14 @@ class ResolvedEnv:
 
     def script(self, name: str) -> Path:
         return self.venv / "bin" / name
+
+    def interpreter(self) -> BaseInterpreter | None:
+        """The interpreter the venv runs on, read from the venv (None while it is unbuilt,
+        as for a dry run's preview): a container running the env must have it."""
+        try:
+            return builder.venv_interpreter(self.venv)
+        except OSError:
+            return None
 
 
 def console_script(project_dir: Path) -> str:

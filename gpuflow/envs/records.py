@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 METADATA = "metadata.json"
 
@@ -38,6 +38,22 @@ def write_atomically(path: Path, text: str) -> None:
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+class BaseInterpreter(BaseModel):
+    """The interpreter a venv runs on: the executable its ``bin/python`` links to, and the
+    Python version it was built with. Wherever the env runs, that executable must exist at
+    this path and be this minor version (bytecode and extension modules are per minor)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str = Field(pattern=r"^/", description="Absolute path of the executable.")
+    version: str = Field(pattern=r"^[0-9]+\.[0-9]+(\.[0-9]+)?", description="e.g. 3.11.2")
+
+    @property
+    def minor(self) -> str:
+        """``3.11`` of ``3.11.2``: what a venv needs of its interpreter."""
+        return ".".join(self.version.split(".")[:2])
 
 
 class EnvMetadata(BaseModel):

@@ -66,4 +66,5 @@ def job_spec(
         gpu_type=request.gpu_type or None,  # the request's empty type is any
         timeout_s=timeout_s,
         torchrun=str(torchrun) if (torchrun := env.script("torchrun")).exists() else None,
+        interpreter=env.interpreter(),
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gpuflow_progress import Progress, encode, parse_line
+from gpuflow_progress import ExitCode, Progress, encode, parse_line
 from pydantic import SecretStr
 
 from gpuflow.compute.base import JobSpec
@@ -17,7 +17,9 @@ from gpuflow.compute.kubernetes.manifest import KubernetesConfigError
 from gpuflow.compute.kubernetes.pool import FLOW_POD_RULES
 from gpuflow.compute.kubernetes.status import JobStartError
 from gpuflow.compute.kubernetes.target import KubernetesPyTorchJob
-from tests.support.kube_api_server import KubeApiServer, RecordedRequest
+from gpuflow.core.errors import JobFailedError
+from gpuflow.envs.records import BaseInterpreter
+from tests.support.kube_api_server import KubeApiServer, RecordedRequest, run_containers_locally
 
 pytestmark = pytest.mark.anyio
 
@@ -967,3 +969,39 @@ async def test_without_permission_to_read_the_crd_the_server_validates_alone(
     assert "Cannot read CRD pytorchjobs.kubeflow.org (forbidden)" in caplog.text
     (create,) = kube_api.requests_to("POST", "/pytorchjobs")
     assert create.query.get("fieldValidation") == "Strict"
+
+
+@pytest.mark.parametrize("operator_deletes_failed_pods", [False, True], ids=["v1.9.4+", "v1.9.3"])
+async def test_an_image_without_the_envs_interpreter_fails_as_a_config_error_naming_it(
+    kube_api: KubeApiServer,
+    target: KubernetesPyTorchJob,
+    nas: Path,
+    operator_deletes_failed_pods: bool,
+) -> None:
+    # The pods run their container's command here (the NAS is a local directory): the
+    # check, then the job, which the check never reaches.
+    kube_api.script = run_containers_locally
+    kube_api.operator_deletes_failed_pods = operator_deletes_failed_pods
+    wanted = BaseInterpreter(path=str(nas / "no-python" / "python3.11"), version="3.11.2")
+    job = i2v_job(nas).model_copy(update={"interpreter": wanted})
+    job.workdir.mkdir(parents=True)
+    lines = Lines()
+
+    result = await target.run(job, lines)
+
+    # The exit code comes from the watch: a config error, not retried, on every operator.
+    assert result.exit_code == ExitCode.CONFIG_ERROR
+    assert not JobFailedError(result.exit_code, "").retryable
+    (create,) = kube_api.requests_to("POST", "/pytorchjobs")
+    (container,) = create.body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"][
+        "containers"
+    ]
+    assert container["command"][:2] == ["/bin/sh", "-c"]
+    assert container["command"][-len(job.argv) :] == job.argv
+    if operator_deletes_failed_pods:
+        # Before v1.9.4 the operator deletes a failed job's pods before it says Failed: a
+        # container that fails within milliseconds is gone before its log can be read.
+        return
+    (line,) = lines.lines
+    assert line.startswith(f"gpuflow: image {target.pytorchjob.image} cannot run this job: ")
+    assert f"built on Python 3.11.2 at {wanted.path}, but {wanted.path} does not exist" in line

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpuflow.compute.base import JobSpec
+from gpuflow.compute.interpreter_check import SCRIPT, SCRIPT_NAME, SHELL
 from gpuflow.compute.kubernetes.crd import crd_schema, validate_against_crd
 from gpuflow.compute.kubernetes.manifest import (
     CONTAINER_NAME,
@@ -29,6 +30,7 @@ from gpuflow.compute.kubernetes.manifest import (
     build_pytorchjob,
     job_name,
 )
+from gpuflow.envs.records import BaseInterpreter
 
 KUBERNETES_VERSION = "1.33"
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
@@ -159,6 +161,16 @@ def configs_and_jobs(draw: st.DrawFn) -> tuple[PyTorchJobConfig, JobSpec]:
         gpu_type=gpu_type,
         timeout_s=draw(st.floats(1, 86400)),
         torchrun=f"{mount}/envs/t/.venv/bin/torchrun",
+        interpreter=draw(
+            st.one_of(
+                st.none(),
+                st.builds(
+                    BaseInterpreter,
+                    path=st.sampled_from(["/usr/bin/python3.11", f"{mount}/python/bin/python3"]),
+                    version=st.sampled_from(["3.11.2", "3.12.7"]),
+                ),
+            )
+        ),
     )
     return config, job
 
@@ -207,10 +219,16 @@ def test_every_configuration_renders_a_job_both_schemas_accept(
         kubernetes_validate.validate(_as_pod(spec["template"]), KUBERNETES_VERSION, strict=True)
         (container,) = spec["template"]["spec"]["containers"]
         assert container["name"] == CONTAINER_NAME
-        # Verbatim, one element per argument; under torchrun unless exactly one process.
+        # Verbatim, one element per argument; under torchrun unless exactly one process;
+        # behind the interpreter check when the job's env names its interpreter.
         single = config.launches_processes(job.gpus) == 1
         launcher = [] if single else [job.torchrun, "--no-python"]
-        assert container["command"] == [*launcher, *job.argv]
+        check: list[str] = []
+        if job.interpreter is not None:
+            interpreter = job.interpreter
+            check = [SHELL, "-c", SCRIPT, SCRIPT_NAME, f"image {config.image}"]
+            check += [interpreter.path, interpreter.minor, interpreter.version]
+        assert container["command"] == [*check, *launcher, *job.argv]
         for key, value in job.env.items():
             assert {"name": key, "value": value} in container["env"]
         assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]

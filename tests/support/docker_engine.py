@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from gpuflow.ops.images import BuiltImage, build_image
+from tests.support.debian import debian_binary
 from tests.support.services import service_missing
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,16 +134,7 @@ _REGISTRY_BINARY = Path("/usr/bin/docker-registry")
 def registry_binary() -> Path:
     """Debian's docker-registry, installed where it is missing and we are root on Debian;
     else skip (fail where services are required)."""
-    apt_get = shutil.which("apt-get")
-    if not _REGISTRY_BINARY.is_file() and os.geteuid() == 0 and apt_get is not None:
-        subprocess.run(
-            [apt_get, "install", "-y", "--no-install-recommends", "docker-registry"],
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-            capture_output=True,
-            timeout=600,
-            check=False,
-        )
-    if not _REGISTRY_BINARY.is_file():
+    if debian_binary("docker-registry", str(_REGISTRY_BINARY)) is None:
         service_missing(f"no {_REGISTRY_BINARY} (Debian's docker-registry package) to push to")
     return _REGISTRY_BINARY
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.debian import debian_binary
 from tests.support.services import service_missing
 
 _BINARIES = ("pgbouncer", "/usr/sbin/pgbouncer")
@@ -43,7 +44,7 @@ def pgbouncer(
     postgres_url: str, directory: Path, pool_size: int, listen_pool_size: int
 ) -> Iterator[PgBouncer]:
     """PgBouncer for the database of ``postgres_url`` (a trust-auth local server)."""
-    binary = next((found for name in _BINARIES if (found := shutil.which(name))), None)
+    binary = debian_binary("pgbouncer", *_BINARIES)
     if binary is None:
         service_missing("no pgbouncer binary (apt-get install pgbouncer)")
     server = postgres_url.removeprefix("postgresql://")

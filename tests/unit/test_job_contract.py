@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from gpuflow.compute.base import JobSpec
 from gpuflow.core.request import parse_request
 from gpuflow.core.workspace import Workspace
 from gpuflow.envs.catalog import ResolvedEnv
+from gpuflow.envs.records import BaseInterpreter
 from gpuflow.pipeline.job_contract import PROMPT_FILE, job_spec
 from gpuflow.storage.model_cache import CachedModel
 
@@ -115,3 +117,20 @@ def test_an_empty_gpu_type_places_the_job_anywhere(
         60.0,
     )
     assert job.gpu_type == placed_on
+
+
+def test_the_job_names_the_interpreter_its_env_was_built_on(tmp_path: Path) -> None:
+    request = parse_request({"prompt": "zoom", "image_uri": "file:///srv/cat.png"})
+    workspace = Workspace.create(tmp_path, "local-" + "2" * 32)
+    env = ResolvedEnv(key="k", root=tmp_path / "env", built=False)
+
+    def spec() -> JobSpec:
+        model = CachedModel(path=tmp_path / "model", downloaded=False, bytes_downloaded=0)
+        image = workspace.input_path("cat.png")
+        return job_spec(request, JOBS / "i2v", env, model, image, workspace, 60.0)
+
+    assert spec().interpreter is None  # not built: nothing to check yet (a dry run)
+    (env.venv / "bin").mkdir(parents=True)
+    (env.venv / "pyvenv.cfg").write_text("home = /usr/bin\nversion_info = 3.11.2\n")
+    (env.venv / "bin" / "python").symlink_to("/usr/bin/python3.11")
+    assert spec().interpreter == BaseInterpreter(path="/usr/bin/python3.11", version="3.11.2")

@@ -66,6 +66,7 @@ from gpuflow.compute.ecs.taskdef import (
     log_stream_name,
     secret_refs,
 )
+from gpuflow.compute.interpreter_check import checked_command
 
 _TAIL_LINES = 20
 _CANCELLED_REASON = "gpuflow: the flow stopped waiting"
@@ -97,7 +98,11 @@ class EcsTask(ComputeTarget):
         description="Task definition family (a GPU count adds a '-<k>gpu' suffix).",
     )
     container_name: str = Field(default="job", pattern=r"^[A-Za-z0-9_-]{1,255}$")
-    image: str | None = Field(default=None, description="Container image of the job.")
+    image: str | None = Field(
+        default=None,
+        description="Container image of the job: the job image (docker/job.Dockerfile) "
+        "pushed to ECR, e.g. <repository URL>:job-<version>.",
+    )
     cpu: str = Field(default="1024", description="Task CPU units (1024 = 1 vCPU).")
     memory: str = Field(default="2048", pattern=r"^[1-9][0-9]*$", description="Task memory in MiB.")
     shared_memory_mib: int | None = Field(
@@ -386,8 +391,14 @@ class EcsTask(ComputeTarget):
     def _overrides(self, job: JobSpec) -> TaskOverride:
         command = list(job.argv)
         if self.change_to_workdir:
-            # No shell: env(1) changes directory and execs argv, each element verbatim.
+            # env(1) changes directory and execs argv, each element verbatim.
             command = ["env", "-C", str(job.workdir), "--", *command]
+        where = (
+            f"image {self.image}"
+            if self.task_definition_arn is None
+            else f"the image of task definition {self.task_definition_arn}"
+        )
+        command = checked_command(command, job.interpreter, where)
         override = ContainerOverride(
             name=self.container_name,
             command=command,

@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gpuflow.compute.base import JobSpec
+from gpuflow.compute.interpreter_check import checked_command
+from gpuflow.compute.job_image import default_job_image
 from gpuflow.core.errors import GpuflowError
 
 API_VERSION = "kubeflow.org/v1"
@@ -156,7 +158,11 @@ class PyTorchJobConfig(_Config):
     """How every PyTorchJob of a compute target is shaped; the job supplies argv and GPUs."""
 
     namespace: DnsLabel = "default"
-    image: Annotated[str, Field(min_length=1, pattern=r"^\S+$")]
+    image: Annotated[str, Field(min_length=1, pattern=r"^\S+$")] = Field(
+        default_factory=default_job_image,
+        description="Image of the job's pods: the job image (docker/job.Dockerfile) in your "
+        "registry; unset: gpuflow-job:<version>, for nodes that have the local build.",
+    )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     image_pull_secrets: list[DnsLabel] = Field(default_factory=list)
     service_account_name: DnsLabel | None = None
@@ -450,7 +456,12 @@ def _spread(mode: str, name: str) -> dict[str, Any] | None:
 def _command(config: PyTorchJobConfig, job: JobSpec) -> list[str]:
     """``job.argv``, under the env's torchrun when the job runs more than one process:
     torchrun reads the operator's ``PET_*`` variables (nodes, processes per node, node
-    rank, master address) and gives each process its ``RANK``."""
+    rank, master address) and gives each process its ``RANK``. Behind the interpreter
+    check: an image without the env's interpreter fails as a config error, saying so."""
+    return checked_command(_launcher(config, job), job.interpreter, f"image {config.image}")
+
+
+def _launcher(config: PyTorchJobConfig, job: JobSpec) -> list[str]:
     processes = config.launches_processes(job.gpus)
     if processes == 1:
         return list(job.argv)
