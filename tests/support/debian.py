@@ -34,6 +34,8 @@ def debian_binary(package: str, *binaries: str) -> str | None:
     install = [apt_get, "install", "-y", "-qq", "--no-install-recommends", package]
     if subprocess.run(install, env=environment, capture_output=True, timeout=600).returncode:
         # A machine whose package lists are stale or absent: refresh them once.
-        subprocess.run([apt_get, "update", "-qq"], env=environment, capture_output=True, timeout=600)
+        subprocess.run(
+            [apt_get, "update", "-qq"], env=environment, capture_output=True, timeout=600
+        )
         subprocess.run(install, env=environment, capture_output=True, timeout=600)
     return _found(binaries)
