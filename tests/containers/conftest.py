@@ -7,6 +7,7 @@ a few seconds), under a tag of its own, untagged at the end.
 from __future__ import annotations
 
 import re
+import subprocess
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from tests.support.docker_engine import (
     REPO,
     build_test_image,
     ca_bundle,
+    docker,
     ensure_engine,
     git_revision,
     remove_tag,
@@ -41,6 +43,16 @@ class FlowImage:
     secret_marker: str
     # The base64 bodies of the certificates in the build secret.
     secret_certificates: frozenset[str]
+
+
+@dataclass(frozen=True)
+class RunningContainer:
+    docker_cli: str
+    name: str
+
+    def exec(self, *command: str) -> subprocess.CompletedProcess[str]:
+        """``command`` in the container, as the image's user, in its working directory."""
+        return docker(self.docker_cli, "exec", self.name, *command)
 
 
 def certificate_bodies(bundle: str) -> frozenset[str]:
@@ -92,3 +104,18 @@ def flow_image(docker_cli: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         secret_certificates=certificate_bodies(secret.read_text()),
     )
     remove_tag(docker_cli, built.image)
+
+
+@pytest.fixture(scope="session")
+def flow_container(docker_cli: str, flow_image: FlowImage) -> Iterator[RunningContainer]:
+    """One running container of the flow image for the tests that only look inside it:
+    on the vfs storage driver every container start copies the whole image (~860 MB),
+    which made a `docker run` per check the slowest part of the suite."""
+    name = f"gpuflow-test-{uuid.uuid4().hex[:12]}"
+    started = docker(
+        docker_cli, "run", "--detach", "--rm", "--name", name, "--network", "host",
+        "--entrypoint", "sleep", flow_image.image, "infinity",
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    yield RunningContainer(docker_cli, name)
+    docker(docker_cli, "rm", "--force", name, timeout=120)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.containers.conftest import FlowImage, certificate_bodies
+from tests.containers.conftest import FlowImage, RunningContainer, certificate_bodies
 from tests.support.docker_engine import base_image, build_test_image, docker
 
 # The first test's setup builds the image: on a cold machine that is minutes.
@@ -19,17 +19,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 _CHUNK = 8 << 20
 
 
-def run_in(docker_cli: str, image: str, *command: str) -> str:
-    completed = docker(docker_cli, "run", "--rm", "--network", "host", image, *command)
+def run_in(container: RunningContainer, *command: str) -> str:
+    completed = container.exec(*command)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     return completed.stdout
 
 
-def test_runs_gpuflow_as_the_non_root_user(docker_cli: str, flow_image: FlowImage) -> None:
+def test_runs_gpuflow_as_the_non_root_user(
+    docker_cli: str, flow_image: FlowImage, flow_container: RunningContainer
+) -> None:
     facts = json.loads(
         run_in(
-            docker_cli,
-            flow_image.image,
+            flow_container,
             "python",
             "-c",
             "import json, os, sys, gpuflow, ffmpeg, prefect;"
@@ -47,12 +48,16 @@ def test_runs_gpuflow_as_the_non_root_user(docker_cli: str, flow_image: FlowImag
     # Where prefect.yaml's pull step and GPUFLOW_JOBS_ROOT expect the code.
     assert facts["cwd"] == "/opt/gpuflow"
     assert facts["jobs_root"] == "/opt/gpuflow/jobs"
-    listing = run_in(docker_cli, flow_image.image, "ls", "/opt/gpuflow/flows", "/opt/gpuflow/jobs")
+    listing = run_in(flow_container, "ls", "/opt/gpuflow/flows", "/opt/gpuflow/jobs")
     assert "generate_video.py" in listing
     assert "i2v" in listing
-    assert "Usage: gpuflow" in run_in(docker_cli, flow_image.image, "gpuflow", "--help")
+    assert "Usage: gpuflow" in run_in(flow_container, "gpuflow", "--help")
     # The image's default command is the CLI's help: `docker run gpuflow` explains itself.
-    assert "Usage: gpuflow" in run_in(docker_cli, flow_image.image)
+    inspected = docker(docker_cli, "image", "inspect", flow_image.image)
+    assert inspected.returncode == 0, inspected.stderr
+    config = json.loads(inspected.stdout)[0]["Config"]
+    assert not config["Entrypoint"]
+    assert "Usage: gpuflow" in run_in(flow_container, *config["Cmd"])
 
 
 def test_labels_name_version_revision_and_base(docker_cli: str, flow_image: FlowImage) -> None:
@@ -82,7 +87,7 @@ def _occurrences(archive: Path, needles: set[bytes]) -> set[bytes]:
 
 
 def test_build_secret_is_in_no_layer(
-    docker_cli: str, flow_image: FlowImage, tmp_path: Path
+    docker_cli: str, flow_image: FlowImage, flow_container: RunningContainer, tmp_path: Path
 ) -> None:
     history = docker(
         docker_cli, "history", "--no-trunc", "--format", "{{.CreatedBy}}", flow_image.image
@@ -92,7 +97,7 @@ def test_build_secret_is_in_no_layer(
     assert "BEGIN CERTIFICATE" not in history.stdout
     # The proxy's certificates: those of the secret that Debian's bundle in the image
     # lacks. Each is looked for by the first line of its body, as a PEM file holds it.
-    image_bundle = run_in(docker_cli, flow_image.image, "cat", "/etc/ssl/certs/ca-certificates.crt")
+    image_bundle = run_in(flow_container, "cat", "/etc/ssl/certs/ca-certificates.crt")
     proxy_certificates = flow_image.secret_certificates - certificate_bodies(image_bundle)
     needles = {flow_image.secret_marker.encode()} | {
         body[:64].encode() for body in proxy_certificates

@@ -28,7 +28,7 @@ from gpuflow.envs.catalog import EnvCatalog, ResolvedEnv
 from gpuflow.ops.samples import write_image, write_model
 from gpuflow.pipeline.job_contract import RAW_OUTPUT, job_spec
 from gpuflow.storage.model_cache import CachedModel
-from tests.containers.conftest import FlowImage, project_version
+from tests.containers.conftest import FlowImage, RunningContainer, project_version
 from tests.support.docker_engine import (
     REPO,
     base_image,
@@ -171,7 +171,7 @@ def _run_job(
 
 
 def test_the_job_image_holds_the_flow_images_interpreter(
-    docker_cli: str, job_image: JobImage, flow_image: FlowImage
+    docker_cli: str, job_image: JobImage, flow_container: RunningContainer
 ) -> None:
     inspected = docker(docker_cli, "image", "inspect", job_image.image)
     assert inspected.returncode == 0, inspected.stderr
@@ -195,7 +195,7 @@ def test_the_job_image_holds_the_flow_images_interpreter(
         "import os, sys; "
         "print(os.path.realpath(sys._base_executable), '%d.%d.%d' % sys.version_info[:3])"
     )
-    ran = docker(docker_cli, "run", "--rm", flow_image.image, "python", "-c", flow_probe)
+    ran = flow_container.exec("python", "-c", flow_probe)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.split() == [labels["io.gpuflow.python"], job_version]
     default = docker(docker_cli, "run", "--rm", job_image.image)
