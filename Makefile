@@ -15,7 +15,7 @@ demo: sync
 	$(RUN) gpuflow demo
 
 test: sync lint typecheck
-	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile
+	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 # The tests that need no service (no Prefect server, database, emulator or uv build).
 unit: sync

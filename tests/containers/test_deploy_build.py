@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import time
 import urllib.request
@@ -39,7 +40,14 @@ def local_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("registry")
     port = free_port()
     config = root / "config.yml"
-    config.write_text(registry_config(root / "storage", port))
+    # The blobs outlive the session, as a team registry's do: a warm machine's push then
+    # sends only the layers that changed (the dependency layer is most of the image).
+    storage = Path(
+        os.environ.get(
+            "GPUFLOW_TEST_REGISTRY_STORAGE", Path.home() / ".cache" / "gpuflow-tests" / "registry"
+        )
+    )
+    config.write_text(registry_config(storage, port))
     with (root / "registry.log").open("wb") as log:
         process = subprocess.Popen(
             [str(binary), "serve", str(config)],
