@@ -98,9 +98,12 @@ def container_job_variables(layout: EmbeddedLayout, flow_image: FlowImage) -> di
 
 
 def containers_of(docker_cli: str, flow_image: FlowImage) -> list[str]:
+    """Containers of the flow image that a Prefect docker worker created (it labels them
+    io.prefect.*), not the session's own container of the image that other tests use."""
     listed = docker(
-        docker_cli, "ps", "--all", "--quiet", "--filter", f"ancestor={flow_image.image}"
-    )
+        docker_cli, "ps", "--all", "--quiet",
+        "--filter", f"ancestor={flow_image.image}", "--filter", "label=io.prefect.version",
+    )  # fmt: skip
     assert listed.returncode == 0, listed.stderr
     return listed.stdout.split()
 
