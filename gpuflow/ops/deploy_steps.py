@@ -49,7 +49,8 @@ def _env(name: str) -> str:
     return os.environ.get(name, "").strip()
 
 
-def _git_commit(context: Path) -> str:
+def git_commit(context: Path) -> str:
+    """The commit checked out at ``context`` ("" outside git or without git)."""
     git = shutil.which("git")
     if git is None:
         return ""
@@ -92,7 +93,7 @@ def _build(
 ) -> dict[str, Any]:
     del registry  # part of the cache key: image_name_for reads it
     root = Path(context).resolve()
-    commit = _git_commit(root)
+    commit = git_commit(root)
     project_version = version("gpuflow")
     chosen_tag = tag or (f"{project_version}-{commit[:12]}" if commit else project_version)
     image = image_reference(image_name_for(repository), chosen_tag)

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
+from gpuflow.ops.deploy_steps import git_commit
 from gpuflow.ops.images import BuiltImage, build_image
 from tests.support.debian import debian_binary
 from tests.support.services import service_missing
@@ -79,13 +80,7 @@ def ca_bundle() -> Path | None:
 
 def git_revision() -> str:
     """The checkout's commit, for the image's revision label ("unknown" outside git)."""
-    git = shutil.which("git")
-    if git is None:
-        return "unknown"
-    completed = subprocess.run(
-        [git, "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
-    )
-    return completed.stdout.strip() if completed.returncode == 0 else "unknown"
+    return git_commit(REPO) or "unknown"
 
 
 def build_test_image(
