@@ -7,6 +7,12 @@ lease expiry, cancellation):
 2. fair admission (optional): a place in the queue by priority, then arrival;
 3. the Prefect slots of every limit, under one renewed lease;
 4. the job's record in the registry of running jobs (for reconciliation).
+
+With admission, a holder whose job ended hands its lease to the request its leave
+admits, when that one wants the same slots of the same limits: the receiver holds the
+lease as it is, so neither the release nor the take is a request to the Prefect server
+between one job's end and the next one's start, and the slots never leave the limit. The
+holder's record leaves the registry before the hand-over, the receiver's enters after it.
 """
 
 from __future__ import annotations
@@ -15,16 +21,17 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from uuid import UUID
 
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 
 from gpuflow.core.events import GpuflowEvent, emit_run_event
 from gpuflow.core.request import Priority
-from gpuflow.gpu.admission.base import AdmissionQueue
+from gpuflow.gpu.admission.base import AdmissionQueue, HandedLease
 from gpuflow.gpu.admission.policy import Ticket
 from gpuflow.gpu.admission.waiting import admitted
 from gpuflow.gpu.capacity import check_gpu_capacity
-from gpuflow.gpu.leases import GpuLease, held_gpu_slots
+from gpuflow.gpu.leases import GpuLease, held_gpu_slots, release_in_background
 from gpuflow.gpu.registry import JobRegistry, RunningJob
 
 
@@ -59,15 +66,32 @@ async def gpu_hold(
     capacity = await check_gpu_capacity(limits, slots)
     async with contextlib.AsyncExitStack() as held:
         waited = 0.0
+        handed: HandedLease | None = None
+        pass_on = None
         if admission is not None:
+            queue = admission.queue
             ticket = Ticket(tuple(limits), slots, admission.priority, holder=run_id or job_name)
             waited = await held.enter_async_context(
-                admitted(admission.queue, ticket, capacity, ttl_s=admission.ttl_s)
+                admitted(queue, ticket, capacity, ttl_s=admission.ttl_s)
             )
-        # Admitted: the slots are ours, taken at once (holders leave the queue only after
-        # giving their slots back, so a refusal now is brief).
+            handed = await _claimed_lease(queue, ticket.ticket_id)
+            if _can_hand_over(limits):
+
+                async def pass_on(lease: HandedLease) -> bool:
+                    return await queue.hand_over(ticket.ticket_id, lease) is not None
+
+        # Admitted: the slots are ours, handed over or taken at once (holders leave the
+        # queue only after giving their slots back, so a refusal now is brief).
         lease = await held.enter_async_context(
-            held_gpu_slots(limits, slots, lease_s, holder, expect_free=admission is not None)
+            held_gpu_slots(
+                limits,
+                slots,
+                lease_s,
+                holder,
+                expect_free=admission is not None,
+                handed=handed,
+                pass_on=pass_on,
+            )
         )
         if run_id is not None:
             emit_run_event(GpuflowEvent.GPU_ADMITTED, run_id, job=job_name)
@@ -75,6 +99,31 @@ async def gpu_hold(
         held.enter_context(registry.recorded(record))
         await held.enter_async_context(_refreshed(registry, record.lease_id, lease_s / 3))
         yield GpuHold(lease, waited)
+
+
+def _can_hand_over(limits: list[str]) -> bool:
+    """A lease keeps the holder it was taken for. The server releases a task run's leases on
+    limits named ``tag:<its tag>`` when that run ends (core_policy's
+    ReleaseTaskConcurrencySlots), which would take a handed lease from its receiver."""
+    return not any(name.startswith("tag:") for name in limits)
+
+
+async def _claimed_lease(queue: AdmissionQueue, ticket_id: str) -> HandedLease | None:
+    """The lease handed to our admitted ticket; given back if we are cancelled meanwhile."""
+    read = asyncio.ensure_future(queue.handed_lease(ticket_id))
+    try:
+        return await asyncio.shield(read)
+    except asyncio.CancelledError:
+        read.add_done_callback(_release_unclaimed)
+        raise
+
+
+def _release_unclaimed(read: asyncio.Future[HandedLease | None]) -> None:
+    if read.cancelled() or read.exception() is not None:
+        return
+    handed = read.result()
+    if handed is not None:
+        release_in_background(UUID(handed.lease_id))
 
 
 @contextlib.asynccontextmanager

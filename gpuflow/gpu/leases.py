@@ -10,6 +10,10 @@ lease_duration=...)``, with two differences that matter for GPU jobs:
   3 s, and would kill a job that holds a 5-minute lease over a 15-second restart).
   When the server says the lease is gone, the job is stopped: its GPUs are no longer
   accounted for, and running on would break the cap.
+
+A lease can also be handed from a finished holder to the next one (``handed`` and
+``pass_on``): the server binds a lease to its id only, not to the client that took it, so
+the receiver renews and releases it like its own, and the slots never leave the limit.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -28,6 +32,7 @@ from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse
 
 from gpuflow.core.errors import GpuCapacityError, GpuflowError
+from gpuflow.gpu.admission.base import AdmissionError, HandedLease
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +124,14 @@ def _release_if_granted(request: asyncio.Future[httpx.Response]) -> None:
         return
     granted = ConcurrencyLimitWithLeaseResponse.model_validate(request.result().json())
     if granted.limits:
-        release = asyncio.ensure_future(release_gpu_slots(granted.lease_id))
-        _background.add(release)
-        release.add_done_callback(_background.discard)
+        release_in_background(granted.lease_id)
+
+
+def release_in_background(lease_id: UUID) -> None:
+    """Give a lease's slots back from a task nobody waits for (its taker was cancelled)."""
+    release = asyncio.ensure_future(release_gpu_slots(lease_id))
+    _background.add(release)
+    release.add_done_callback(_background.discard)
 
 
 _background: set[asyncio.Future[bool]] = set()
@@ -149,19 +159,25 @@ async def release_gpu_slots(lease_id: UUID, patience_s: float = _RELEASE_PATIENC
                 await asyncio.sleep(_RETRY_S)
 
 
-async def _keep_renewed(lease: GpuLease, renew_every_s: float) -> None:
-    """Renew every ``renew_every_s``; retry failures until the lease would have expired.
+@dataclass
+class _Validity:
+    until: float  # time.monotonic() until which the server holds the lease
+
+
+async def _keep_renewed(lease: GpuLease, renew_every_s: float, validity: _Validity) -> None:
+    """Renew every ``renew_every_s`` (sooner while less than twice that is left, as for a
+    handed lease); retry failures until the lease would have expired.
 
     Returns only when the lease is lost (the server answered 410 Gone, or never answered
     before the lease ran out)."""
-    valid_until = time.monotonic() + lease.duration_s
     async with get_client() as client:
         while True:
-            await asyncio.sleep(min(renew_every_s, max(valid_until - time.monotonic(), 0)))
+            left_s = max(validity.until - time.monotonic(), 0)
+            await asyncio.sleep(min(renew_every_s, left_s / 2))
             while True:
                 try:
                     await client.renew_concurrency_lease(lease.lease_id, lease.duration_s)
-                    valid_until = time.monotonic() + lease.duration_s
+                    validity.until = time.monotonic() + lease.duration_s
                     break
                 except httpx.HTTPStatusError as exc:
                     if exc.response.status_code == 410:
@@ -169,7 +185,7 @@ async def _keep_renewed(lease: GpuLease, renew_every_s: float) -> None:
                     error: Exception = exc
                 except httpx.TransportError as exc:
                     error = exc
-                if time.monotonic() + _RETRY_S >= valid_until:
+                if time.monotonic() + _RETRY_S >= validity.until:
                     return
                 logger.warning("Renewing GPU lease %s failed (%s); retrying", lease.lease_id, error)
                 await asyncio.sleep(_RETRY_S)
@@ -183,25 +199,38 @@ async def held_gpu_slots(
     holder: ConcurrencyLeaseHolder | None = None,
     renew_every_s: float | None = None,
     expect_free: bool = False,
+    handed: HandedLease | None = None,
+    pass_on: Callable[[HandedLease], Awaitable[bool]] | None = None,
 ) -> AsyncIterator[GpuLease]:
     """Hold ``slots`` of each limit for the ``async with`` body, renewed (every third of the
     lease unless ``renew_every_s`` says otherwise); released on any exit.
 
+    ``handed``: a lease a finished holder passed on, held as it is (no request to take
+    slots). ``pass_on``: after a body that returned, offer the lease to the next holder
+    (True: taken, not released); only a lease with half its duration left is offered.
+
     If the lease is lost, the body is cancelled and ``LeaseLostError`` raised."""
-    lease = await acquire_gpu_slots(names, slots, lease_s, holder, expect_free)
+    if handed is None:
+        lease = await acquire_gpu_slots(names, slots, lease_s, holder, expect_free)
+        validity = _Validity(time.monotonic() + lease_s)
+    else:
+        lease = GpuLease(UUID(handed.lease_id), tuple(names), slots, lease_s)
+        validity = _Validity(time.monotonic() + min(handed.valid_until - time.time(), lease_s))
     body = asyncio.current_task()
     assert body is not None
     lost = False
+    returned = False
 
     async def keeper() -> None:
         nonlocal lost
-        await _keep_renewed(lease, renew_every_s or lease_s / 3)
+        await _keep_renewed(lease, renew_every_s or lease_s / 3, validity)
         lost = True
         body.cancel()
 
     renewal = asyncio.create_task(keeper())
     try:
         yield lease
+        returned = True
     except asyncio.CancelledError:
         if lost and body.uncancel() == 0:
             raise LeaseLostError(
@@ -213,5 +242,21 @@ async def held_gpu_slots(
         renewal.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renewal
+        offer = returned and not lost and validity.until - time.monotonic() >= lease_s / 2
         # Shielded: a cancelled run must still give its slots back.
-        await asyncio.shield(release_gpu_slots(lease.lease_id))
+        await asyncio.shield(_pass_on_or_release(lease, validity, pass_on if offer else None))
+
+
+async def _pass_on_or_release(
+    lease: GpuLease,
+    validity: _Validity,
+    pass_on: Callable[[HandedLease], Awaitable[bool]] | None,
+) -> None:
+    if pass_on is not None:
+        valid_until = time.time() + validity.until - time.monotonic()
+        try:
+            if await pass_on(HandedLease(str(lease.lease_id), valid_until)):
+                return
+        except AdmissionError as exc:
+            logger.warning("Could not hand GPU lease %s on (%s); releasing it", lease.lease_id, exc)
+    await release_gpu_slots(lease.lease_id)

@@ -226,10 +226,10 @@ def test_an_admitted_request_takes_its_free_slots_in_one_request_without_back_of
     prefect_server: LocalServer, tmp_path: Path
 ) -> None:
     """The common case: the queue admits a request only once its slots are free (a holder
-    gives them back before it leaves), so taking them is one request that the server
-    grants, never a 423 and the back-off after it. Counted on the wire, between gpuflow and
-    the session's Prefect server; the control at the end holds the limit from outside
-    gpuflow and shows the count does see refusals."""
+    gives them back before it leaves, or hands them over), so taking them is one request
+    that the server grants, never a 423 and the back-off after it. Counted on the wire,
+    between gpuflow and the session's Prefect server; the control at the end holds the
+    limit from outside gpuflow and shows the count does see refusals."""
     limit = f"gpu-quick-{uuid.uuid4().hex[:6]}"
     queue = admission_queue(f"sqlite:///{tmp_path / 'admission.sqlite3'}")
     registry = JobRegistry(tmp_path / "running")
@@ -270,6 +270,7 @@ def test_an_admitted_request_takes_its_free_slots_in_one_request_without_back_of
     common, control = asyncio.run(main(RecordingProxy("127.0.0.1", prefect_server.port)))
     # A 503 is the SQLite server's "database is locked" under load, retried by Prefect's
     # own client; what must never come is a refusal (423) and gpuflow's back-off after it.
-    assert 423 not in common and common.count(200) == jobs, common
+    # Jobs that got a finished holder's lease handed over asked for none.
+    assert 423 not in common and 2 <= common.count(200) < jobs, common
     assert 423 in control and control[-1] == 200, control
     assert asyncio.run(_active_slots(limit)) == 0

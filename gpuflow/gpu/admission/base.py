@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 from gpuflow.core.errors import GpuflowError
@@ -19,6 +20,15 @@ class AdmissionError(GpuflowError):
 
 class AdmissionConfigError(GpuflowError, ValueError):
     """The admission queue's URL names no supported database."""
+
+
+@dataclass(frozen=True)
+class HandedLease:
+    """A Prefect concurrency lease that a finished holder passed to the next admitted
+    request through the queue: its id, and until when (epoch seconds) it is valid at least."""
+
+    lease_id: str
+    valid_until: float
 
 
 class AdmissionQueue(ABC):
@@ -51,6 +61,17 @@ class AdmissionQueue(ABC):
     @abstractmethod
     async def leave(self, ticket_id: str) -> None:
         """Remove the ticket (done, failed or cancelled)."""
+
+    @abstractmethod
+    async def hand_over(self, ticket_id: str, lease: HandedLease) -> str | None:
+        """Leave the queue, passing ``lease`` to the waiting request that this leave admits
+        and that wants the same pools and slots (the first in queue order), in one
+        transaction; its id. ``None``, with nothing changed, when the leave admits none such
+        (the holder then gives its slots back and leaves as usual)."""
+
+    @abstractmethod
+    async def handed_lease(self, ticket_id: str) -> HandedLease | None:
+        """The lease handed to the admitted ``ticket_id``, if one was."""
 
     @abstractmethod
     async def entries(self) -> list[QueueEntry]:

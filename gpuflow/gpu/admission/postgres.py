@@ -21,6 +21,7 @@ from gpuflow.core.redaction import redacted_url
 from gpuflow.gpu.admission.base import (
     POOL_SEPARATOR,
     AdmissionQueue,
+    HandedLease,
     entry_from_row,
 )
 from gpuflow.gpu.admission.policy import QueueEntry, Reservations, Ticket
@@ -51,6 +52,9 @@ CREATE TABLE IF NOT EXISTS gpuflow_admission_change (
     decided BIGINT NOT NULL DEFAULT 0
 );
 INSERT INTO gpuflow_admission_change (id) VALUES (1) ON CONFLICT (id) DO NOTHING;
+ALTER TABLE gpuflow_admission_ticket ADD COLUMN IF NOT EXISTS handed_lease TEXT;
+ALTER TABLE gpuflow_admission_ticket
+    ADD COLUMN IF NOT EXISTS handed_lease_valid_until DOUBLE PRECISION;
 """
 
 # The decision lock (the key of earlier releases, which took it blocking on every poll,
@@ -62,6 +66,8 @@ _NOTIFY_PAYLOAD_BYTES = 7000  # PostgreSQL's limit is 8000
 _WAITING_PAGE = 200
 
 _BUMP_VERSION = "UPDATE gpuflow_admission_change SET version = version + 1 WHERE id = 1"
+# A hand-over needs the decision lock; a pass holds it for milliseconds.
+_HAND_OVER_TRIES_S = (0.0, 0.01, 0.03)
 
 _CHECK_BATCH = """
 WITH wanted AS (
@@ -179,6 +185,74 @@ async def _admissible_waiting(
     return newly
 
 
+class _NoReceiver(Exception):
+    """Rolls a hand-over back: the leave admits no request that can take the lease."""
+
+
+class _DecisionBusy(Exception):
+    """A pass holds the decision lock: the hand-over tries again shortly."""
+
+
+async def _hand_over(
+    connection: asyncpg.Connection, ticket_id: str, lease: HandedLease
+) -> str | None:
+    """Leave and hand ``lease`` to the request the leave admits, under the decision lock
+    (``None``: no such request, nothing changed)."""
+    async with connection.transaction():
+        if not await connection.fetchval(
+            "SELECT pg_try_advisory_xact_lock($1)", _DECISION_LOCK_KEY
+        ):
+            raise _DecisionBusy
+        left = await connection.fetchrow(
+            "SELECT pools, slots FROM gpuflow_admission_ticket WHERE ticket_id = $1 AND admitted",
+            ticket_id,
+        )
+        if left is None:
+            return None
+        capacity = {
+            row["pool"]: row["slots"]
+            for row in await connection.fetch("SELECT pool, slots FROM gpuflow_admission_pool")
+        }
+        # The leaving holder's slots count as free: its leave is what admits the receiver.
+        for pool in left["pools"].split(POOL_SEPARATOR):
+            capacity[pool] = capacity.get(pool, 0) + left["slots"]
+        newly = await _admissible_waiting(connection, capacity)
+        receiver = await connection.fetchval(
+            "SELECT ticket_id FROM gpuflow_admission_ticket WHERE ticket_id = ANY($1::text[]) "
+            "AND pools = $2 AND slots = $3 "
+            "AND expires_at >= EXTRACT(EPOCH FROM clock_timestamp()) "
+            "ORDER BY rank, seq LIMIT 1",
+            newly,
+            left["pools"],
+            left["slots"],
+        )
+        if receiver is None:
+            return None
+        # Both rows locked in ticket order, as renewals and passes lock them (no deadlock).
+        await connection.execute(
+            "SELECT 1 FROM gpuflow_admission_ticket WHERE ticket_id = ANY($1::text[]) "
+            "ORDER BY ticket_id FOR UPDATE",
+            [ticket_id, receiver],
+        )
+        await connection.execute(
+            "DELETE FROM gpuflow_admission_ticket WHERE ticket_id = $1", ticket_id
+        )
+        handed = await connection.execute(
+            "UPDATE gpuflow_admission_ticket SET admitted = TRUE, handed_lease = $2, "
+            "handed_lease_valid_until = $3 WHERE ticket_id = $1 AND NOT admitted",
+            receiver,
+            lease.lease_id,
+            lease.valid_until,
+        )
+        if handed != "UPDATE 1":  # it left meanwhile
+            raise _NoReceiver
+        # Only the receiver is marked here; the others this leave admits (other pools, free
+        # slots) are the next pass's, owed through the version.
+        await connection.execute(_BUMP_VERSION)
+        await connection.execute("SELECT pg_notify($1, $2)", CHANNEL, receiver)
+    return str(receiver)
+
+
 def _payloads(ticket_ids: list[str]) -> list[str]:
     """Comma-separated ids, each payload within PostgreSQL's NOTIFY limit."""
     payloads: list[str] = []
@@ -264,6 +338,35 @@ class PostgresAdmissionQueue(AdmissionQueue):
                 await connection.execute(_BUMP_VERSION)
         agent.forget(ticket_id)
         agent.request_pass()
+
+    async def hand_over(self, ticket_id: str, lease: HandedLease) -> str | None:
+        agent = self._agent()
+        for pause_s in _HAND_OVER_TRIES_S:
+            await asyncio.sleep(pause_s)
+            try:
+                async with agent.connection() as connection:
+                    receiver = await _hand_over(connection, ticket_id, lease)
+            except _DecisionBusy:
+                continue
+            except _NoReceiver:
+                return None
+            break
+        else:
+            return None
+        if receiver is None:
+            return None
+        agent.forget(ticket_id)
+        agent.request_pass()
+        return receiver
+
+    async def handed_lease(self, ticket_id: str) -> HandedLease | None:
+        async with self._agent().connection() as connection:
+            row = await connection.fetchrow(
+                "SELECT handed_lease, handed_lease_valid_until FROM gpuflow_admission_ticket "
+                "WHERE ticket_id = $1 AND handed_lease IS NOT NULL",
+                ticket_id,
+            )
+        return None if row is None else HandedLease(row[0], float(row[1]))
 
     async def entries(self) -> list[QueueEntry]:
         async with self._agent().connection() as connection:

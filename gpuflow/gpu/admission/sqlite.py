@@ -26,6 +26,7 @@ from gpuflow.gpu.admission.base import (
     SELECT_ENTRIES,
     AdmissionError,
     AdmissionQueue,
+    HandedLease,
     entry_from_row,
 )
 from gpuflow.gpu.admission.policy import QueueEntry, Ticket, admissible
@@ -42,7 +43,9 @@ CREATE TABLE IF NOT EXISTS gpuflow_admission_ticket (
     rank INTEGER NOT NULL,
     holder TEXT NOT NULL,
     admitted INTEGER NOT NULL DEFAULT 0,
-    expires_at REAL NOT NULL
+    expires_at REAL NOT NULL,
+    handed_lease TEXT,
+    handed_lease_valid_until REAL
 );
 CREATE TABLE IF NOT EXISTS gpuflow_admission_pool (
     pool TEXT PRIMARY KEY,
@@ -55,6 +58,12 @@ CREATE TABLE IF NOT EXISTS gpuflow_admission_change (
 INSERT OR IGNORE INTO gpuflow_admission_change (id) VALUES (1);
 """
 _BUMP_VERSION = "UPDATE gpuflow_admission_change SET version = version + 1 WHERE id = 1"
+# Columns added after the first release: a queue file made by it gets them on first use.
+_ADDED_TICKET_COLUMNS = {"handed_lease": "TEXT", "handed_lease_valid_until": "REAL"}
+
+
+class _NoReceiver(Exception):
+    """Rolls a hand-over back: the leave would admit no request that can take the lease."""
 
 
 class _ChangeWatcher:
@@ -141,8 +150,22 @@ class SqliteAdmissionQueue(AdmissionQueue):
         if not self._ready:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.executescript(_SQLITE_SCHEMA)
+            self._add_missing_columns(connection)
             self._ready = True
         return connection
+
+    @staticmethod
+    def _add_missing_columns(connection: sqlite3.Connection) -> None:
+        connection.execute("BEGIN IMMEDIATE")  # one process adds them, the others see them
+        present = {
+            row[1] for row in connection.execute("PRAGMA table_info(gpuflow_admission_ticket)")
+        }
+        for column, kind in _ADDED_TICKET_COLUMNS.items():
+            if column not in present:
+                connection.execute(
+                    f"ALTER TABLE gpuflow_admission_ticket ADD COLUMN {column} {kind}"
+                )
+        connection.execute("COMMIT")
 
     def _transaction(self, work: Any) -> Any:
         connection = self._connect()
@@ -263,6 +286,54 @@ class SqliteAdmissionQueue(AdmissionQueue):
                 "DELETE FROM gpuflow_admission_ticket WHERE ticket_id = ?", (ticket_id,)
             )
         )
+
+    async def hand_over(self, ticket_id: str, lease: HandedLease) -> str | None:
+        def work(connection: sqlite3.Connection) -> tuple[str, list[str]]:
+            left = connection.execute(
+                "SELECT pools, slots FROM gpuflow_admission_ticket "
+                "WHERE ticket_id = ? AND admitted",
+                (ticket_id,),
+            ).fetchone()
+            if left is None:
+                raise _NoReceiver
+            connection.execute(
+                "DELETE FROM gpuflow_admission_ticket WHERE ticket_id = ?", (ticket_id,)
+            )
+            newly = self._decide(connection)
+            # The first admitted (in queue order) that wants what the lease holds.
+            receiver = connection.execute(
+                "SELECT ticket_id FROM gpuflow_admission_ticket WHERE ticket_id IN "
+                "(SELECT value FROM json_each(?)) AND pools = ? AND slots = ? "
+                "ORDER BY rank, seq LIMIT 1",
+                (json.dumps(newly), left[0], left[1]),
+            ).fetchone()
+            if receiver is None:
+                raise _NoReceiver
+            connection.execute(
+                "UPDATE gpuflow_admission_ticket SET handed_lease = ?, "
+                "handed_lease_valid_until = ? WHERE ticket_id = ?",
+                (lease.lease_id, lease.valid_until, receiver[0]),
+            )
+            return receiver[0], newly
+
+        try:
+            receiver, newly = await self._run(work)
+        except _NoReceiver:
+            return None
+        _watcher(self.path).wakeups.wake(newly)
+        return str(receiver)
+
+    async def handed_lease(self, ticket_id: str) -> HandedLease | None:
+        def work(connection: sqlite3.Connection) -> HandedLease | None:
+            row = connection.execute(
+                "SELECT handed_lease, handed_lease_valid_until FROM gpuflow_admission_ticket "
+                "WHERE ticket_id = ? AND handed_lease IS NOT NULL",
+                (ticket_id,),
+            ).fetchone()
+            return None if row is None else HandedLease(str(row[0]), float(row[1]))
+
+        handed: HandedLease | None = await self._run(work)
+        return handed
 
     async def entries(self) -> list[QueueEntry]:
         def work(connection: sqlite3.Connection) -> list[QueueEntry]:
