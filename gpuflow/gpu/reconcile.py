@@ -130,7 +130,13 @@ async def reconcile_gpu_slots(
     released: list[str] = []
     if repair and dead:
         async with get_client() as client:
-            for job in dead:
+            for job in list(dead):
+                if registry.current(job.lease_id) != job:
+                    # Since it was read, its holder gave the lease back or handed it to
+                    # the next job (which records itself under the same lease id): the
+                    # lease is no dead holder's any more.
+                    dead.remove(job)
+                    continue
                 # A no-op for a lease that already expired; its record goes either way.
                 await client.release_concurrency_slots_with_lease(UUID(job.lease_id))
                 registry.remove(job.lease_id)

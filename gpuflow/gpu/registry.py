@@ -86,6 +86,13 @@ class JobRegistry:
         except OSError:
             return None
 
+    def current(self, lease_id: str) -> RunningJob | None:
+        """The record of ``lease_id`` as it is now (None if gone or unreadable)."""
+        try:
+            return RunningJob.model_validate(json.loads(self._path(lease_id).read_text()))
+        except (OSError, ValueError, ValidationError):
+            return None
+
     def remove(self, lease_id: str) -> None:
         self._path(lease_id).unlink(missing_ok=True)
 

@@ -22,6 +22,7 @@ from prefect.states import Cancelling
 
 from gpuflow.compute.local import LocalSubprocess
 from gpuflow.core.errors import GpuCapacityError
+from gpuflow.gpu import reconcile
 from gpuflow.gpu.capacity import ensure_gpu_limits
 from gpuflow.gpu.leases import LeaseLostError, acquire_gpu_slots, held_gpu_slots
 from gpuflow.gpu.reconcile import ReconcileReport, reconcile_gpu_slots
@@ -323,3 +324,36 @@ def test_a_record_from_another_host_that_stopped_refreshing_is_dead(
     assert active == 1 and [job.lease_id for job in registry.jobs()[0]] == [
         looked.live_jobs[0].lease_id
     ]
+
+
+def test_a_lease_handed_on_while_reconciling_is_not_released(
+    prefect_server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished holder hands its lease to the next job, which records itself under the
+    same lease id: a reconciliation that judged the first holder dead just before must
+    leave the lease and the new record alone."""
+    limit = f"gpu-handed-{uuid.uuid4().hex[:6]}"
+    registry = JobRegistry(tmp_path / "gpu-jobs")
+    judged = reconcile._job_alive
+
+    async def main() -> tuple[ReconcileReport, int, RunningJob | None]:
+        await ensure_gpu_limits({limit: 1})
+        lease = await acquire_gpu_slots([limit], 1, LEASE_S, None)
+        first = RunningJob.here(str(lease.lease_id), [limit], 1, "i2v", None, LEASE_S)
+        registry.record(first.model_copy(update={"host": "gpu-node-7", "pid": 1}))
+        seen = time.time() - LEASE_S * 3
+        os.utime(registry.root / f"{lease.lease_id}.json", (seen, seen))
+
+        async def handed_on_after_judging(job: RunningJob, registry: JobRegistry) -> bool:
+            alive = await judged(job, registry)
+            registry.record(first.model_copy(update={"job_name": "next-i2v"}))
+            return alive
+
+        monkeypatch.setattr(reconcile, "_job_alive", handed_on_after_judging)
+        report = await reconcile_gpu_slots([limit], repair=True, registry=registry)
+        return report, await _active_slots(limit), registry.current(str(lease.lease_id))
+
+    report, active, record = asyncio.run(main())
+    assert report.released_leases == [] and report.dead_jobs == []
+    assert active == 1
+    assert record is not None and record.job_name == "next-i2v"
