@@ -3,8 +3,9 @@ and the waiting it does for all the process's tickets.
 
 Whatever the number of runs (tickets) in a process, it holds at most ``POOL_SIZE`` pooled
 connections plus one that ``LISTEN``s for admissions. One pooled connection serves the
-changes (enqueue, leave, decision passes); the other is kept for the batches of checks and
-renewals, so a renewal never queues behind changes. The checks of all its tickets are
+changes (enqueue, leave, reads); the other the decision passes and the batches of checks
+and renewals (one of each at a time), so neither a renewal nor a pass ever queues behind
+a burst of enqueues, and a leave never waits for a pass. The checks of all its tickets are
 batched: those that arrive within ``BATCH_WINDOW_S`` (or while a batch is in flight) go to
 the database as one statement.
 
@@ -143,9 +144,10 @@ class PostgresAgent:
         self._listen_failing = False
         self._listen_retry_at = 0.0
         self._wakeups = LocalWakeups()
-        # Changes and passes take at most this many pooled connections: the rest is the
-        # batches' (one batch at a time), which then never wait for a connection.
-        self._changes = asyncio.Semaphore(POOL_SIZE - 1)
+        # One pooled connection each (POOL_SIZE): changes, and the passes and batches
+        # (which run one at a time each), so neither lane ever waits behind the other.
+        self._changes = asyncio.Semaphore(1)
+        self._deciding = asyncio.Semaphore(1)
         self._pending: dict[str, asyncio.Future[bool | None]] = {}
         self._renewals: dict[str, _Live] = {}
         self._probe_wanted = False
@@ -170,8 +172,14 @@ class PostgresAgent:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection for a change, a decision pass or a read."""
+        """A pooled connection for a change or a read."""
         async with self._changes, self._pooled() as connection:
+            yield connection
+
+    @contextlib.asynccontextmanager
+    async def _deciding_connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for a decision pass or a batch."""
+        async with self._deciding, self._pooled() as connection:
             yield connection
 
     @contextlib.asynccontextmanager
@@ -384,7 +392,7 @@ class PostgresAgent:
             rows += [(ticket, 0.0, False) for ticket in checks if ticket not in renewals]
             started = time.monotonic()
             try:
-                async with self._pooled() as connection:
+                async with self._deciding_connection() as connection:
                     if rows:
                         found, due = await self._statements.check_batch(connection, rows)
                     else:
@@ -433,7 +441,7 @@ class PostgresAgent:
         while self._pass_wanted:
             self._pass_wanted = False
             try:
-                async with self.connection() as connection:
+                async with self._deciding_connection() as connection:
                     # A lost try-lock is no loss: its winner checks for changes after it
                     # commits, ours included (committed before we asked).
                     if await self._statements.decide(connection) and (
