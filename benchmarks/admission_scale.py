@@ -9,12 +9,20 @@ priority-then-arrival order, at once. Printed per design and N:
 
 - pass p50/p99 and passes/s: decision passes (current: one per change, by the try-lock
   winner; old: every poll of every waiter);
-- poll gap p50: the time between one waiter's consecutive checks;
+- checks/s and check gap p50: waiters' checks of their own entry per second, and the time
+  between one waiter's consecutive checks (its enqueue counting as the first); ``--``
+  when no waiter checked twice in the window (the current design's waiters sleep on
+  LISTEN until they are admitted);
+- renew age max: the oldest deadline renewal of any live entry, sampled from the table
+  every 0.5 s (ttl minus the time it has left): an entry expires when it reaches the ttl;
 - expired: waiters whose entry expired under load and queued again at the back;
 - order: admissions that overtook a waiter ahead in priority-then-arrival order (checked
   against the queue's rows at the end of the window);
-- freed -> taken p50/p99: the k-th release to the k-th admission;
-- xact/s: committed database transactions per second (pg_stat_database);
+- freed -> taken p50/p99: the k-th release (a holder's job ends; it then leaves the queue)
+  to the k-th admission;
+- stmts/s: statements the queue's clients sent per second (counted by asyncpg's query
+  logger on every pooled connection), xact/s: committed database transactions per
+  second (pg_stat_database);
 - conns: peak connections to the database (pg_stat_activity).
 
     uv run python benchmarks/admission_scale.py [--waiters 100,500,2000,5000]
@@ -51,7 +59,7 @@ from legacy_admission import LegacyPostgresQueue, PollRecorder
 from gpuflow.core.request import Priority
 from gpuflow.gpu.admission.policy import Ticket
 from gpuflow.gpu.admission.postgres import STATEMENTS, PostgresAdmissionQueue
-from gpuflow.gpu.admission.postgres_agent import PostgresAgent, agent_for
+from gpuflow.gpu.admission.postgres_agent import PostgresAgent, QueueStatements
 from gpuflow.gpu.admission.waiting import admitted
 
 TTL_S = 30.0
@@ -69,6 +77,7 @@ class Figures:
     passes: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # start, took
     checks: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     expired: int = 0
+    statements: int = 0  # sent during the window
 
 
 class _ExpiryCounter(logging.Handler):
@@ -81,14 +90,42 @@ class _ExpiryCounter(logging.Handler):
             self.figures.expired += 1
 
 
+class StatementCounter:
+    """Counts the statements sent on the connections it is attached to."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def attach(self, connection: asyncpg.Connection) -> None:
+        connection.add_query_logger(self._count)
+
+    def _count(self, _query: object) -> None:
+        self.sent += 1
+
+
+class CountingAgent(PostgresAgent):
+    """The process's agent, its pooled connections' statements counted."""
+
+    def __init__(self, dsn: str, statements: QueueStatements, counter: StatementCounter) -> None:
+        super().__init__(dsn, statements)
+        self.counter = counter
+
+    async def _opened_connection(self, connection: asyncpg.Connection) -> None:
+        await super()._opened_connection(connection)
+        self.counter.attach(connection)
+
+
 class MeasuredQueue(PostgresAdmissionQueue):
-    """The current queue, with its checks and decision passes timed (nothing else changed)."""
+    """The current queue, with its checks, decision passes and statements counted
+    (nothing else changed)."""
 
     def __init__(self, dsn: str, figures: Figures, expected_tickets: int) -> None:
         super().__init__(dsn)
         self.figures = figures
         self.expected_tickets = expected_tickets
         self.everyone_checked = asyncio.Event()  # each ticket checked at least once
+        self.statements = StatementCounter()
+        self._measured_agent: CountingAgent | None = None
         decide = STATEMENTS.decide
 
         async def timed_decide(connection: asyncpg.Connection) -> bool:
@@ -101,7 +138,14 @@ class MeasuredQueue(PostgresAdmissionQueue):
         self._statements = dataclasses.replace(STATEMENTS, decide=timed_decide)
 
     def _agent(self) -> PostgresAgent:
-        return agent_for(self._dsn, self._statements)
+        # One agent, as agent_for would give this worker's single loop; closed by the worker.
+        if self._measured_agent is None:
+            self._measured_agent = CountingAgent(self._dsn, self._statements, self.statements)
+        return self._measured_agent
+
+    async def close(self) -> None:
+        if self._measured_agent is not None:
+            await self._measured_agent.close()
 
     async def try_admit(self, ticket_id: str, ttl_s: float) -> bool | None:
         self.figures.checks.setdefault(ticket_id, []).append(time.time())
@@ -133,7 +177,8 @@ async def _current_worker(
             if count == holders:
                 everyone_admitted.set()
             await releases[number].wait()
-        figures.releases.append(time.time())
+            # The job ends: from here on its slot should pass on (leaving the queue included).
+            figures.releases.append(time.time())
 
     async def wait(ticket: Ticket, stop: asyncio.Event) -> None:
         async with admitted(queue, ticket, capacity, TTL_S, POLL_S):
@@ -147,13 +192,16 @@ async def _current_worker(
     waiting = [asyncio.create_task(wait(ticket, stop)) for ticket in waiters]
     await queue.everyone_checked.wait()  # every waiter queued and checked once
     await _barrier(barrier)  # the window starts
+    sent_before = queue.statements.sent
     await _release_steadily(releases, args)
+    figures.statements = queue.statements.sent - sent_before
     await _barrier(barrier)  # the window ends: the parent reads the queue
     await _barrier(barrier)
     stop.set()
     for release in releases:
         release.set()
     await asyncio.gather(*holding, *waiting)
+    await queue.close()
     return figures
 
 
@@ -173,7 +221,8 @@ async def _old_worker(
 ) -> Figures:
     figures = Figures()
     polls = PollRecorder()
-    queue = await LegacyPostgresQueue.open(dsn)
+    statements = StatementCounter()
+    queue = await LegacyPostgresQueue.open(dsn, on_connection=statements.attach)
     capacity = {POOL: args.holders}
     left = asyncio.Event()  # the old in-process wake-up: any leave wakes every waiter here
     releases = [asyncio.Event() for _ in range(holders)]
@@ -194,16 +243,18 @@ async def _old_worker(
         beating = await admit(ticket)
         holders_in.release()
         await releases[number].wait()
+        figures.releases.append(time.time())
         beating.cancel()
         await queue.leave(ticket.ticket_id)
-        figures.releases.append(time.time())
         left.set()
 
     async def wait(ticket: Ticket, stop: asyncio.Event) -> None:
         beating = await admit(ticket)
-        figures.admissions.append(time.time())
-        await stop.wait()
-        beating.cancel()
+        try:
+            figures.admissions.append(time.time())
+            await stop.wait()
+        finally:
+            beating.cancel()  # also when cancelled at the end: the pool closes next
         await queue.leave(ticket.ticket_id)
 
     holding = [asyncio.create_task(hold(number)) for number in range(holders)]
@@ -212,11 +263,16 @@ async def _old_worker(
     await _barrier(barrier)
     for ticket in waiters:
         await queue.enqueue(ticket, capacity, TTL_S)
+        # Its arrival: the first point of its check gaps (the old waiter polls only once
+        # the window starts, and may be admitted at its first poll).
+        figures.checks[ticket.ticket_id] = [time.time()]
     await _barrier(barrier)  # every waiter queued, everywhere: the window starts
     stop = asyncio.Event()
     polls.polls.clear()
     waiting = [asyncio.create_task(wait(ticket, stop)) for ticket in waiters]
+    sent_before = statements.sent
     await _release_steadily(releases, args)
+    figures.statements = statements.sent - sent_before
     await _barrier(barrier)
     await _barrier(barrier)
     stop.set()
@@ -251,7 +307,9 @@ def _worker_main(
     results.put(asyncio.run(WORKERS[design](dsn, holders, waiters, args, barrier)))
 
 
-async def _database_figures(dsn: str) -> tuple[int, int]:
+async def _database_figures(dsn: str) -> tuple[int, int, float]:
+    """Committed transactions so far, connections now, and the age of the oldest renewal
+    of a live entry (every entry has the benchmark's ttl)."""
     connection = await asyncpg.connect(dsn)
     try:
         commits = await connection.fetchval(
@@ -260,7 +318,12 @@ async def _database_figures(dsn: str) -> tuple[int, int]:
         connections = await connection.fetchval(
             "SELECT count(*) - 1 FROM pg_stat_activity WHERE datname = current_database()"
         )
-        return int(commits), int(connections)
+        oldest_renewal = await connection.fetchval(
+            "SELECT max(EXTRACT(EPOCH FROM clock_timestamp()) + $1 - expires_at) "
+            "FROM gpuflow_admission_ticket",
+            TTL_S,
+        )
+        return int(commits), int(connections), float(oldest_renewal or 0.0)
     finally:
         await connection.close()
 
@@ -331,14 +394,17 @@ def _run_once(design: str, dsn: str, waiters: int, args: argparse.Namespace) -> 
         for row in asyncio.run(_queue_rows(dsn))
         if row["holder"].startswith("waiter-")
     }
-    commits_before, _ = asyncio.run(_database_figures(dsn))
+    commits_before, _, _ = asyncio.run(_database_figures(dsn))
     window_started = time.time()
     peak_connections = 0
+    oldest_renewal = 0.0
     while time.time() < window_started + args.window - 0.5:
-        peak_connections = max(peak_connections, asyncio.run(_database_figures(dsn))[1])
+        _, connections, renewal_age = asyncio.run(_database_figures(dsn))
+        peak_connections = max(peak_connections, connections)
+        oldest_renewal = max(oldest_renewal, renewal_age)
         time.sleep(0.5)
     barrier.wait()  # the window ends
-    commits_after, _ = asyncio.run(_database_figures(dsn))
+    commits_after, _, _ = asyncio.run(_database_figures(dsn))
     window_s = time.time() - window_started
     rows = asyncio.run(_queue_rows(dsn))
     barrier.wait()
@@ -346,6 +412,8 @@ def _run_once(design: str, dsn: str, waiters: int, args: argparse.Namespace) -> 
     for worker in workers:
         worker.join(timeout=120)
     return _summary(figures, rows, arrival, window_started, window_s, args) | {
+        "renew age max": oldest_renewal,
+        "stmts/s": sum(part.statements for part in figures) / args.window,
         "xact/s": (commits_after - commits_before) / window_s,
         "conns": peak_connections,
     }
@@ -361,13 +429,20 @@ def _summary(
 ) -> dict[str, Any]:
     window_ends = window_started + window_s
     passes = [took for part in figures for at, took in part.passes if at >= window_started]
+    # A gap counts where the check that ends it falls in the window.
     gaps = [
         later - earlier
         for part in figures
         for times in part.checks.values()
         for earlier, later in itertools.pairwise(times)
-        if earlier >= window_started and later <= window_ends
+        if window_started <= later <= window_ends
     ]
+    checks = sum(
+        window_started <= at <= window_ends
+        for part in figures
+        for times in part.checks.values()
+        for at in times
+    )
     releases = sorted(
         t for part in figures for t in part.releases if window_started <= t <= window_ends
     )
@@ -379,7 +454,8 @@ def _summary(
         "pass p50": _quantile(passes, 0.5),
         "pass p99": _quantile(passes, 0.99),
         "passes/s": len(passes) / window_s,
-        "poll gap p50": _quantile(gaps, 0.5),
+        "checks/s": checks / window_s,
+        "check gap p50": _quantile(gaps, 0.5),
         "expired": sum(part.expired for part in figures),
         "overtaken": _overtaken(rows, arrival, args.holders),
         "freed": len(releases),
@@ -415,15 +491,21 @@ def _fresh_database(server: str) -> Iterator[str]:
         asyncio.run(_admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+def _seconds(value: float, width: int, digits: int) -> str:
+    """``--`` where nothing was measured (no waiter checked twice, nothing taken)."""
+    return f"{'--':>{width}} " if value != value else f"{value:>{width}.{digits}f}s"
+
+
 def _print_row(design: str, waiters: int, row: dict[str, Any]) -> None:
     print(
         f"{waiters:>7} {design:>8} "
         f"{1000 * row['pass p50']:>7.1f}/{1000 * row['pass p99']:<7.1f}"
-        f"{row['passes/s']:>9.1f} {row['poll gap p50']:>8.2f}s"
+        f"{row['passes/s']:>9.1f} {row['checks/s']:>8.0f} {_seconds(row['check gap p50'], 8, 2)}"
+        f" {row['renew age max']:>9.1f}s"
         f" {row['expired']:>8} {row['overtaken']:>9}"
         f" {row['taken']:>5}/{row['freed']:<5}"
-        f" {row['taken p50']:>6.3f}/{row['taken p99']:<6.3f}s"
-        f" {row['xact/s']:>8.0f} {row['conns']:>6}",
+        f" {_seconds(row['taken p50'], 6, 3)}/{_seconds(row['taken p99'], 6, 3)}"
+        f" {row['stmts/s']:>8.0f} {row['xact/s']:>8.0f} {row['conns']:>6}",
         flush=True,
     )
 
@@ -447,9 +529,9 @@ def main() -> None:
         f"{args.release_rate:g} slots freed/s, ttl {TTL_S:g} s, poll {POLL_S:g} s"
     )
     print(
-        f"{'waiters':>7} {'design':>8} {'pass ms p50/p99':<15}{'passes/s':>9} {'poll gap':>9}"
-        f" {'expired':>8} {'overtaken':>9} {'taken/freed':>11} {'freed->taken p50/p99':>20}"
-        f" {'xact/s':>8} {'conns':>6}"
+        f"{'waiters':>7} {'design':>8} {'pass ms p50/p99':<15}{'passes/s':>9} {'checks/s':>8}"
+        f" {'check gap':>9} {'renew age':>10} {'expired':>8} {'overtaken':>9} {'taken/freed':>11}"
+        f" {'freed->taken p50/p99':>20} {'stmts/s':>8} {'xact/s':>8} {'conns':>6}"
     )
     for waiters in [int(part) for part in args.waiters.split(",")]:
         for design in args.designs.split(","):

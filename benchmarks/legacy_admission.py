@@ -10,7 +10,7 @@ every ``poll_s``; nothing wakes a waiter of another process.
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import asyncpg
 
@@ -67,8 +67,13 @@ class LegacyPostgresQueue:
         self.passes: list[tuple[float, float]] = []  # (when, seconds) inside the lock
 
     @classmethod
-    async def open(cls, dsn: str) -> "LegacyPostgresQueue":
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    async def open(
+        cls, dsn: str, on_connection: Callable[[asyncpg.Connection], None]
+    ) -> "LegacyPostgresQueue":
+        async def opened(connection: asyncpg.Connection) -> None:
+            on_connection(connection)
+
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, init=opened)
         async with pool.acquire() as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
             await connection.execute(SCHEMA)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -33,11 +34,16 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def queue(request: pytest.FixtureRequest, tmp_path: Path) -> AdmissionQueue:
+def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        return admission_queue(f"sqlite:///{tmp_path / 'admission.sqlite3'}")
+        return f"sqlite:///{tmp_path / 'admission.sqlite3'}"
     url: str = request.getfixturevalue("postgresql_url_with_clean_tables")
-    return admission_queue(url)
+    return url
+
+
+@pytest.fixture
+def queue(queue_url: str) -> AdmissionQueue:
+    return admission_queue(queue_url)
 
 
 @pytest.fixture
@@ -111,21 +117,38 @@ async def _until_queued(queue: AdmissionQueue, holder: str, request: asyncio.Fut
         await asyncio.sleep(0.01)
 
 
-def test_a_dead_waiter_stops_blocking_the_queue_after_its_deadline(queue: AdmissionQueue) -> None:
+def test_a_waiter_killed_9_stops_blocking_the_queue_after_its_deadline(
+    queue_url: str, queue: AdmissionQueue
+) -> None:
+    """A 2-GPU request whose process is killed (-9) while it waits: nothing of it renews
+    its entry any more, so the entry is reaped at its deadline and the request behind it
+    gets in (on PostgreSQL through the agent's owed-pass probe: the waiter itself does
+    not poll while its process LISTENs)."""
+    code = (
+        "import asyncio, os, signal\n"
+        "from gpuflow.gpu.admission.policy import Ticket\n"
+        "from gpuflow.gpu.admission.queues import admission_queue\n"
+        "from gpuflow.core.request import Priority\n"
+        "async def main():\n"
+        f"    q = admission_queue({queue_url!r})\n"
+        "    await q.enqueue(Ticket(('gpu',), 2, Priority.HIGH, 'dead'), {'gpu': 2}, 1.0)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "asyncio.run(main())\n"
+    )
+
     async def main() -> float:
-        # A 2-GPU request whose process died while waiting: it never polls again.
-        dead = Ticket(("gpu",), 2, Priority.HIGH, holder="dead")
-        await queue.enqueue(dead, {"gpu": 2}, ttl_s=1.0)
+        child = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
+        assert await asyncio.wait_for(child.wait(), 60) == -signal.SIGKILL
+        assert [entry.holder for entry in await queue.entries()] in (["dead"], [])
         started = time.monotonic()
         alive = Ticket(("gpu",), 1, Priority.BATCH, holder="alive")
         async with admitted(queue, alive, {"gpu": 2}, ttl_s=10, poll_s=0.1):
             return time.monotonic() - started
 
     # That it gets in at all is the behaviour: a minute is "never" (a stuck queue), not
-    # a speed bound. That it waited for the dead entry's 1 s deadline is the other half,
-    # a lower bound, which load can only make longer.
-    waited = asyncio.run(asyncio.wait_for(main(), timeout=60))
-    assert waited > 0.5
+    # a speed bound.
+    asyncio.run(asyncio.wait_for(main(), timeout=60))
+    assert asyncio.run(queue.entries()) == []
 
 
 def test_cancelling_a_waiter_removes_its_entry(queue: AdmissionQueue) -> None:
@@ -356,6 +379,132 @@ def test_many_waiters_take_each_freed_slot_on_wake_up_in_priority_then_arrival_o
         before = max(release for release in released_at if release <= admitted_at[name])
         assert admitted_at[name] - before < 10, (name, admitted_at[name] - before)
     assert asyncio.run(queue.entries()) == []
+
+
+def test_waiters_of_a_live_process_never_expire_with_polling_off(
+    postgresql_url_with_clean_tables: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """200 waiters with a 1.5 s ttl and a poll interval of a minute wait four ttls behind
+    a holder: they do not poll (their process LISTENs), and the agent renews every entry
+    of the process in time, so each keeps its place (its arrival number) throughout."""
+    queue = admission_queue(postgresql_url_with_clean_tables)
+    capacity = {"gpu": 1}
+    tickets = [Ticket(("gpu",), 1, Priority.NORMAL, holder=f"w{n:03d}") for n in range(200)]
+
+    async def wait(ticket: Ticket) -> None:
+        async with admitted(queue, ticket, capacity, ttl_s=1.5, poll_s=60):
+            pass
+
+    async def main() -> tuple[list[dict[str, int]], float | None]:
+        holder = Ticket(("gpu",), 1, Priority.HIGH, holder="holder")
+        async with admitted(queue, holder, capacity, ttl_s=1.5):
+            waiters = [asyncio.create_task(wait(ticket)) for ticket in tickets]
+            await _until_queued(queue, tickets[-1].holder, waiters[-1])
+            samples: list[dict[str, int]] = []
+            ends = time.monotonic() + 6.0
+            while time.monotonic() < ends:
+                samples.append({entry.holder: entry.seq for entry in await queue.entries()})
+                await asyncio.sleep(0.2)
+            fallback = queue.fallback_poll_s(60)
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+        return samples, fallback
+
+    with caplog.at_level("WARNING", logger="gpuflow.gpu.admission"):
+        samples, fallback = asyncio.run(main())
+    assert fallback is None, "waiters polled although their process LISTENs"
+    first = samples[0]
+    assert sorted(first) == sorted(["holder", *(ticket.holder for ticket in tickets)])
+    assert all(sample == first for sample in samples), "an entry expired and queued again"
+    assert "expired" not in caplog.text
+    assert asyncio.run(queue.entries()) == []
+
+
+def _listener_pids(observer: Any) -> Any:
+    return observer.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name = $1 AND query ILIKE 'LISTEN%'",
+        APPLICATION_NAME,
+    )
+
+
+def test_a_lost_listen_connection_is_set_up_again_and_wakes_its_waiters(
+    postgresql_url_with_clean_tables: str,
+) -> None:
+    """The LISTEN backend is terminated while a waiter sleeps (its poll interval a
+    minute): the agent listens again, and the waiter is woken at the next release."""
+    import asyncpg
+
+    url = postgresql_url_with_clean_tables
+    queue = admission_queue(url)
+    capacity = {"gpu": 1}
+
+    async def wait(ticket: Ticket) -> float:
+        async with admitted(queue, ticket, capacity, poll_s=60):
+            return time.monotonic()
+
+    async def main() -> tuple[set[int], set[int], float]:
+        observer = await asyncpg.connect(url)
+        try:
+            holder = Ticket(("gpu",), 1, Priority.HIGH, holder="holder")
+            async with admitted(queue, holder, capacity):
+                waiter = asyncio.create_task(wait(Ticket(("gpu",), 1, Priority.NORMAL, "waiter")))
+                await _until_queued(queue, "waiter", waiter)
+                lost = {row["pid"] for row in await _listener_pids(observer)}
+                for pid in lost:
+                    await observer.execute("SELECT pg_terminate_backend($1)", pid)
+                deadline = time.monotonic() + 30
+                while not (again := {row["pid"] for row in await _listener_pids(observer)} - lost):
+                    assert time.monotonic() < deadline, "the agent never listened again"
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.5)
+                assert not waiter.done(), "the waiter got in while the slot was held"
+                released = time.monotonic()
+            # 30 s: "never"; the waiter's own poll would come after a minute.
+            admitted_at = await asyncio.wait_for(waiter, 30)
+            return lost, again, admitted_at - released
+        finally:
+            await observer.close()
+
+    lost, again, took = asyncio.run(main())
+    assert len(lost) == 1 and len(again) == 1
+    assert took < 10, took
+
+
+def test_without_a_listen_connection_waiters_poll(
+    postgresql_url_with_clean_tables: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process that cannot LISTEN (here: its listen alias names no database) falls
+    back to each waiter's poll interval, and is still served."""
+    url = postgresql_url_with_clean_tables
+    separator = "&" if "?" in url else "?"
+    queue = admission_queue(f"{url}{separator}pgbouncer_listen_database=gpuflow_no_such_db")
+    capacity = {"gpu": 1}
+    order: list[str] = []
+
+    async def wait(name: str) -> None:
+        ticket = Ticket(("gpu",), 1, Priority.NORMAL, holder=name)
+        async with admitted(queue, ticket, capacity, poll_s=0.2):
+            order.append(name)
+
+    async def main() -> float | None:
+        holder = Ticket(("gpu",), 1, Priority.HIGH, holder="holder")
+        async with admitted(queue, holder, capacity):
+            waiters = [asyncio.create_task(wait(f"w{number}")) for number in range(3)]
+            for number, waiter in enumerate(waiters):
+                await _until_queued(queue, f"w{number}", waiter)
+            fallback = queue.fallback_poll_s(0.2)
+            await asyncio.sleep(0.5)
+            assert not order, "a waiter got in while the slot was held"
+        await asyncio.wait_for(asyncio.gather(*waiters), 30)
+        return fallback
+
+    with caplog.at_level("WARNING", logger="gpuflow.gpu.admission"):
+        fallback = asyncio.run(main())
+    assert fallback == 0.2
+    assert order == ["w0", "w1", "w2"]
+    assert caplog.text.count("Cannot LISTEN") == 1, caplog.text
 
 
 def test_200_concurrent_runs_in_a_process_stay_within_its_connection_budget(

@@ -54,6 +54,12 @@ class AdmissionQueue(ABC):
         """An event set when ``ticket_id`` may have become admissible; the waiter clears it,
         checks with ``try_admit``, and sleeps on it (with its poll interval as a fallback)."""
 
+    def fallback_poll_s(self, poll_s: float) -> float | None:
+        """How long a waiter sleeps on its wake-up before it checks anyway: ``poll_s``,
+        or ``None`` (until woken) while the backend's wake-ups are known to arrive and it
+        notices expired entries itself."""
+        return poll_s
+
     @abstractmethod
     async def heartbeat(self, ticket_id: str, ttl_s: float) -> bool:
         """Push the ticket's deadline out; False when it is no longer queued."""

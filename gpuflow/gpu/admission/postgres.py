@@ -4,16 +4,18 @@ Decisions are made once per change, not once per poll. Enqueue and leave bump a 
 row in the same transaction as their change; whoever then wins a non-blocking try-lock
 runs one decision pass (reap expired entries, read the queue, mark every admissible
 ticket in one statement, ``NOTIFY`` their ids) and records the version it decided. Waiters
-never take the lock: they sleep on ``LISTEN``, and their check (with a poll interval as
-the fallback) is a batched primary-key read that renews the deadline when it is due and
-says whether a pass is still owed (a change not yet decided, or an entry past its
-deadline), which it then asks for.
+never take the lock: they sleep on ``LISTEN``. The process's agent (``postgres_agent``)
+renews the deadlines of all its entries in one batched statement and asks, once per
+interval for all its waiters, whether a pass is still owed (a change not yet decided, or
+an entry past its deadline); a waiter only polls (a batched primary-key read) while its
+process has no ``LISTEN`` connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import asyncpg
 
@@ -295,6 +297,7 @@ class PostgresAdmissionQueue(AdmissionQueue):
 
     async def enqueue(self, ticket: Ticket, capacity: dict[str, int], ttl_s: float) -> None:
         agent = self._agent()
+        started = time.monotonic()  # before the database sets the deadline
         async with agent.connection() as connection, connection.transaction():
             await connection.executemany(
                 "INSERT INTO gpuflow_admission_pool AS pool (pool, slots) VALUES ($1, $2) "
@@ -314,17 +317,25 @@ class PostgresAdmissionQueue(AdmissionQueue):
                 ttl_s,
             )
             await connection.execute(_BUMP_VERSION)
-        agent.renewed(ticket.ticket_id)
+        agent.track(ticket.ticket_id, ttl_s, started)
         agent.request_pass()
 
     async def try_admit(self, ticket_id: str, ttl_s: float) -> bool | None:
-        return await self._agent().check(ticket_id, ttl_s, force_renew=False)
+        # The agent renews the deadline (it renews every entry of the process).
+        return await self._agent().check(ticket_id)
 
     def wakeup(self, ticket_id: str) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
         return self._agent().wakeup(ticket_id)
 
+    def fallback_poll_s(self, poll_s: float) -> float | None:
+        # While this process LISTENs, an admission comes with its NOTIFY; the agent probes
+        # for owed passes for every waiter, wakes those it finds gone, and wakes all of
+        # them if the LISTEN connection is lost: a waiter has nothing to poll for.
+        return None if self._agent().listening() else poll_s
+
     async def heartbeat(self, ticket_id: str, ttl_s: float) -> bool:
-        return await self._agent().check(ticket_id, ttl_s, force_renew=True) is not None
+        # The agent renews the entry from its enqueue to its leave, batched per process.
+        return self._agent().still_queued(ticket_id)
 
     async def leave(self, ticket_id: str) -> None:
         agent = self._agent()

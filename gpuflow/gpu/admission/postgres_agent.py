@@ -1,10 +1,20 @@
-"""The connections of one process to the PostgreSQL admission queue, within a fixed budget.
+"""The connections of one process to the PostgreSQL admission queue, within a fixed budget,
+and the waiting it does for all the process's tickets.
 
 Whatever the number of runs (tickets) in a process, it holds at most ``POOL_SIZE`` pooled
-connections plus one that ``LISTEN``s for admissions. The checks and renewals of all its
-tickets are batched: those that arrive within ``BATCH_WINDOW_S`` (or while a batch is in
-flight) go to the database as one statement. Decision passes are requested here too, and
-run one at a time per process.
+connections plus one that ``LISTEN``s for admissions. One pooled connection serves the
+changes (enqueue, leave, reads); the other the decision passes and the batches of checks
+and renewals (one of each at a time), so neither a renewal nor a pass ever queues behind
+a burst of enqueues, and a leave never waits for a pass. The checks of all its tickets are
+batched: those that arrive within ``BATCH_WINDOW_S`` (or while a batch is in flight) go to
+the database as one statement.
+
+The agent carries the waiting: it renews the deadline of every entry of the process
+(waiting or holding) in one statement once a third of its ttl has passed, and while
+tickets wait it asks once per ``KEEPALIVE_TICK_S`` whether a decision pass is owed (an
+expired entry, or a change not yet decided). So while ``LISTEN`` is up a waiter sleeps
+until it is notified, found gone, or the ``LISTEN`` connection is lost; only then does it
+poll, and the agent listens again.
 
 Through PgBouncer in transaction mode (the URL's ``pgbouncer_listen_database`` names
 PgBouncer's session-mode alias of the same database, see docs/gpu-admission.md), the pool
@@ -27,7 +37,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -46,6 +56,13 @@ APPLICATION_NAME = "gpuflow-admission"
 LISTEN_DATABASE_PARAMETER = "pgbouncer_listen_database"
 LISTEN_CONNECT_TIMEOUT_S = 10.0
 LISTEN_FIRST_WAIT_S = 1.0  # how long the first waiter waits for LISTEN before polling
+LISTEN_RETRY_S = 5.0  # after LISTEN failed, waiters poll at least this long before a retry
+# While tickets wait: how often the process asks whether a pass is owed (one statement,
+# whatever their number), and looks at its LISTEN connection.
+KEEPALIVE_TICK_S = 0.5
+# An entry is renewed once this share of its ttl has passed: two thirds stay as margin
+# for a slow batch or a loaded host.
+RENEW_AFTER_TTL_SHARE = 1 / 3
 
 # (ticket id, ttl, renew) of each ticket in a batch -> admitted flag of each ticket found,
 # and whether a decision pass is due.
@@ -59,10 +76,15 @@ PassDue = Callable[[asyncpg.Connection], Awaitable[bool]]
 
 
 @dataclass
-class _Pending:
+class _Live:
+    """An entry of this process that the agent keeps renewed until it leaves."""
+
     ttl_s: float
-    renew: bool
-    future: asyncio.Future[bool | None] = field(repr=False)
+    renewed_at: float  # monotonic, taken before the database set the deadline
+    renewing: bool = False
+
+    def renewal_due_at(self) -> float:
+        return self.renewed_at + self.ttl_s * RENEW_AFTER_TTL_SHARE
 
 
 @dataclass(frozen=True)
@@ -119,12 +141,21 @@ class PostgresAgent:
         self._pool_lock = asyncio.Lock()
         self._listener: asyncpg.Connection | None = None
         self._listening: asyncio.Task[None] | None = None
+        self._listen_failing = False
+        self._listen_retry_at = 0.0
         self._wakeups = LocalWakeups()
-        self._pending: dict[str, _Pending] = {}
+        # One pooled connection each (POOL_SIZE): changes, and the passes and batches
+        # (which run one at a time each), so neither lane ever waits behind the other.
+        self._changes = asyncio.Semaphore(1)
+        self._deciding = asyncio.Semaphore(1)
+        self._pending: dict[str, asyncio.Future[bool | None]] = {}
+        self._renewals: dict[str, _Live] = {}
+        self._probe_wanted = False
         self._flusher: asyncio.Task[None] | None = None
         self._pass_wanted = False
         self._passes: asyncio.Task[None] | None = None
-        self._renewed_at: dict[str, float] = {}
+        self._live: dict[str, _Live] = {}
+        self._keeping: asyncio.Task[None] | None = None
         # Every connection this agent opened, so that one on a closed loop can be dropped.
         self._opened: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
 
@@ -141,6 +172,18 @@ class PostgresAgent:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for a change or a read."""
+        async with self._changes, self._pooled() as connection:
+            yield connection
+
+    @contextlib.asynccontextmanager
+    async def _deciding_connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for a decision pass or a batch."""
+        async with self._deciding, self._pooled() as connection:
+            yield connection
+
+    @contextlib.asynccontextmanager
+    async def _pooled(self) -> AsyncIterator[asyncpg.Connection]:
         async with self.unreachable_as_admission_error():
             pool = await self._ready_pool()
             async with pool.acquire() as connection:
@@ -187,7 +230,7 @@ class PostgresAgent:
 
     async def close(self) -> None:
         """Close the pool and the LISTEN connection (on their own loop)."""
-        for task in (self._flusher, self._passes, self._listening):
+        for task in (self._flusher, self._passes, self._listening, self._keeping):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -225,15 +268,16 @@ class PostgresAgent:
 
     def _on_listener_lost(self, _connection: object) -> None:
         """The LISTEN connection closed: notifications may have been missed, so every
-        waiter checks now (and the next wait listens again)."""
+        waiter checks now and polls until the agent listens again."""
         self._listener = None
         self._wakeups.wake(self._wakeups.ticket_ids())
 
     async def _ensure_listener(self) -> None:
         """LISTEN on the queue's channel, set up in the background; the waiter that starts
         it waits for it briefly. Without it (database unreachable, or PgBouncer's session
-        pool full) waiters fall back to their poll interval, and the next wait tries again."""
-        if self.listening():
+        pool full) waiters fall back to their poll interval, and the agent tries again
+        (``_listen_again``)."""
+        if self.listening() or time.monotonic() < self._listen_retry_at:
             return
         if self._listening is not None and not self._listening.done():
             return
@@ -255,9 +299,13 @@ class PostgresAgent:
             await listener.add_listener(self._statements.channel, self._on_notify)
             listener.add_termination_listener(self._on_listener_lost)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            logger.warning(
-                "Cannot LISTEN on the admission queue %s (%s); polling", self.location, exc
-            )
+            # Tried again every tick while tickets wait: said once per outage.
+            if not self._listen_failing:
+                logger.warning(
+                    "Cannot LISTEN on the admission queue %s (%s); polling", self.location, exc
+                )
+            self._listen_failing = True
+            self._listen_retry_at = time.monotonic() + LISTEN_RETRY_S
             if listener is not None:
                 listener.terminate()
             return
@@ -266,61 +314,120 @@ class PostgresAgent:
                 listener.terminate()
             raise
         self._listener = listener
+        self._listen_failing = False
+        # A waiter that checked before LISTEN was up may have missed its admission, and
+        # would now sleep without polling: every waiter checks once more.
+        self._wakeups.wake(self._wakeups.ticket_ids())
 
     def _on_notify(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
         self._wakeups.wake(payload.split(","))
 
-    # Batched checks and renewals ------------------------------------------------------
+    # Renewals, checks and the owed-pass probe, batched -------------------------------
 
-    def renewed(self, ticket_id: str) -> None:
-        self._renewed_at[ticket_id] = time.monotonic()
+    def track(self, ticket_id: str, ttl_s: float, enqueued_at: float) -> None:
+        """Keep ``ticket_id`` renewed from now on (``enqueued_at``: monotonic, taken before
+        its deadline was set) until it leaves or is found gone."""
+        self._live[ticket_id] = _Live(ttl_s, enqueued_at)
+        if self._keeping is None or self._keeping.done():
+            self._keeping = asyncio.create_task(self._keep_alive())
 
     def forget(self, ticket_id: str) -> None:
-        self._renewed_at.pop(ticket_id, None)
+        self._live.pop(ticket_id, None)
 
-    async def check(self, ticket_id: str, ttl_s: float, *, force_renew: bool) -> bool | None:
-        """The ticket's admitted flag (``None``: no longer queued), renewing its deadline
-        when asked or when a third of its ttl has passed since the last renewal."""
-        renew = force_renew or (
-            time.monotonic() - self._renewed_at.get(ticket_id, float("-inf")) >= ttl_s / 3
-        )
-        pending = self._pending.get(ticket_id)
-        if pending is None:
-            future: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+    def still_queued(self, ticket_id: str) -> bool:
+        """False once a renewal found the entry gone (its deadline passed: this process
+        stalled, or the database was out of reach for longer than the ttl)."""
+        return ticket_id in self._live
+
+    async def check(self, ticket_id: str) -> bool | None:
+        """The ticket's admitted flag (``None``: no longer queued)."""
+        future = self._pending.get(ticket_id)
+        if future is None:
+            future = self._pending[ticket_id] = asyncio.get_running_loop().create_future()
             # Every waiter on it may have been cancelled: its error is then nobody's.
             future.add_done_callback(lambda done: done.cancelled() or done.exception())
-            pending = self._pending[ticket_id] = _Pending(ttl_s, renew, future)
-        else:
-            pending.renew = pending.renew or renew
-            pending.ttl_s = max(pending.ttl_s, ttl_s)
+        self._start_flush()
+        # Shielded: one cancelled waiter must not cancel the answer others share.
+        return await asyncio.shield(future)
+
+    async def _keep_alive(self) -> None:
+        """Renew the entries that are due, and probe for an owed pass while tickets wait:
+        a batch per tick for the whole process, never a statement per ticket."""
+        while self._live:
+            now = time.monotonic()
+            idle = [live for live in self._live.values() if not live.renewing]
+            next_due = min((live.renewal_due_at() for live in idle), default=now + KEEPALIVE_TICK_S)
+            if len(self._wakeups):
+                next_due = min(next_due, now + KEEPALIVE_TICK_S)
+            await asyncio.sleep(max(next_due - time.monotonic(), BATCH_WINDOW_S))
+            now = time.monotonic()
+            for ticket, live in self._live.items():
+                if not live.renewing and now >= live.renewal_due_at():
+                    live.renewing = True
+                    self._renewals[ticket] = live
+            if len(self._wakeups):
+                self._probe_wanted = True
+                self._listen_again()
+            if self._renewals or self._probe_wanted:
+                self._start_flush()
+
+    def _listen_again(self) -> None:
+        """Waiters poll while the LISTEN connection is down: set it up again."""
+        if self.listening() or time.monotonic() < self._listen_retry_at:
+            return
+        if self._listening is None or self._listening.done():
+            self._listening = asyncio.create_task(self._listen())
+
+    def _start_flush(self) -> None:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        # Shielded: one cancelled waiter must not cancel the answer others share.
-        return await asyncio.shield(pending.future)
 
     async def _flush(self) -> None:
-        while self._pending:
+        while self._pending or self._renewals or self._probe_wanted:
             await asyncio.sleep(BATCH_WINDOW_S)
-            batch, self._pending = self._pending, {}
+            checks, self._pending = self._pending, {}
+            renewals, self._renewals = self._renewals, {}
+            self._probe_wanted = False
+            rows = [(ticket, live.ttl_s, True) for ticket, live in renewals.items()]
+            rows += [(ticket, 0.0, False) for ticket in checks if ticket not in renewals]
             started = time.monotonic()
             try:
-                async with self.connection() as connection:
-                    found, due = await self._statements.check_batch(
-                        connection,
-                        [(ticket, wait.ttl_s, wait.renew) for ticket, wait in batch.items()],
-                    )
+                async with self._deciding_connection() as connection:
+                    if rows:
+                        found, due = await self._statements.check_batch(connection, rows)
+                    else:
+                        found, due = {}, await self._statements.pass_due(connection)
             except AdmissionError as exc:
-                for wait in batch.values():
-                    if not wait.future.done():
-                        wait.future.set_exception(exc)
+                for future in checks.values():
+                    if not future.done():
+                        future.set_exception(exc)
+                if renewals:
+                    logger.warning(
+                        "Renewing %d admission entries failed (%s); retrying", len(renewals), exc
+                    )
+                for live in renewals.values():
+                    live.renewing = False  # due still: the next tick tries again
                 continue
-            for ticket, wait in batch.items():
-                if wait.renew and ticket in found:
-                    self._renewed_at[ticket] = started
-                if not wait.future.done():
-                    wait.future.set_result(found.get(ticket))
+            self._renewed(renewals, found, started)
+            for ticket, future in checks.items():
+                if not future.done():
+                    future.set_result(found.get(ticket))
             if due:
                 self.request_pass()
+
+    def _renewed(self, renewals: dict[str, _Live], found: dict[str, bool], started: float) -> None:
+        gone: list[str] = []
+        for ticket, live in renewals.items():
+            live.renewing = False
+            if self._live.get(ticket) is not live:
+                continue  # it left (or queued again) while the batch ran
+            if ticket in found:
+                live.renewed_at = started
+            else:
+                del self._live[ticket]
+                gone.append(ticket)
+        # Their waiters check, find the entry gone and queue again.
+        self._wakeups.wake(gone)
 
     # Decision passes ------------------------------------------------------------------
 
@@ -334,7 +441,7 @@ class PostgresAgent:
         while self._pass_wanted:
             self._pass_wanted = False
             try:
-                async with self.connection() as connection:
+                async with self._deciding_connection() as connection:
                     # A lost try-lock is no loss: its winner checks for changes after it
                     # commits, ours included (committed before we asked).
                     if await self._statements.decide(connection) and (

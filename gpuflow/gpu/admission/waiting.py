@@ -28,7 +28,8 @@ async def admitted(
 
     Yields the seconds spent waiting. The ticket leaves the queue on any exit. Between
     checks the waiter sleeps until the queue wakes it (slots may have come free), or
-    ``poll_s`` at most: the fallback for a lost wake-up, and what notices an expiry."""
+    ``poll_s`` at most: the fallback for a lost wake-up, and what notices an expiry (none
+    while the queue's wake-ups are known to arrive: ``AdmissionQueue.fallback_poll_s``)."""
     started = time.monotonic()
     try:
         # Inside the try: a cancellation that lands after the enqueue committed (while its
@@ -46,7 +47,7 @@ async def admitted(
                     await queue.enqueue(ticket, capacity, ttl_s)
                     continue
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wakeup.wait(), poll_s)
+                    await asyncio.wait_for(wakeup.wait(), queue.fallback_poll_s(poll_s))
         waited = time.monotonic() - started
         heartbeat = asyncio.create_task(_beat(queue, ticket.ticket_id, ttl_s))
         try:
