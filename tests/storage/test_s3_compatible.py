@@ -16,13 +16,13 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from prefect_aws import AwsCredentials
 
+from devtools.s3rver import S3RVER_KEY
 from gpuflow.core.errors import IntegrityError, ObjectNotFoundError
 from gpuflow.storage.s3 import S3ObjectStore
 from gpuflow.storage.transfer import MiB
 from tests.storage.conftest import SMALL_PARTS
 from tests.support.files import random_file, sha256_of
 from tests.support.s3_servers import (
-    S3RVER_KEY,
     CountingProxy,
     MotoServer,
     OpaqueEtagProxy,
