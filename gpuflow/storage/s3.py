@@ -120,8 +120,9 @@ class S3ObjectStore(ObjectStore):
     )
     part_checksum: Literal["sha256", "none"] = Field(
         default="sha256",
-        description="Checksum sent with every part besides Content-MD5; none for stores "
-        "without S3's flexible checksums.",
+        description="Checksum sent besides Content-MD5 with single PUTs, and with the "
+        "parts of a multipart upload where the store names the algorithm back (it keeps "
+        "checksums); none for stores that refuse S3's flexible checksums.",
     )
     md5_etags: bool = Field(
         default=True,
