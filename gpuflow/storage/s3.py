@@ -394,7 +394,7 @@ class S3ObjectStore(ObjectStore):
         # A store that keeps checksums names the algorithm back (AWS, MinIO, moto). One
         # that does not is verified by its ETag: S3's MD5 of the part MD5s, the plain MD5
         # of the object some give instead (s3rver), or the MD5 of what reading it back
-        # gives. So for those the parts carry no SHA-256 nobody checks, and the file's MD5
+        # gives. So for those the parts carry no SHA-256 that nothing checks, and the file's MD5
         # is taken while the parts are sent, not in a pass of its own afterwards.
         keeps_checksums = bool(self.part_checksum == "sha256" and created.get("ChecksumAlgorithm"))
         source_md5 = None if keeps_checksums else BackgroundDigest(source, "md5")
@@ -442,14 +442,18 @@ class S3ObjectStore(ObjectStore):
                     Bucket=parsed.bucket, Key=parsed.key, UploadId=upload_id
                 )
             raise
-        self._verify_upload(
-            uri,
-            parsed,
-            completed,
-            expected_etag=expected,
-            expected_checksum=composite,
-            source_md5=source_md5.result if source_md5 else lambda: file_digest(source, "md5"),
-        )
+        try:
+            self._verify_upload(
+                uri,
+                parsed,
+                completed,
+                expected_etag=expected,
+                expected_checksum=composite,
+                source_md5=source_md5.result if source_md5 else lambda: file_digest(source, "md5"),
+            )
+        finally:
+            if source_md5 is not None:
+                source_md5.stop()  # not needed where S3's ETag form verified the parts
         size = source.stat().st_size
         return ObjectInfo(uri, size, etag=_etag(completed), bytes_moved=size)
 
