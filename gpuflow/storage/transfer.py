@@ -38,6 +38,7 @@ S3_MIN_PART = 5 * MiB
 S3_MAX_PART = 5 * GiB
 S3_MAX_PARTS = 10_000
 _JOURNAL_FORMAT = 1
+_DIGEST_STEP = 4 * MiB
 
 DigestName = Literal["md5", "sha256", "crc64nvme"]
 T = TypeVar("T")
@@ -137,19 +138,59 @@ def new_digest(name: DigestName) -> Digest:
     return hashlib.new(name, usedforsecurity=False) if name == "md5" else hashlib.sha256()
 
 
-def file_digest(path: Path, name: DigestName, offset: int = 0, length: int | None = None) -> str:
-    """Digest of ``length`` bytes of ``path`` from ``offset`` (the whole rest by default)."""
+def file_digest(
+    path: Path,
+    name: DigestName,
+    offset: int = 0,
+    length: int | None = None,
+    stop: threading.Event | None = None,
+) -> str:
+    """Digest of ``length`` bytes of ``path`` from ``offset`` (the whole rest by default);
+    ``stop`` set ends it early with ``_Stopped``."""
     digest = new_digest(name)
     with path.open("rb") as handle:
         handle.seek(offset)
         remaining = length if length is not None else math.inf
         while remaining > 0:
+            if stop is not None and stop.is_set():
+                raise _Stopped(f"digest of {path} stopped")
             chunk = handle.read(int(min(8 * MiB, remaining)))
             if not chunk:
                 break
             digest.update(chunk)
             remaining -= len(chunk)
     return digest.hexdigest()
+
+
+class BackgroundDigest:
+    """The digest of a whole file, taken by a thread of its own while the caller works
+    (an upload sends the same file meanwhile, so the file is not read a second time
+    after it)."""
+
+    def __init__(self, path: Path, name: DigestName) -> None:
+        self._stop = threading.Event()
+        self._digest: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(path, name), name="gpuflow-file-digest", daemon=True
+        )
+        self._thread.start()
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return cast(str, self._digest)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self, path: Path, name: DigestName) -> None:
+        try:
+            self._digest = file_digest(path, name, stop=self._stop)
+        except BaseException as error:  # handed to the caller by result()
+            self._error = error
 
 
 def multipart_etag(part_md5s: Sequence[str]) -> str:
@@ -318,15 +359,13 @@ def _download_into(
                         raise _Stopped(f"{uri}: download stopped after another part failed")
                     digests, received = _fetch_part(
                         uri, fd, part, len(parts) == 1, stream, settings, digest, block_size,
-                        cancelled, buffer,
+                        cancelled, buffer, ordered.arrived if ordered else None,
                     )  # fmt: skip
                 except BaseException:
                     cancelled.set()  # before this worker picks up the next queued part
                     if ordered:
                         ordered.give_back(part)
                     raise
-                if ordered and buffer is not None:
-                    ordered.add(part, buffer)
                 if journal_file is not None:
                     with journal_lock:
                         journal_file.write(json.dumps({"part": part.number, "digests": digests}))
@@ -373,13 +412,14 @@ def _download_into(
 
 
 class _OrderedDigest:
-    """The whole object's digest, fed part by part in order by a thread of its own.
+    """The whole object's digest, fed in order by a thread of its own.
 
-    Workers hand in each finished part's buffer; the digest takes them in part order
-    while later parts still download. Buffers are reserved in part order and at most
-    ``max_concurrency + 2`` exist at once (memory: that many parts), so the part the
-    digest waits for is always downloading. Parts resumed from an earlier run are read
-    back from the file.
+    Workers report how far each part's buffer is filled; the digest follows the first
+    part not yet digested as its bytes arrive (not once it is complete: with 8 parts in
+    flight the first completes only after an eighth of the object), while later parts
+    still download. Buffers are reserved in part order and at most ``max_concurrency + 2``
+    exist at once (memory: that many parts), so the part the digest waits for is always
+    downloading. Parts resumed from an earlier run are read back from the file.
     """
 
     def __init__(
@@ -397,7 +437,12 @@ class _OrderedDigest:
         self._parts = parts
         self._fd = fd
         self._cancelled = cancelled
-        self._ready: dict[int, memoryview | None] = dict.fromkeys(resumed)
+        self._resumed = resumed
+        self._buffers: dict[int, memoryview] = {}
+        # Bytes at the start of each part's buffer that hold the object's bytes. A retried
+        # attempt writes the same bytes (the object is pinned) from 0 again, so the count
+        # only grows.
+        self._arrived: dict[int, int] = {}
         self._free: list[bytearray] = []
         self._slots = threading.Semaphore(settings.max_concurrency + 2)
         self._changed = threading.Condition()
@@ -419,12 +464,17 @@ class _OrderedDigest:
         if buffer is None:
             # Reused rather than reallocated: a fresh buffer costs a page fault per page.
             buffer = bytearray(max(part.length for part in self._parts))
-        return memoryview(buffer)[: part.length]
-
-    def add(self, part: Part, buffer: memoryview) -> None:
+        view = memoryview(buffer)[: part.length]
         with self._changed:
-            self._ready[part.number] = buffer
-            self._changed.notify_all()
+            self._buffers[part.number] = view
+        return view
+
+    def arrived(self, part: Part, count: int) -> None:
+        """The first ``count`` bytes of ``part``'s buffer hold the object's bytes."""
+        with self._changed:
+            if count > self._arrived.get(part.number, 0):
+                self._arrived[part.number] = count
+                self._changed.notify_all()
 
     def give_back(self, part: Part) -> None:
         """A part that failed frees its slot (the download is being stopped)."""
@@ -448,17 +498,22 @@ class _OrderedDigest:
     def _run(self) -> None:
         try:
             for part in self._parts:
-                with self._changed:
-                    while part.number not in self._ready:
-                        if self._cancelled.is_set():
-                            return
-                        self._changed.wait(timeout=0.1)
-                    buffer = self._ready.pop(part.number)
-                if buffer is None:
+                if part.number in self._resumed or not part.length:
                     self._hash_from_file(part)
                     continue
-                self._digest.update(buffer)
+                digested = 0
+                while digested < part.length:
+                    with self._changed:
+                        while self._arrived.get(part.number, 0) <= digested:
+                            if self._cancelled.is_set():
+                                return
+                            self._changed.wait(timeout=0.1)
+                        buffer = self._buffers[part.number]
+                        available = self._arrived[part.number]
+                    self._digest.update(buffer[digested:available])
+                    digested = available
                 with self._changed:
+                    del self._buffers[part.number], self._arrived[part.number]
                     self._free.append(cast(bytearray, buffer.obj))
                 self._slots.release()
             self._finished = True
@@ -506,12 +561,14 @@ def _fetch_part(
     block_size: int | None,
     cancelled: threading.Event,
     part_buffer: memoryview | None,
+    arrived: Callable[[Part, int], None] | None,
 ) -> tuple[list[str], int]:
     """The part's block digests and the bytes received for it over all attempts.
 
-    With ``part_buffer`` the part's bytes also stay there (for the whole-object digest);
-    without, one small buffer is reused: it stays in the CPU cache between the copy from
-    the socket and the copy into the file.
+    With ``part_buffer`` the part's bytes also stay there (for the whole-object digest,
+    told by ``arrived`` how far the buffer is filled); without, one small buffer is
+    reused: it stays in the CPU cache between the copy from the socket and the copy into
+    the file.
     """
     received = [0]  # grows as bytes arrive, so an attempt that fails midway still counts
     buffer = part_buffer or memoryview(bytearray(min(settings.chunk_size, max(part.length, 1))))
@@ -520,8 +577,9 @@ def _fetch_part(
         try:
             with stream(part, whole) as reader:
                 count = _read_part(
-                    uri, fd, part, reader, digester, settings, cancelled, buffer, received
-                )
+                    uri, fd, part, reader, digester, settings, cancelled, buffer, received,
+                    arrived,
+                )  # fmt: skip
                 if count < part.length:
                     raise IntegrityError(
                         uri, f"part {part.number} ended after {count} of {part.length} bytes"
@@ -553,11 +611,12 @@ def _read_part(
     cancelled: threading.Event,
     buffer: memoryview,
     total_received: list[int],
+    arrived: Callable[[Part, int], None] | None,
 ) -> int:
     # A buffer as long as the part keeps every byte at its offset; a shorter one is
     # reused for each read.
     keeps_part = len(buffer) >= part.length
-    received = 0
+    received = reported = 0
     while received < part.length:
         if cancelled.is_set():
             raise _Stopped(f"{uri}: download stopped after another part failed")
@@ -573,6 +632,15 @@ def _read_part(
             written += os.pwrite(fd, chunk[written:], part.offset + received + written)
         received += count
         total_received[0] += count
+        # Told in steps of a few MiB: a wake-up of the digest thread per read costs more
+        # than the digest gains by starting a little earlier.
+        if (
+            arrived is not None
+            and keeps_part
+            and (received - reported >= _DIGEST_STEP or received == part.length)
+        ):
+            arrived(part, received)
+            reported = received
     return received
 
 

@@ -4,11 +4,13 @@ checksums) and moto behind a proxy that answers with SSE-KMS-style opaque ETags.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -16,13 +18,13 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from prefect_aws import AwsCredentials
 
+from devtools.s3rver import S3RVER_KEY
 from gpuflow.core.errors import IntegrityError, ObjectNotFoundError
 from gpuflow.storage.s3 import S3ObjectStore
-from gpuflow.storage.transfer import MiB
+from gpuflow.storage.transfer import MiB, plan_parts
 from tests.storage.conftest import SMALL_PARTS
 from tests.support.files import random_file, sha256_of
 from tests.support.s3_servers import (
-    S3RVER_KEY,
     CountingProxy,
     MotoServer,
     OpaqueEtagProxy,
@@ -279,3 +281,82 @@ def test_an_upload_an_md5_etag_verifies_is_not_read_back(
     store.upload(random_file(tmp_path / "video.mp4", 12 * MiB + 7), f"s3://{bucket}/video.mp4")
 
     assert proxy.bytes_down < 256 * 1024, "only answers came back, not the object"
+
+
+def _part_headers(store: S3ObjectStore) -> list[dict[str, str]]:
+    """The headers of every UploadPart request the store's client sends (as signed)."""
+    sent: list[dict[str, str]] = []
+
+    def record(request: Any, **_: Any) -> None:
+        sent.append(
+            {
+                name.lower(): value.decode() if isinstance(value, bytes) else str(value)
+                for name, value in request.headers.items()
+            }
+        )
+
+    store.client.meta.events.register("before-send.s3.UploadPart", record)
+    return sent
+
+
+@pytest.mark.parametrize("server", ["moto", "s3rver"])
+def test_parts_carry_the_checksums_the_store_checks_and_an_unsigned_payload(
+    server: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # moto names SHA-256 back on CreateMultipartUpload (it keeps checksums); s3rver does
+    # not, so its parts carry only the Content-MD5 it checks. Either way the body is
+    # bound to the signature by those signed headers, not by one more SHA-256 of it.
+    proxy: CountingProxy = request.getfixturevalue(
+        f"{'s3' if server == 'moto' else 's3rver'}_proxy"
+    )
+    store = _store(proxy.url, S3RVER_KEY if server == "s3rver" else "testing")
+    bucket = _new_bucket(store)
+    sent = _part_headers(store)
+    source = random_file(tmp_path / "video.mp4", 12 * MiB + 7)
+
+    store.upload(source, f"s3://{bucket}/video.mp4")
+
+    assert len(sent) == 3
+    assert all(headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD" for headers in sent)
+    assert all("content-md5" in headers for headers in sent)
+    assert all(("x-amz-checksum-sha256" in headers) == (server == "moto") for headers in sent)
+    for headers in sent:
+        signed = headers["authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
+        assert "content-md5" in signed
+    store.download(f"s3://{bucket}/video.mp4", tmp_path / "copy")
+    assert sha256_of(tmp_path / "copy") == sha256_of(source)
+
+
+def test_signed_payloads_are_the_bodies_sha256_where_asked_for(
+    s3rver_proxy: CountingProxy, tmp_path: Path
+) -> None:
+    store = _store(s3rver_proxy.url, S3RVER_KEY).model_copy(update={"sign_payloads": True})
+    bucket = _new_bucket(store)
+    sent = _part_headers(store)
+    data = random_file(tmp_path / "video.mp4", 12 * MiB + 7).read_bytes()
+
+    store.upload(tmp_path / "video.mp4", f"s3://{bucket}/video.mp4")
+
+    parts = plan_parts(len(data), SMALL_PARTS)
+    expected = {hashlib.sha256(data[p.offset : p.offset + p.length]).hexdigest() for p in parts}
+    assert {headers["x-amz-content-sha256"] for headers in sent} == expected
+
+
+def test_a_part_stored_wrong_on_a_store_without_checksums_is_shown_wrong_and_deleted(
+    s3rver: S3rverServer, tmp_path: Path
+) -> None:
+    # No checksum kept (s3rver), an ETag of the store's own making (the proxy): the object
+    # is read back and compared with the MD5 taken of the file while its parts were sent.
+    proxy = OpaqueEtagProxy(s3rver.port, announce_kms=False)
+    try:
+        store = _store(proxy.url, S3RVER_KEY)
+        bucket = _new_bucket(store)
+        uri = f"s3://{bucket}/weights"
+        proxy.corrupt_writes = True
+        with pytest.raises(IntegrityError, match="read back has MD5"):
+            store.upload(random_file(tmp_path / "weights", 12 * MiB + 7), uri)
+        proxy.corrupt_writes = False
+        with pytest.raises(ObjectNotFoundError):
+            store.stat(uri)
+    finally:
+        proxy.stop()

@@ -19,9 +19,9 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
+from devtools.debian import debian_binary
 from gpuflow.ops.deploy_steps import git_commit
 from gpuflow.ops.images import BuiltImage, build_image
-from tests.support.debian import debian_binary
 from tests.support.services import service_missing
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.debian import debian_binary
+from devtools.debian import debian_binary
 from tests.support.services import service_missing
 
 _BINARIES = ("pgbouncer", "/usr/sbin/pgbouncer")

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import fcntl
 import hashlib
 import http.client
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -26,6 +24,8 @@ import urllib.request
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from devtools.s3rver import installed_s3rver
 
 
 def free_port() -> int:
@@ -229,36 +229,6 @@ class RangeFileServer:
         self._server.server_close()
 
 
-S3RVER_PROJECT = Path(__file__).parent / "s3rver"
-# s3rver's built-in account (its README): the only keys it accepts.
-S3RVER_KEY = "S3RVER"
-
-
-def _installed_s3rver() -> Path:
-    """s3rver from the pinned lock file, installed once per lock into a cache folder."""
-    lock = (S3RVER_PROJECT / "package-lock.json").read_bytes()
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpuflow-tests"
-    folder = cache / f"s3rver-{hashlib.sha256(lock).hexdigest()[:16]}"
-    binary = folder / "node_modules" / ".bin" / "s3rver"
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / ".install.lock").open("w") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)  # parallel test sessions install once
-        if not binary.exists():
-            for name in ("package.json", "package-lock.json"):
-                (folder / name).write_bytes((S3RVER_PROJECT / name).read_bytes())
-            npm = shutil.which("npm")
-            if npm is None:
-                raise RuntimeError("npm is missing: install the Debian packages nodejs and npm")
-            subprocess.run(
-                [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
-                cwd=folder,
-                check=True,
-                capture_output=True,
-                timeout=300,
-            )
-    return binary
-
-
 class S3rverServer:
     """s3rver 3.7.1 (npm), a second S3 implementation: unlike S3 it gives a multipart
     object the plain MD5 of its bytes as ETag, ignores ``If-Match`` and ``partNumber``
@@ -267,7 +237,7 @@ class S3rverServer:
     def __init__(self, data: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [str(_installed_s3rver()), "-d", str(data), "-a", "127.0.0.1"]
+        command = [str(installed_s3rver()), "-d", str(data), "-a", "127.0.0.1"]
         self._process = subprocess.Popen(
             [*command, "-p", str(self.port), "-s", "--no-vhost-buckets"],
             stdout=subprocess.DEVNULL,

@@ -7,6 +7,7 @@ import hashlib
 import io
 import itertools
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,12 +16,14 @@ import pytest
 from gpuflow.core.errors import DiskFullError, IntegrityError, StoreError, UriError
 from gpuflow.storage.transfer import (
     S3_MAX_PARTS,
+    BackgroundDigest,
     DigestName,
     GiB,
     MiB,
     Part,
     TransferSettings,
     download_ranges,
+    file_digest,
     journal_path,
     multipart_etag,
     partial_path,
@@ -252,3 +255,38 @@ def test_a_full_disk_is_final_and_gives_its_space_back(tmp_path: Path) -> None:
         assert not failure.value.retryable
         assert source.fetched == [1]  # not retried: a full disk stays full
         assert list(destination.parent.iterdir()) == []  # no sparse partial left behind
+
+
+def test_the_whole_object_digest_is_right_when_a_part_it_follows_is_retried(
+    tmp_path: Path,
+) -> None:
+    # The digest follows part 1 as its bytes arrive; the first attempt breaks after more
+    # than one digest step, so the digest has taken bytes the retry then writes again.
+    settings = SETTINGS.model_copy(update={"max_concurrency": 2, "max_part_size": 12 * MiB})
+    data = os.urandom(30 * MiB + 5)
+    seen: list[str | None] = []
+
+    download_ranges(
+        "s3://b/k", tmp_path / "out.bin", size=len(data), version="v1",
+        parts=plan_parts(len(data), settings),
+        stream=_BreaksOnce(data, number=1, after=9 * MiB + 3).stream, settings=settings,
+        whole_digest="md5", verify=lambda path, digests, whole: seen.append(whole),
+    )  # fmt: skip
+
+    assert seen == [hashlib.md5(data, usedforsecurity=False).hexdigest()]
+    assert (tmp_path / "out.bin").read_bytes() == data
+
+
+def test_a_background_digest_gives_the_file_digest_and_a_stopped_one_raises(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(20 * MiB + 1)
+    (tmp_path / "f").write_bytes(data)
+
+    digest = BackgroundDigest(tmp_path / "f", "md5")
+
+    assert digest.result() == hashlib.md5(data, usedforsecurity=False).hexdigest()
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(StoreError, match="stopped"):
+        file_digest(tmp_path / "f", "md5", stop=stop)

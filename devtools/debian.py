@@ -1,8 +1,9 @@
-"""Debian packages the tests use (PgBouncer, the Distribution registry), installed where
-they are missing and the tests run as root on Debian, as on CI's machine kind.
+"""Debian packages the tests and benchmarks use (PgBouncer, the Distribution registry,
+nginx, Node.js and npm), installed where they are missing and the caller runs as root on
+Debian, as on CI's machine kind.
 
-Elsewhere nothing is installed: the caller skips, naming the package, or fails where
-services are required (tests/support/services.py)."""
+Elsewhere nothing is installed: ``debian_binary`` answers None and the caller says which
+package is missing (a test skips, or fails where services are required)."""
 
 from __future__ import annotations
 
