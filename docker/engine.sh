@@ -73,10 +73,11 @@ start_dockerd() {
     local driver="$1" pid
     mkdir -p "$data_root/$driver"
     log "starting dockerd ($driver, host network only); log: $state_dir/dockerd.log"
-    # setsid: the engine outlives the make or pytest process that started it.
+    # setsid: the engine outlives the make or pytest process that started it; it does not
+    # keep this script's lock (fd 9).
     setsid dockerd --storage-driver="$driver" --data-root="$data_root/$driver" \
         --iptables=false --ip-masq=false --bridge=none "${listen_options[@]}" \
-        --pidfile "$state_dir/dockerd.pid" >>"$state_dir/dockerd.log" 2>&1 < /dev/null &
+        --pidfile "$state_dir/dockerd.pid" >>"$state_dir/dockerd.log" 2>&1 < /dev/null 9>&- &
     pid=$!
     for _ in $(seq 1 120); do
         engine_answers && return 0
@@ -147,8 +148,13 @@ note_slower_driver() {
     fi
 }
 
+mkdir -p "$state_dir"
+# One run at a time: the test workers of one session all call this at once, and two
+# engines started together, or two base images imported one after the other, break
+# them (a build cached on the first base image misses the cache once it is retagged).
+exec 9>"$state_dir/engine.lock"
+flock 9
 client=$(pick_client)
 if engine_answers; then note_slower_driver; else start_engine; fi
-mkdir -p "$state_dir"
 make_base_image
 echo "DOCKER=$client"
