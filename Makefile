@@ -6,7 +6,10 @@ UV_TOOLS := $(CURDIR)/.tools/uv
 UV ?= $(shell command -v uv 2>/dev/null || echo $(UV_TOOLS)/bin/uv)
 RUN := $(UV) run --frozen
 # Test processes: most integration tests wait on servers and subprocesses, so three
-# workers keep two cores busy. A file's tests stay on one worker (they share fixtures).
+# workers keep two cores busy. A file's tests stay on one worker (they share fixtures),
+# and the files go out in the order tests/conftest.py gives them, the longest first
+# (xdist's own order is by number of tests, which sent the single-test files of minutes
+# last).
 TEST_WORKERS ?= 3
 
 .PHONY: demo test lint typecheck unit templates sync server-stop clean docker-engine flow-image
@@ -15,7 +18,7 @@ demo: sync
 	$(RUN) gpuflow demo
 
 test: sync lint typecheck
-	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile --durations=20
+	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
 
 # The tests that need no service (no Prefect server, database, emulator or uv build).
 unit: sync

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Make a Docker engine answer and the base image exist, for the image build and the
 # container tests. Idempotent: an engine that already answers (Docker Desktop, a
-# systemd docker.service) is used as it is, and an existing base image is kept.
+# systemd docker.service, one this script started before) is used as it is, and an
+# existing base image is kept.
 #
 # Where no engine runs and we are root on Debian (CI machines, sandboxes), it installs
-# Debian's docker.io and starts dockerd with the vfs storage driver and no bridge or
-# iptables: these need nothing from the kernel that such machines lack. Containers then
-# use the host's network (`--network host`).
+# Debian's docker.io and starts dockerd with no bridge or iptables (containers use the
+# host's network, `--network host`), on the first storage driver of
+# GPUFLOW_DOCKER_STORAGE_DRIVERS (default "overlay2 fuse-overlayfs vfs") that starts:
+# overlay2 mounts an image's layers where vfs copies all of them for every container
+# and every build step. Each driver keeps its own data root,
+# $GPUFLOW_DOCKER_DATA_ROOT/<driver>, so an engine never finds another driver's layers.
+# DOCKER_HOST (unix://PATH), with a GPUFLOW_DOCKER_STATE and GPUFLOW_DOCKER_DATA_ROOT of
+# its own, starts one on a socket of its own, beside an engine other work uses.
 #
 # The base image (GPUFLOW_BASE_IMAGE, default debian:bookworm-slim) is pulled when a
 # registry answers; otherwise it is made from the Debian package mirror with
@@ -20,6 +26,8 @@ set -euo pipefail
 base_image="${GPUFLOW_BASE_IMAGE:-debian:bookworm-slim}"
 suite="${GPUFLOW_BASE_SUITE:-bookworm}"
 state_dir="${GPUFLOW_DOCKER_STATE:-/var/tmp/gpuflow-docker}"
+data_root="${GPUFLOW_DOCKER_DATA_ROOT:-/var/lib/gpuflow-docker}"
+read -r -a storage_drivers <<<"${GPUFLOW_DOCKER_STORAGE_DRIVERS:-overlay2 fuse-overlayfs vfs}"
 log() { printf 'docker/engine.sh: %s\n' "$*" >&2; }
 
 pick_client() {
@@ -41,20 +49,64 @@ apt_install() {
             apt-get install -y --no-install-recommends "$@" >&2; }
 }
 
-start_engine() {
-    command -v dockerd >/dev/null || apt_install docker.io
-    client=$(pick_client)
-    mkdir -p "$state_dir"
-    log "starting dockerd (vfs, host network only); log: $state_dir/dockerd.log"
-    # setsid: the engine outlives the make or pytest process that started it.
-    setsid dockerd --storage-driver=vfs --iptables=false --ip-masq=false --bridge=none \
-        --pidfile "$state_dir/dockerd.pid" >>"$state_dir/dockerd.log" 2>&1 < /dev/null &
+# Where dockerd listens: the default socket, or DOCKER_HOST's with the engine's runtime
+# state (and its containerd) in a directory of its own.
+listen_options=()
+case "${DOCKER_HOST:-}" in
+    "") ;;
+    unix://*) listen_options=("--host=$DOCKER_HOST" "--exec-root=$state_dir/exec-root") ;;
+    *) listen_options=(unstartable) ;;
+esac
+
+# What a driver needs beside the kernel, installed where it is missing.
+driver_prerequisites() {
+    case "$1" in
+        fuse-overlayfs)
+            [[ -e /dev/fuse ]] || return 1
+            command -v fuse-overlayfs >/dev/null || apt_install fuse-overlayfs ;;
+    esac
+}
+
+# dockerd on one storage driver: 0 once it answers, 1 when it exits (the driver does not
+# work here), exit 4 when it neither answers nor exits within 60 s.
+start_dockerd() {
+    local driver="$1" pid
+    mkdir -p "$data_root/$driver"
+    log "starting dockerd ($driver, host network only); log: $state_dir/dockerd.log"
+    # setsid: the engine outlives the make or pytest process that started it; it does not
+    # keep this script's lock (fd 9).
+    setsid dockerd --storage-driver="$driver" --data-root="$data_root/$driver" \
+        --iptables=false --ip-masq=false --bridge=none "${listen_options[@]}" \
+        --pidfile "$state_dir/dockerd.pid" >>"$state_dir/dockerd.log" 2>&1 < /dev/null 9>&- &
+    pid=$!
     for _ in $(seq 1 120); do
-        engine_answers && return
+        engine_answers && return 0
+        kill -0 "$pid" 2>/dev/null || return 1
         sleep 0.5
     done
     log "dockerd did not answer within 60 s; the end of its log:"
     tail -n 20 "$state_dir/dockerd.log" >&2
+    exit 4
+}
+
+start_engine() {
+    if [[ "${listen_options[*]}" == unstartable ]]; then
+        log "DOCKER_HOST=$DOCKER_HOST does not answer, and only a unix:// socket can be started here"
+        exit 3
+    fi
+    command -v dockerd >/dev/null || apt_install docker.io
+    client=$(pick_client)
+    mkdir -p "$state_dir"
+    local driver
+    : >"$state_dir/failed-drivers"
+    for driver in "${storage_drivers[@]}"; do
+        driver_prerequisites "$driver" || { log "$driver: no /dev/fuse"; continue; }
+        start_dockerd "$driver" && return
+        echo "$driver" >>"$state_dir/failed-drivers"
+        log "dockerd exited on the $driver storage driver; the end of its log:"
+        tail -n 3 "$state_dir/dockerd.log" >&2
+    done
+    log "dockerd started on none of the storage drivers ${storage_drivers[*]}"
     exit 4
 }
 
@@ -82,8 +134,27 @@ make_base_image() {
         - "$base_image" >/dev/null
 }
 
-client=$(pick_client)
-engine_answers || start_engine
+# An engine this script started earlier on a later driver of the list (an older version
+# of it started vfs only) keeps running for the work that uses it; stopping it when none
+# does lets the next run start the first driver that works.
+note_slower_driver() {
+    local driver pid
+    driver=$("$client" info --format '{{.Driver}}' 2>/dev/null || true)
+    pid=$(cat "$state_dir/dockerd.pid" 2>/dev/null || true)
+    [[ -n "$pid" && "$driver" != "${storage_drivers[0]}" ]] && kill -0 "$pid" 2>/dev/null || return 0
+    if ! grep -qx "${storage_drivers[0]}" "$state_dir/failed-drivers" 2>/dev/null; then
+        log "the running engine (dockerd $pid, started by this script) uses $driver, not" \
+            "${storage_drivers[0]}: once no work uses it, 'kill $pid' and run this again"
+    fi
+}
+
 mkdir -p "$state_dir"
+# One run at a time: the test workers of one session all call this at once, and two
+# engines started together, or two base images imported one after the other, break
+# them (a build cached on the first base image misses the cache once it is retagged).
+exec 9>"$state_dir/engine.lock"
+flock 9
+client=$(pick_client)
+if engine_answers; then note_slower_driver; else start_engine; fi
 make_base_image
 echo "DOCKER=$client"

@@ -41,9 +41,28 @@ SERVICE_FIXTURES = frozenset(
 SERVICE_HELPERS = frozenset({"fresh_database", "ensure_server"})
 
 
+def file_seconds(item: pytest.Item) -> float:
+    """The ``suite_seconds`` a test's file declares (0 without the marker)."""
+    marker = item.get_closest_marker("suite_seconds")
+    return float(marker.args[0]) if marker is not None else 0.0
+
+
+def longest_files_first(items: list[pytest.Item]) -> None:
+    """Order the files by the seconds they declare (from a measured `make test`), longest
+    first, the others after them as collected. `make test` hands whole files to its
+    workers in this order (``--dist loadfile --no-loadscope-reorder``): a file of minutes
+    started last would keep one worker busy while the others stand idle."""
+    seconds: dict[Path, float] = {}
+    for item in items:
+        seconds[item.path] = max(seconds.get(item.path, 0.0), file_seconds(item))
+    items.sort(key=lambda item: -seconds[item.path])
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Refuse a test that needs a service but is not marked ``integration``: `make unit`
-    (``-m "not integration"``) must never start a server or reach a database."""
+    (``-m "not integration"``) must never start a server or reach a database. Then start
+    the longest files first."""
+    longest_files_first(items)
     unmarked = []
     for item in items:
         if item.get_closest_marker("integration") is not None:

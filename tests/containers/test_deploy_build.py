@@ -30,7 +30,7 @@ from tests.support.docker_engine import (
 from tests.support.s3_servers import free_port
 
 # A full image build through prefect deploy, then the push of every layer.
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800), pytest.mark.suite_seconds(288)]
 
 
 @pytest.fixture(scope="module")

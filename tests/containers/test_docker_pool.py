@@ -29,7 +29,7 @@ from tests.support.media import probe
 
 # Two flow runs and, on a cold machine, the image build: vfs copies the whole image for
 # each container, which on a loaded 2-core machine takes minutes.
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800), pytest.mark.suite_seconds(219)]
 
 IMAGE_JOBS_ROOT = Path("/opt/gpuflow/jobs")
 # Where a container finds the proxy's CA bundle, bind-mounted from the host: job envs the

@@ -14,7 +14,7 @@ from tests.containers.conftest import FlowImage, RunningContainer, certificate_b
 from tests.support.docker_engine import base_image, build_test_image, docker
 
 # The first test's setup builds the image: on a cold machine that is minutes.
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800), pytest.mark.suite_seconds(983)]
 
 _CHUNK = 8 << 20
 

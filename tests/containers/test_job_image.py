@@ -41,7 +41,7 @@ from tests.support.docker_engine import (
 
 # Cold image builds on a loaded 2-core machine take minutes each (the job image's alone
 # took 6 min at a load of 10, 25 s on a quiet one).
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800), pytest.mark.suite_seconds(713)]
 
 JOB_IMAGE_NAME = "gpuflow-job"
 JOB_USER = "10001:10001"

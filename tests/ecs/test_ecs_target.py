@@ -53,7 +53,7 @@ from tests.ecs.conftest import (
 )
 from tests.support.ecs_answers import AnswersProxy
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.suite_seconds(219)]
 
 HOLD = {"progression": "manual", "times": 10**9}
 RELEASE = {"progression": "immediate"}

@@ -23,7 +23,7 @@ from tests.integration.test_janitor import PAYLOAD, _runs_in_states, _workspace
 from tests.support.deployed import GPUFLOW, Deployed, cli_env
 from tests.support.media import probe
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.suite_seconds(498)]
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from prefect.runtime import flow_run
 from gpuflow.ops.local_server import LocalServer
 from tests.support.deployed import GPUFLOW, cli_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.suite_seconds(292)]
 
 
 @flow(name="generate-video")

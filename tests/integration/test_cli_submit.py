@@ -24,7 +24,7 @@ from gpuflow.pipeline.generate_video import generate_video
 from gpuflow.storage.uri import ObjectUri
 from tests.support.deployed import GPUFLOW, Deployed, cli_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.suite_seconds(445)]
 
 
 def _gpuflow(

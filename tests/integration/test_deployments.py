@@ -27,7 +27,7 @@ from gpuflow.storage.uri import ObjectUri
 from tests.support.deployed import DEPLOYED_IMAGE, GPUFLOW, PREFECT, REPO, Deployed, cli_env
 from tests.support.media import probe
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.suite_seconds(472)]
 
 
 def request_fields(layout: EmbeddedLayout, **overrides: Any) -> dict[str, Any]:

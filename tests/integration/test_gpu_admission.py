@@ -34,7 +34,7 @@ from tests.support.gpu_probe import gpu_probe, read_records
 from tests.support.http_recorder import RecordingProxy
 from tests.support.postgres import fresh_database
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.suite_seconds(271)]
 
 
 async def _active_slots(name: str) -> int:

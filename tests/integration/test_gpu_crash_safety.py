@@ -34,7 +34,7 @@ from gpuflow.pipeline.stack import GpuflowStack
 from tests.support.gpu_probe import gpu_probe, start_record
 from tests.support.processes import running
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.suite_seconds(327)]
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 LEASE_S = 60

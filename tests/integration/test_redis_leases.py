@@ -28,7 +28,7 @@ from gpuflow.ops.local_server import LocalServer, ensure_server, stop_server
 from tests.support.postgres import fresh_database
 from tests.support.services import service_missing
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.suite_seconds(209)]
 
 # Database 15 of the local Redis: out of the way of anything using the default database 0.
 REDIS_URL = os.environ.get("GPUFLOW_TEST_REDIS", "redis://127.0.0.1:6379/15")

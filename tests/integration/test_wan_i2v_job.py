@@ -32,7 +32,7 @@ from gpuflow.pipeline.stack import GpuflowStack
 from gpuflow.storage.uri import ObjectUri
 from tests.support.media import probe
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.suite_seconds(306)]
 
 # The tiny model's gpuflow-sampling.json asks for two denoising steps.
 STEPS = 2
