@@ -168,7 +168,7 @@ class KubeApiServer:
         app.router.add_get(
             "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}", self._get_crd
         )
-        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.05)
         await self._runner.setup()
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
