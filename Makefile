@@ -20,9 +20,10 @@ demo: sync
 test: sync lint typecheck
 	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
 
-# The tests that need no service (no Prefect server, database, emulator or uv build).
+# The tests that need no service (no Prefect server, database, emulator or uv build), in
+# two processes: most of their time is subprocesses starting and fake servers answering.
 unit: sync
-	$(RUN) pytest -m "not integration"
+	$(RUN) pytest -m "not integration" -n 2
 
 lint: sync
 	$(RUN) ruff format --check .

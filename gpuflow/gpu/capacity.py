@@ -3,6 +3,8 @@ can ever be admitted (refused before anything is downloaded otherwise), and thei
 
 from __future__ import annotations
 
+import asyncio
+
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel
@@ -29,25 +31,29 @@ async def ensure_gpu_limits(limits: dict[str, int]) -> None:
 
 async def check_gpu_capacity(names: list[str], gpus: int) -> dict[str, int]:
     """The size of each limit; ``GpuCapacityError`` when one is missing, inactive or smaller
-    than ``gpus``."""
-    capacity: dict[str, int] = {}
+    than ``gpus`` (the first such of ``names``)."""
     async with get_client() as client:
-        for name in names:
-            try:
-                limit = await client.read_global_concurrency_limit_by_name(name)
-            except ObjectNotFound:
-                raise GpuCapacityError(
-                    f"no GPU limit named {name!r}: create it with `gpuflow bootstrap` "
-                    "(or `prefect gcl create`)"
-                ) from None
-            if not limit.active:
-                raise GpuCapacityError(f"GPU limit {name!r} is inactive: no GPU job can start")
-            if gpus > limit.limit:
-                raise GpuCapacityError(
-                    f"request needs gpus={gpus} but the limit {name!r} has only "
-                    f"{limit.limit} GPU slots"
-                )
-            capacity[name] = limit.limit
+        # Read side by side: each read is a round trip on the way from flow start to job.
+        limits = await asyncio.gather(
+            *(client.read_global_concurrency_limit_by_name(name) for name in names),
+            return_exceptions=True,
+        )
+    capacity: dict[str, int] = {}
+    for name, limit in zip(names, limits, strict=True):
+        if isinstance(limit, ObjectNotFound):
+            raise GpuCapacityError(
+                f"no GPU limit named {name!r}: create it with `gpuflow bootstrap` "
+                "(or `prefect gcl create`)"
+            )
+        if isinstance(limit, BaseException):
+            raise limit
+        if not limit.active:
+            raise GpuCapacityError(f"GPU limit {name!r} is inactive: no GPU job can start")
+        if gpus > limit.limit:
+            raise GpuCapacityError(
+                f"request needs gpus={gpus} but the limit {name!r} has only {limit.limit} GPU slots"
+            )
+        capacity[name] = limit.limit
     return capacity
 
 

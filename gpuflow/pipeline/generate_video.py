@@ -97,24 +97,23 @@ async def run_gpu_job(
 ) -> JobResult:
     """Wait for admission, hold ``job.gpus`` slots of the GPU limits while the job runs."""
     logger = get_run_logger()
-    progress = ProgressReporter(job.name, logger)
-    await progress.start()
     context = TaskRunContext.get()
     holder = ConcurrencyLeaseHolder(type="task_run", id=context.task_run.id) if context else None
     run_id = flow_run.get_id()
-    async with stack.hold_gpus(job, priority, run_id, holder) as hold:
-        if stack.fair_admission:
-            logger.info("Admitted after %.1fs (priority %s)", hold.waited_s, priority.value)
-        logger.info("Holding %d slot(s) of %s", job.gpus, ", ".join(hold.lease.names))
-        emit_run_event(GpuflowEvent.JOB_STARTED, job.workdir.name, job=job.name)
-        lines = job_line_handler(job, progress, logger)
-        try:
-            result = await stack.compute.run(job, lines)
-        finally:
-            lines.close()
-    if result.exit_code != 0:
-        raise JobFailedError(result.exit_code, "\n".join(result.last_lines[-5:]))
-    await progress.finish()
+    async with ProgressReporter(job.name, logger) as progress:
+        async with stack.hold_gpus(job, priority, run_id, holder) as hold:
+            if stack.fair_admission:
+                logger.info("Admitted after %.1fs (priority %s)", hold.waited_s, priority.value)
+            logger.info("Holding %d slot(s) of %s", job.gpus, ", ".join(hold.lease.names))
+            emit_run_event(GpuflowEvent.JOB_STARTED, job.workdir.name, job=job.name)
+            lines = job_line_handler(job, progress, logger)
+            try:
+                result = await stack.compute.run(job, lines)
+            finally:
+                lines.close()
+        if result.exit_code != 0:
+            raise JobFailedError(result.exit_code, "\n".join(result.last_lines[-5:]))
+        await progress.finish()
     return result
 
 

@@ -3,6 +3,7 @@ event), its outputs and other lines into the run's log."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Coroutine
 from typing import Any, TextIO
@@ -26,7 +27,7 @@ class ProgressReporter:
     def __init__(self, job_name: str, logger: RunLogger) -> None:
         self.job_name = job_name
         self.logger = logger
-        self.artifact_id: UUID | None = None
+        self._created: asyncio.Future[object] | None = None
         self.last_update = 0.0
 
     async def _call(self, update: Coroutine[Any, Any, object]) -> object:
@@ -36,33 +37,46 @@ class ProgressReporter:
             self.logger.warning("Progress not reported (%s)", exc)
             return None
 
-    async def start(self) -> None:
-        created = await self._call(
-            acreate_progress_artifact(0.0, description=f"{self.job_name}: waiting for GPUs")
+    async def __aenter__(self) -> ProgressReporter:
+        # Created beside the wait for GPUs, not before it: one API call less between a
+        # flow's start and its job's (under a burst of flow starts, each call waits its turn).
+        self._created = asyncio.ensure_future(
+            self._call(
+                acreate_progress_artifact(0.0, description=f"{self.job_name}: waiting for GPUs")
+            )
         )
-        self.artifact_id = created if isinstance(created, UUID) else None
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._artifact()
+
+    async def _artifact(self) -> UUID | None:
+        if self._created is None:
+            return None
+        created = await asyncio.shield(self._created)
+        return created if isinstance(created, UUID) else None
 
     async def update(self, event: Progress) -> bool:
         """Report ``event`` unless one was reported moments ago; True when it was."""
         now = time.monotonic()
-        if self.artifact_id is None or (
-            now - self.last_update < _PROGRESS_INTERVAL_S and event.done < event.total
-        ):
+        if now - self.last_update < _PROGRESS_INTERVAL_S and event.done < event.total:
+            return False
+        artifact_id = await self._artifact()
+        if artifact_id is None:
             return False
         self.last_update = now
         await self._call(
             aupdate_progress_artifact(
-                self.artifact_id, event.percent, description=f"{self.job_name}: {event.message}"
+                artifact_id, event.percent, description=f"{self.job_name}: {event.message}"
             )
         )
         return True
 
     async def finish(self) -> None:
-        if self.artifact_id is not None:
+        artifact_id = await self._artifact()
+        if artifact_id is not None:
             await self._call(
-                aupdate_progress_artifact(
-                    self.artifact_id, 100.0, description=f"{self.job_name}: done"
-                )
+                aupdate_progress_artifact(artifact_id, 100.0, description=f"{self.job_name}: done")
             )
 
 
