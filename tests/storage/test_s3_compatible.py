@@ -4,6 +4,7 @@ checksums) and moto behind a proxy that answers with SSE-KMS-style opaque ETags.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import threading
 import time
@@ -14,13 +15,14 @@ from typing import Any
 
 import boto3
 import pytest
+from awscrt.checksums import crc64nvme
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from prefect_aws import AwsCredentials
 
 from devtools.s3rver import S3RVER_KEY
 from gpuflow.core.errors import IntegrityError, ObjectNotFoundError
-from gpuflow.storage.s3 import S3ObjectStore
+from gpuflow.storage.s3 import CRC64NVME_METADATA, S3ObjectStore
 from gpuflow.storage.transfer import MiB, plan_parts
 from tests.storage.conftest import SMALL_PARTS
 from tests.support.files import random_file, sha256_of
@@ -245,7 +247,14 @@ def test_a_store_computing_etags_its_own_way_is_declared_so(
         bucket = _new_bucket(store)
         source = random_file(tmp_path / "weights", 12 * MiB + 7)
         uri = f"s3://{bucket}/weights"
-        store.upload(source, uri)  # verified by reading it back either way
+        # By another client: gpuflow's own uploads record a CRC-64/NVME, which would
+        # decide instead of the ETag.
+        store.client.upload_file(
+            str(source),
+            bucket,
+            "weights",
+            Config=TransferConfig(multipart_threshold=6 * MiB, multipart_chunksize=6 * MiB),
+        )
 
         if md5_etags:
             with pytest.raises(IntegrityError, match=r"ETag \S+ expected"):
@@ -360,3 +369,72 @@ def test_a_part_stored_wrong_on_a_store_without_checksums_is_shown_wrong_and_del
             store.stat(uri)
     finally:
         proxy.stop()
+
+
+def _crc64nvme_of(path: Path) -> str:
+    return base64.b64encode(crc64nvme(path.read_bytes()).to_bytes(8, "big")).decode()
+
+
+@pytest.fixture(params=["moto", "s3rver"])
+def any_store(request: pytest.FixtureRequest) -> S3ObjectStore:
+    if request.param == "moto":
+        return _store(request.getfixturevalue("moto_server").url, "testing")
+    store: S3ObjectStore = request.getfixturevalue("s3rver_store")
+    return store
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda size: f"{size}B")
+def test_an_upload_records_the_sources_crc64nvme_in_the_objects_metadata(
+    any_store: S3ObjectStore, tmp_path: Path, size: int
+) -> None:
+    bucket = _new_bucket(any_store)
+    source = random_file(tmp_path / "video.mp4", size)
+
+    any_store.upload(source, f"s3://{bucket}/video.mp4")
+
+    head = any_store.client.head_object(Bucket=bucket, Key="video.mp4")
+    assert head["Metadata"][CRC64NVME_METADATA] == _crc64nvme_of(source)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda size: f"{size}B")
+def test_a_download_whose_bytes_miss_the_recorded_crc64nvme_is_refused_and_not_kept(
+    any_store: S3ObjectStore, tmp_path: Path, size: int
+) -> None:
+    # Another client's object, with the metadata of a different file: the store's ETag
+    # (an MD5 of what it holds) agrees with the bytes; only the recorded CRC does not.
+    bucket = _new_bucket(any_store)
+    source = random_file(tmp_path / "weights", size)
+    other = random_file(tmp_path / "other", size)
+    any_store.client.upload_file(
+        str(source),
+        bucket,
+        "weights",
+        ExtraArgs={"Metadata": {CRC64NVME_METADATA: _crc64nvme_of(other)}},
+        Config=TransferConfig(multipart_threshold=6 * MiB, multipart_chunksize=6 * MiB),
+    )
+    destination = tmp_path / "copy" / "weights"
+
+    with pytest.raises(IntegrityError, match=rf"CRC-64/NVME {_crc64nvme_of(other)} recorded"):
+        any_store.download(f"s3://{bucket}/weights", destination)
+
+    assert not destination.exists()
+    assert list(destination.parent.iterdir()) == [], "partial file or journal left behind"
+
+
+@pytest.mark.parametrize("recorded", ["not base64!", base64.b64encode(b"123").decode()])
+def test_metadata_that_cannot_be_a_crc64nvme_leaves_the_check_to_the_etag(
+    any_store: S3ObjectStore, tmp_path: Path, recorded: str
+) -> None:
+    bucket = _new_bucket(any_store)
+    source = random_file(tmp_path / "weights", 12 * MiB + 7)
+    any_store.client.upload_file(
+        str(source),
+        bucket,
+        "weights",
+        ExtraArgs={"Metadata": {CRC64NVME_METADATA: recorded}},
+        Config=TransferConfig(multipart_threshold=6 * MiB, multipart_chunksize=6 * MiB),
+    )
+
+    any_store.download(f"s3://{bucket}/weights", tmp_path / "copy")
+
+    assert sha256_of(tmp_path / "copy") == sha256_of(source)

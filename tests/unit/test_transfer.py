@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from awscrt.checksums import crc64nvme
 
 from gpuflow.core.errors import DiskFullError, IntegrityError, StoreError, UriError
 from gpuflow.storage.transfer import (
@@ -22,6 +23,7 @@ from gpuflow.storage.transfer import (
     MiB,
     Part,
     TransferSettings,
+    crc64nvme_combine,
     download_ranges,
     file_digest,
     journal_path,
@@ -290,3 +292,23 @@ def test_a_background_digest_gives_the_file_digest_and_a_stopped_one_raises(
     stop.set()
     with pytest.raises(StoreError, match="stopped"):
         file_digest(tmp_path / "f", "md5", stop=stop)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [(0, 0), (0, 7), (7, 0), (1, 1), (1000, 333), (5 * MiB + 1, 3 * MiB)]
+)
+def test_the_crc64nvme_of_two_pieces_combines_into_that_of_the_whole(
+    first: int, second: int
+) -> None:
+    a, b = os.urandom(first), os.urandom(second)
+    assert crc64nvme_combine(crc64nvme(a), crc64nvme(b), len(b)) == crc64nvme(a + b)
+
+
+def test_a_whole_crc64nvme_comes_from_the_parts_in_order_not_any_order() -> None:
+    parts = [os.urandom(size) for size in (3, 4096, 1, 65537)]
+    combined = 0
+    for part in parts:
+        combined = crc64nvme_combine(combined, crc64nvme(part), len(part))
+    assert combined == crc64nvme(b"".join(parts))
+    swapped = crc64nvme_combine(crc64nvme(parts[1]), crc64nvme(parts[0]), len(parts[0]))
+    assert swapped != crc64nvme(parts[0] + parts[1])
