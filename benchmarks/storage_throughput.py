@@ -55,6 +55,7 @@ GPUFLOW_OBJECT = "object-by-gpuflow.bin"
 # The download row of the object gpuflow uploaded; "gpuflow" downloads boto3's, whose only
 # check on s3rver is the MD5 of its plain-MD5 ETag.
 GPUFLOW_OWN = "gpuflow, own upload"
+S3RVER_ALONE = "s3rver alone (curl)"
 
 
 def free_port() -> int:
@@ -247,7 +248,7 @@ def main() -> None:
                     downloaded(own), "verified by the CRC-64/NVME its upload recorded")
             )  # fmt: skip
             rows.append(
-                Row("S3 download", "s3rver alone (curl)",
+                Row("S3 download", S3RVER_ALONE,
                     lambda: ranged_curl(f"{s3_url}/{BUCKET}/object.bin", size),
                     lambda: None, "server, 8 ranges to /dev/null")
             )  # fmt: skip
@@ -296,7 +297,11 @@ def main() -> None:
 
     ours = {"S3 upload": ["gpuflow"], "S3 download": ["gpuflow", GPUFLOW_OWN]}
     for section, tools in ours.items():
-        others = [r.tool for r in rows if r.section == section and r.tool not in tools]
+        others = [
+            r.tool
+            for r in rows
+            if r.section == section and r.tool not in tools and r.tool != S3RVER_ALONE
+        ]
         for tool, other in itertools.product(tools, others):
             ratio = rate(section, tool) / rate(section, other)
             print(f"{section}: {tool} / {other}: {ratio:.2f}")

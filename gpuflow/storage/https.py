@@ -34,8 +34,17 @@ from gpuflow.core.errors import (
     StoreError,
 )
 from gpuflow.storage.base import ObjectStore
-from gpuflow.storage.transfer import Part, PartReader, TransferSettings, download_ranges, plan_parts
+from gpuflow.storage.transfer import (
+    MiB,
+    Part,
+    PartReader,
+    TransferSettings,
+    download_ranges,
+    plan_parts,
+)
 from gpuflow.storage.uri import ObjectInfo, safe_relative_path
+
+HTTP_CHUNK_SIZE = 4 * MiB
 
 
 class HttpSource(ObjectStore):
@@ -64,7 +73,11 @@ class HttpSource(ObjectStore):
         ),
     )
     timeout_s: float = Field(default=60.0, gt=0, description="Connect and read timeout.")
-    transfer: TransferSettings = Field(default_factory=TransferSettings)
+    # Reads of HTTP_CHUNK_SIZE: each read from http.client's socket costs a syscall and a
+    # GIL hand-over between the workers whatever its size (measured in docs/storage.md).
+    transfer: TransferSettings = Field(
+        default_factory=lambda: TransferSettings(chunk_size=HTTP_CHUNK_SIZE)
+    )
 
     _pool: urllib3.PoolManager | None = PrivateAttr(default=None)
     _connections: _ThreadConnections = PrivateAttr(default_factory=lambda: _ThreadConnections())

@@ -63,7 +63,7 @@ class TransferSettings(BaseModel):
     chunk_size: int = Field(
         default=256 * 1024,
         ge=16 * 1024,
-        description="Bytes read from the network per call (small enough to stay in CPU cache).",
+        description="Bytes read from the network per call.",
     )
     part_attempts: int = Field(
         default=3, ge=1, le=10, description="Tries per part before the transfer fails."
