@@ -16,7 +16,12 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from gpuflow.core.request import Priority
-from gpuflow.gpu.admission.base import AdmissionConfigError, AdmissionError, AdmissionQueue
+from gpuflow.gpu.admission.base import (
+    AdmissionConfigError,
+    AdmissionError,
+    AdmissionQueue,
+    HandedLease,
+)
 from gpuflow.gpu.admission.policy import QueueEntry, Ticket
 from gpuflow.gpu.admission.postgres_agent import APPLICATION_NAME, CONNECTIONS_PER_PROCESS
 from gpuflow.gpu.admission.queues import admission_queue
@@ -53,8 +58,8 @@ def postgresql_url_with_clean_tables(postgres_url: str) -> str:
     async def clean() -> None:
         connection = await asyncpg.connect(postgres_url)
         try:
-            await connection.execute("DROP TABLE IF EXISTS gpuflow_admission_ticket")
-            await connection.execute("DROP TABLE IF EXISTS gpuflow_admission_pool")
+            for table in ("ticket", "pool", "change", "schema"):
+                await connection.execute(f"DROP TABLE IF EXISTS gpuflow_admission_{table}")
         finally:
             await connection.close()
 
@@ -295,6 +300,119 @@ def test_a_postgresql_outage_while_holding_admission_never_fails_the_job(
 
     result, entries = asyncio.run(main())
     assert result == "job finished" and entries == []
+
+
+def test_a_postgresql_outage_while_waiting_is_ridden_out_and_the_waiter_admitted(
+    postgresql_url_with_clean_tables: str,
+) -> None:
+    url = postgresql_url_with_clean_tables
+
+    async def main() -> float:
+        proxy = _proxy_for(url)
+        await proxy.start()
+        direct, cut_off = admission_queue(url), admission_queue(_through(proxy, url))
+        holder = Ticket(("gpu",), 1, Priority.NORMAL, "holder")
+        waiter = Ticket(("gpu",), 1, Priority.NORMAL, "waiter")
+        try:
+            async with admitted(direct, holder, {"gpu": 1}, ttl_s=30):
+                waiting = asyncio.create_task(_admitted_after(cut_off, waiter))
+                for _ in range(600):  # the waiter's entry is in: 30 s at most
+                    if len(await direct.entries()) == 2:
+                        break
+                    await asyncio.sleep(0.05)
+                await proxy.cut()  # its LISTEN connection and its checks fail from here
+                await asyncio.sleep(1.5)
+            asyncio.get_running_loop().call_later(
+                1.0, lambda: asyncio.ensure_future(proxy.restore())
+            )
+            return await asyncio.wait_for(waiting, timeout=30)
+        finally:
+            await proxy.close()
+
+    assert asyncio.run(main()) > 2.5  # admitted once the database answered again
+
+
+async def _admitted_after(queue: AdmissionQueue, ticket: Ticket) -> float:
+    async with admitted(queue, ticket, {"gpu": 1}, ttl_s=30) as waited:
+        return waited
+
+
+def test_a_process_starting_beside_running_queue_transactions_takes_no_table_lock(
+    postgresql_url_with_clean_tables: str,
+) -> None:
+    # A transaction of a running process holds a lock on the ticket table (as each check
+    # does); a new process's first statement must not wait for it, as DDL would (ALTER
+    # TABLE takes ACCESS EXCLUSIVE even where the column exists) and deadlock.
+    import asyncpg
+
+    url = postgresql_url_with_clean_tables
+
+    async def main() -> None:
+        await admission_queue(url).entries()  # the schema, made by the first process
+        running = await asyncpg.connect(url)
+        try:
+            async with running.transaction():
+                await running.fetch("SELECT * FROM gpuflow_admission_ticket FOR UPDATE")
+                ticket = Ticket(("gpu",), 1, Priority.NORMAL, "new-process")
+                await asyncio.wait_for(
+                    asyncio.to_thread(asyncio.run, _enqueue_and_leave(url, ticket)), timeout=10
+                )
+        finally:
+            await running.close()
+
+    asyncio.run(main())
+
+
+async def _enqueue_and_leave(url: str, ticket: Ticket) -> None:
+    queue = admission_queue(url)  # in its own event loop: its own agent and connections
+    await queue.enqueue(ticket, {"gpu": 1}, ttl_s=30)
+    await queue.leave(ticket.ticket_id)
+
+
+def test_a_database_of_an_earlier_release_is_brought_to_the_current_schema(
+    postgresql_url_with_clean_tables: str,
+) -> None:
+    import asyncpg
+
+    url = postgresql_url_with_clean_tables
+
+    async def main() -> tuple[set[str], int]:
+        connection = await asyncpg.connect(url)
+        try:
+            await connection.execute(_POSTGRES_SCHEMA_BEFORE_VERSIONS)
+            queue = admission_queue(url)
+            holder, waiter = (Ticket(("gpu",), 1, Priority.NORMAL, holder=h) for h in "hw")
+            for ticket in (holder, waiter):
+                await queue.enqueue(ticket, {"gpu": 1}, ttl_s=30)
+            assert await queue.try_admit(holder.ticket_id, 30) is True
+            assert await queue.hand_over(holder.ticket_id, HandedLease("lease", 1.0e10))
+            assert await queue.handed_lease(waiter.ticket_id) == HandedLease("lease", 1.0e10)
+            columns = {
+                row["column_name"]
+                for row in await connection.fetch(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_name = 'gpuflow_admission_ticket'"
+                )
+            }
+            version = await connection.fetchval("SELECT version FROM gpuflow_admission_schema")
+            return columns, version
+        finally:
+            await connection.close()
+
+    columns, version = asyncio.run(main())
+    assert {"handed_lease", "handed_lease_valid_until"} <= columns
+    assert version >= 2
+
+
+# The queue's tables as releases before hand-overs and the schema version made them.
+_POSTGRES_SCHEMA_BEFORE_VERSIONS = """
+CREATE TABLE gpuflow_admission_ticket (
+    seq BIGSERIAL PRIMARY KEY, ticket_id TEXT NOT NULL UNIQUE, pools TEXT NOT NULL,
+    slots INTEGER NOT NULL, rank INTEGER NOT NULL, holder TEXT NOT NULL,
+    admitted BOOLEAN NOT NULL DEFAULT FALSE, expires_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE gpuflow_admission_pool (pool TEXT PRIMARY KEY, slots INTEGER NOT NULL);
+"""
 
 
 def test_leaving_rides_out_an_outage_at_the_end_of_the_job(

@@ -57,7 +57,20 @@ INSERT INTO gpuflow_admission_change (id) VALUES (1) ON CONFLICT (id) DO NOTHING
 ALTER TABLE gpuflow_admission_ticket ADD COLUMN IF NOT EXISTS handed_lease TEXT;
 ALTER TABLE gpuflow_admission_ticket
     ADD COLUMN IF NOT EXISTS handed_lease_valid_until DOUBLE PRECISION;
+CREATE TABLE IF NOT EXISTS gpuflow_admission_schema (
+    id SMALLINT PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL
+);
 """
+_RECORD_SCHEMA_VERSION = """
+INSERT INTO gpuflow_admission_schema (id, version) VALUES (1, $1)
+    ON CONFLICT (id) DO UPDATE SET version = GREATEST(gpuflow_admission_schema.version, $1)
+"""
+# Raised with every change to _POSTGRES_SCHEMA: a process finds the schema at (or past) its
+# version and runs no DDL, which would take ACCESS EXCLUSIVE locks on the queue's tables
+# (ALTER TABLE does even where the column exists) and deadlock with the statements of the
+# processes already using them.
+_SCHEMA_VERSION = 2
 
 # The decision lock (the key of earlier releases, which took it blocking on every poll,
 # so a process of an older release still never decides beside a pass of this one).
@@ -103,9 +116,26 @@ SELECT (SELECT version > decided FROM gpuflow_admission_change WHERE id = 1)
 
 
 async def _prepare(connection: asyncpg.Connection) -> None:
+    """Bring the schema to this release's version, taking no table lock where it is."""
+    if await _schema_version(connection) >= _SCHEMA_VERSION:
+        return
     async with connection.transaction():
         await connection.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
+        if await _schema_version(connection) >= _SCHEMA_VERSION:
+            return  # another process upgraded it while we waited for the lock
+        # A migration, once per release that changes the schema: its locks may still make
+        # PostgreSQL end a running statement as a deadlock victim, which its waiter retries.
         await connection.execute(_POSTGRES_SCHEMA)
+        await connection.execute(_RECORD_SCHEMA_VERSION, _SCHEMA_VERSION)
+
+
+async def _schema_version(connection: asyncpg.Connection) -> int:
+    """The schema version recorded in the database; 0 where none is (new, or older than
+    the version table)."""
+    if await connection.fetchval("SELECT to_regclass('gpuflow_admission_schema')") is None:
+        return 0
+    version = await connection.fetchval("SELECT version FROM gpuflow_admission_schema")
+    return int(version or 0)
 
 
 async def _check_batch(

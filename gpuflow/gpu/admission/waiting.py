@@ -36,9 +36,28 @@ async def admitted(
         # connection goes back to the pool) must still take the entry out again.
         await queue.enqueue(ticket, capacity, ttl_s)
         async with queue.wakeup(ticket.ticket_id) as wakeup:
+            failed_checks = 0
             while True:
                 wakeup.clear()
-                verdict = await queue.try_admit(ticket.ticket_id, ttl_s)
+                try:
+                    verdict = await queue.try_admit(ticket.ticket_id, ttl_s)
+                except AdmissionError as exc:
+                    # An outage, or a statement the database ended (a deadlock victim): the
+                    # entry keeps its place until its deadline, so wait and check again.
+                    failed_checks += 1
+                    if failed_checks == 1:
+                        logger.warning(
+                            "Admission check of %s failed (%s); retrying", ticket.ticket_id, exc
+                        )
+                    await asyncio.sleep(min(poll_s * 2 ** min(failed_checks - 1, 6), ttl_s / 3))
+                    continue
+                if failed_checks:
+                    logger.info(
+                        "Admission check of %s works again after %d failures",
+                        ticket.ticket_id,
+                        failed_checks,
+                    )
+                    failed_checks = 0
                 if verdict:
                     break
                 if verdict is None:
