@@ -22,7 +22,7 @@ from gpuflow.compute.ecs.pool import (
     ecs_base_job_template,
 )
 from gpuflow.ops.local_server import LocalServer
-from tests.support.prefect_variables import prefect_variables
+from tests.support.prefect_variables import ABSENT, prefect_variables
 
 ROLE = "arn:aws:iam::123456789012:role/"
 
@@ -163,6 +163,7 @@ async def test_a_stack_without_an_access_point_registers_none_not_an_empty_one(
         "gpuflow_efs_file_system_id": "fs-0123456789abcdef0",
         "gpuflow_nas_mount_path": "/mnt/nas",
         "gpuflow_ecs_network_configuration": {},  # bootstrap's default
+        "gpuflow_efs_access_point_id": ABSENT,
     }
     async with get_client() as client, prefect_variables(client, stack):
         configuration = cast(
