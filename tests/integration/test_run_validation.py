@@ -33,7 +33,8 @@ def test_a_refused_request_says_why_in_the_state_and_the_logs(
             await run_flow_async(
                 generate_video, flow_run=run, parameters=parameters, return_type="state"
             )
-            APILogWorker.drain_all(timeout=10)
+            # From a thread: called on the loop, drain_all returns a coroutine to await.
+            await asyncio.to_thread(APILogWorker.drain_all, timeout=10)
             final = await client.read_flow_run(run.id)
             assert final.state is not None
             # The server stores delivered logs a moment later: wait for the error's line.
