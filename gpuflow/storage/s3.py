@@ -326,22 +326,18 @@ class S3ObjectStore(ObjectStore):
             else None
         )
 
+        # What the whole object's digest is checked against, and how an error names it.
+        whole_expected, whole_named = (
+            (full_sha256, f"SHA-256 checksum {full_sha256}")
+            if full_sha256
+            else (recorded_crc, f"CRC-64/NVME {recorded_crc} recorded at upload")
+        )
+
         def verify(path: Path, digests: builtins.list[str], whole: str | None) -> None:
-            if full_sha256:
+            if whole_expected:
                 actual = _base64_of_hex(str(whole))
-                if actual != full_sha256:
-                    raise IntegrityError(
-                        uri, f"SHA-256 checksum {full_sha256} expected, the bytes give {actual}"
-                    )
-                return
-            if recorded_crc:
-                actual = _base64_of_hex(str(whole))
-                if actual != recorded_crc:
-                    raise IntegrityError(
-                        uri,
-                        f"CRC-64/NVME {recorded_crc} recorded at upload expected, the bytes "
-                        f"give {actual}",
-                    )
+                if actual != whole_expected:
+                    raise IntegrityError(uri, f"{whole_named} expected, the bytes give {actual}")
                 return
             if digest_block is not None:
                 actual = multipart_etag(digests)

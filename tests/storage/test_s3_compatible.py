@@ -94,6 +94,23 @@ def _new_bucket(store: S3ObjectStore) -> str:
     return name
 
 
+def _upload_by_another_client(
+    store: S3ObjectStore,
+    source: Path,
+    bucket: str,
+    key: str,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """boto3's own upload, in 6 MiB parts (gpuflow's own would record a CRC-64/NVME)."""
+    store.client.upload_file(
+        str(source),
+        bucket,
+        key,
+        ExtraArgs={"Metadata": metadata} if metadata else None,
+        Config=TransferConfig(multipart_threshold=6 * MiB, multipart_chunksize=6 * MiB),
+    )
+
+
 @pytest.mark.parametrize("size", SIZES, ids=lambda size: f"{size}B")
 def test_upload_whose_etag_is_no_s3_md5_is_kept_and_downloads_intact(
     odd_store: S3ObjectStore, tmp_path: Path, size: int
@@ -125,12 +142,7 @@ def test_download_of_an_object_another_client_uploaded_in_parts(
 ) -> None:
     bucket = _new_bucket(odd_store)
     source = random_file(tmp_path / "weights", 17 * MiB + 3)
-    odd_store.client.upload_file(
-        str(source),
-        bucket,
-        "weights",
-        Config=TransferConfig(multipart_threshold=6 * MiB, multipart_chunksize=6 * MiB),
-    )
+    _upload_by_another_client(odd_store, source, bucket, "weights")
 
     odd_store.download(f"s3://{bucket}/weights", tmp_path / "copy")
 
@@ -250,12 +262,7 @@ def test_a_store_computing_etags_its_own_way_is_declared_so(
         uri = f"s3://{bucket}/weights"
         # By another client: gpuflow's own uploads record a CRC-64/NVME, which would
         # decide instead of the ETag.
-        store.client.upload_file(
-            str(source),
-            bucket,
-            "weights",
-            Config=TransferConfig(multipart_threshold=6 * MiB, multipart_chunksize=6 * MiB),
-        )
+        _upload_by_another_client(store, source, bucket, "weights")
 
         if md5_etags:
             with pytest.raises(IntegrityError, match=r"ETag \S+ expected"):
@@ -406,12 +413,8 @@ def test_a_download_whose_bytes_miss_the_recorded_crc64nvme_is_refused_and_not_k
     bucket = _new_bucket(any_store)
     source = random_file(tmp_path / "weights", size)
     other = random_file(tmp_path / "other", size)
-    any_store.client.upload_file(
-        str(source),
-        bucket,
-        "weights",
-        ExtraArgs={"Metadata": {CRC64NVME_METADATA: _crc64nvme_of(other)}},
-        Config=TransferConfig(multipart_threshold=6 * MiB, multipart_chunksize=6 * MiB),
+    _upload_by_another_client(
+        any_store, source, bucket, "weights", {CRC64NVME_METADATA: _crc64nvme_of(other)}
     )
     destination = tmp_path / "copy" / "weights"
 
@@ -429,13 +432,7 @@ def test_metadata_that_cannot_be_a_crc64nvme_leaves_the_check_to_the_etag(
 ) -> None:
     bucket = _new_bucket(any_store)
     source = random_file(tmp_path / "weights", 12 * MiB + 7)
-    any_store.client.upload_file(
-        str(source),
-        bucket,
-        "weights",
-        ExtraArgs={"Metadata": {CRC64NVME_METADATA: recorded}},
-        Config=TransferConfig(multipart_threshold=6 * MiB, multipart_chunksize=6 * MiB),
-    )
+    _upload_by_another_client(any_store, source, bucket, "weights", {CRC64NVME_METADATA: recorded})
 
     any_store.download(f"s3://{bucket}/weights", tmp_path / "copy")
 
