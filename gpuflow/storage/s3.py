@@ -13,8 +13,11 @@ in the object's metadata (taken from the source file, so it checks end to end, a
 per cent of an MD5's cost), else against an ETag that is an MD5 (of the object, or
 S3's MD5 of the parts' MD5s with the ranges aligned to the parts), else by its size
 alone. An upload is verified by the checksum the store returns, else by an MD5 ETag
-(S3's form or a plain MD5 of the object), else by reading the object back and hashing
-it. Only a verified mismatch deletes what was uploaded; "cannot verify" never does.
+(the object's, or S3's MD5 of the parts' MD5s), else by the parts' own ETags each being
+the MD5 its part was sent with (what S3's multipart form vouches for, on stores that
+compute the object's ETag their own way: s3rver, OSS, COS), else by reading the object
+back and hashing it. Only a verified mismatch deletes what was uploaded; "cannot verify"
+never does.
 Credentials are prefect-aws ``AwsCredentials`` (SecretStr): never logged, never in an
 error.
 """
@@ -28,7 +31,7 @@ import hashlib
 import http.client
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -394,7 +397,7 @@ class S3ObjectStore(ObjectStore):
                 response,
                 expected_etag=md5.hexdigest(),
                 expected_checksum=checksum.get("ChecksumSHA256"),
-                source_md5=md5.hexdigest,
+                source=md5.hexdigest(),
             )
             return ObjectInfo(uri, size, etag=_etag(response), bytes_moved=size)
         return self._upload_multipart(source, uri, parsed, parts)
@@ -416,12 +419,9 @@ class S3ObjectStore(ObjectStore):
         )
         upload_id = created["UploadId"]
         # A store that keeps checksums names the algorithm back (AWS, MinIO, moto). One
-        # that does not is verified by its ETag: S3's MD5 of the part MD5s, the plain MD5
-        # of the object some give instead (s3rver), or the MD5 of what reading it back
-        # gives. So for those the parts carry no SHA-256 that nothing checks, and the file's MD5
-        # is taken while the parts are sent, not in a pass of its own afterwards.
+        # that does not is verified by the MD5s of the parts (S3's ETag form, or each
+        # part's own ETag), so for those the parts carry no SHA-256 that nothing checks.
         keeps_checksums = bool(self.part_checksum == "sha256" and created.get("ChecksumAlgorithm"))
-        source_md5 = None if keeps_checksums else BackgroundDigest(source, "md5")
 
         def send(part: Part, data: bytes) -> dict[str, Any]:
             md5 = hashlib.md5(data, usedforsecurity=False)
@@ -443,7 +443,11 @@ class S3ObjectStore(ObjectStore):
 
         try:
             sent = upload_parts(uri, source, parts, send, self.transfer)
-            expected = multipart_etag([entry.pop("md5").hexdigest() for entry in sent])
+            part_md5s = [entry.pop("md5").hexdigest() for entry in sent]
+            expected = multipart_etag(part_md5s)
+            parts_confirmed = all(
+                _etag(entry) == md5 for entry, md5 in zip(sent, part_md5s, strict=True)
+            )
             composite = (
                 _composite_sha256([entry["ChecksumSHA256"] for entry in sent])
                 if keeps_checksums
@@ -458,26 +462,21 @@ class S3ObjectStore(ObjectStore):
                 MultipartUpload={"Parts": sent},
             )
         except BaseException:
-            if source_md5 is not None:
-                source_md5.stop()
             # The original failure matters more; a lifecycle rule reaps what abort misses.
             with contextlib.suppress(ClientError, BotoCoreError):
                 self.client.abort_multipart_upload(
                     Bucket=parsed.bucket, Key=parsed.key, UploadId=upload_id
                 )
             raise
-        try:
-            self._verify_upload(
-                uri,
-                parsed,
-                completed,
-                expected_etag=expected,
-                expected_checksum=composite,
-                source_md5=source_md5.result if source_md5 else lambda: file_digest(source, "md5"),
-            )
-        finally:
-            if source_md5 is not None:
-                source_md5.stop()  # not needed where S3's ETag form verified the parts
+        self._verify_upload(
+            uri,
+            parsed,
+            completed,
+            expected_etag=expected,
+            expected_checksum=composite,
+            source=source,
+            confirmed_size=source.stat().st_size if parts_confirmed else None,
+        )
         size = source.stat().st_size
         return ObjectInfo(uri, size, etag=_etag(completed), bytes_moved=size)
 
@@ -488,10 +487,15 @@ class S3ObjectStore(ObjectStore):
         response: dict[str, Any],
         expected_etag: str,
         expected_checksum: str | None,
-        source_md5: Callable[[], str],
+        source: str | Path,
+        confirmed_size: int | None = None,
     ) -> None:
-        """Accept the uploaded object, or delete it only when its bytes are shown wrong;
-        ``source_md5`` gives the uploaded file's MD5 where an ETag or a read-back needs it."""
+        """Accept the uploaded object, or delete it only when its bytes are shown wrong.
+
+        ``source`` is the uploaded bytes' MD5, or the file to take it of should a read-back
+        need it. ``confirmed_size`` is set where every part's ETag was the MD5 the part was
+        sent with: the store then holds those parts, as S3's multipart ETag would say.
+        """
         returned_checksum = response.get("ChecksumSHA256")
         if expected_checksum and returned_checksum:
             if returned_checksum != expected_checksum:
@@ -503,19 +507,33 @@ class S3ObjectStore(ObjectStore):
                 )
             return
         etag = _etag(response)
-        if _etag_may_be_md5(response):
-            if etag == expected_etag:
-                return
-            # Stores that give a multipart object the plain MD5 of its bytes (s3rver).
-            if _PLAIN_MD5.match(etag) and etag == source_md5():
-                return
-        # The ETag says nothing checkable (SSE-KMS, a store's own scheme): the bytes do.
-        stored = self._read_back_md5(uri, parsed, etag)
-        local = source_md5()
+        if _etag_may_be_md5(response) and etag == expected_etag:
+            return
+        if confirmed_size is not None and self._stored_size(uri, parsed, etag) == confirmed_size:
+            # The object's ETag is of the store's own making (s3rver's plain MD5 of a
+            # multipart object, OSS, COS), its parts' are their MD5s: the guarantee of S3's
+            # own ETag form without hashing the whole file a second time. A wrong assembly
+            # would still be refused at the first download, by the recorded CRC-64/NVME.
+            return
+        # The ETags say nothing checkable (SSE-KMS, a store's own scheme): the bytes do,
+        # the file's MD5 taken while the object is read back.
+        local_md5 = BackgroundDigest(source, "md5") if isinstance(source, Path) else None
+        try:
+            stored = self._read_back_md5(uri, parsed, etag)
+        except BaseException:
+            if local_md5 is not None:
+                local_md5.stop()
+            raise
+        local = local_md5.result() if local_md5 is not None else str(source)
         if stored != local:
             self._delete_wrong(
                 uri, parsed, f"the object read back has MD5 {stored}, the file {local}"
             )
+
+    def _stored_size(self, uri: str, parsed: ObjectUri, etag: str) -> int | None:
+        """The size of the object under ``etag``; None where another writer replaced it."""
+        head = self._call(uri, self.client.head_object, Bucket=parsed.bucket, Key=parsed.key)
+        return int(head["ContentLength"]) if _etag(head) == etag else None
 
     def _read_back_md5(self, uri: str, parsed: ObjectUri, etag: str) -> str:
         response = self._call(

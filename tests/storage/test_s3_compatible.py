@@ -362,8 +362,8 @@ def test_signed_payloads_are_the_bodies_sha256_where_asked_for(
 def test_a_part_stored_wrong_on_a_store_without_checksums_is_shown_wrong_and_deleted(
     s3rver: S3rverServer, tmp_path: Path
 ) -> None:
-    # No checksum kept (s3rver), an ETag of the store's own making (the proxy): the object
-    # is read back and compared with the MD5 taken of the file while its parts were sent.
+    # No checksum kept (s3rver), ETags of the store's own making (the proxy): the object
+    # is read back and compared with the MD5 of the file.
     proxy = OpaqueEtagProxy(s3rver.port, announce_kms=False)
     try:
         store = _store(proxy.url, S3RVER_KEY)
@@ -375,6 +375,39 @@ def test_a_part_stored_wrong_on_a_store_without_checksums_is_shown_wrong_and_del
         proxy.corrupt_writes = False
         with pytest.raises(ObjectNotFoundError):
             store.stat(uri)
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize("corrupt_writes", [False, True], ids=["kept", "kept-wrong"])
+def test_parts_whose_etags_are_their_md5s_verify_an_upload_the_store_tags_its_own_way(
+    s3rver_proxy: CountingProxy, tmp_path: Path, corrupt_writes: bool
+) -> None:
+    # OSS and COS: the object's ETag is of the store's making, each part's is its MD5. The
+    # parts' ETags vouch for what the store keeps, as S3's MD5 of the part MD5s would: no
+    # read-back. A part kept wrong gives itself away by its ETag, and is then read back,
+    # shown wrong and deleted.
+    proxy = OpaqueEtagProxy(s3rver_proxy.port, announce_kms=False, opaque_part_etags=False)
+    try:
+        store = _store(proxy.url, S3RVER_KEY)
+        bucket = _new_bucket(store)
+        uri = f"s3://{bucket}/weights"
+        source = random_file(tmp_path / "weights", 12 * MiB + 7)
+        s3rver_proxy.reset()
+        proxy.corrupt_writes = corrupt_writes
+
+        if corrupt_writes:
+            with pytest.raises(IntegrityError, match="read back has MD5"):
+                store.upload(source, uri)
+            assert s3rver_proxy.bytes_down > 12 * MiB
+            proxy.corrupt_writes = False
+            with pytest.raises(ObjectNotFoundError):
+                store.stat(uri)
+        else:
+            store.upload(source, uri)
+            assert s3rver_proxy.bytes_down < 256 * 1024, "only answers came back"
+            store.download(uri, tmp_path / "copy")
+            assert sha256_of(tmp_path / "copy") == sha256_of(source)
     finally:
         proxy.stop()
 

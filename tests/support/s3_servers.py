@@ -24,6 +24,7 @@ import urllib.request
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from devtools.s3rver import installed_s3rver
 
@@ -274,13 +275,17 @@ class OpaqueEtagProxy:
     shape, with ``x-amz-server-side-encryption: aws:kms`` (left out with ``announce_kms``
     false: a store that computes ETags its own way and says nothing of it); ETags clients send back
     (``If-Match``, the part list of CompleteMultipartUpload) are mapped to the server's.
+    With ``opaque_part_etags`` false, UploadPart answers keep the server's ETag, the part's
+    MD5: OSS and COS document their part ETags so, with object ETags of their own making.
 
     With ``corrupt_writes`` set it also stands for a store that keeps other bytes than
     it was sent: the last byte of every PUT body flips, and the checksums the client
     sent (which would give the corruption away on receipt) are dropped. With
     ``corrupt_reads`` the last byte of every object GET answer flips on the way back."""
 
-    def __init__(self, upstream_port: int, announce_kms: bool = True) -> None:
+    def __init__(
+        self, upstream_port: int, announce_kms: bool = True, opaque_part_etags: bool = True
+    ) -> None:
         self._upstream_port = upstream_port
         self._real_of: dict[bytes, bytes] = {}
         self._lock = threading.Lock()
@@ -318,14 +323,21 @@ class OpaqueEtagProxy:
                 try:
                     upstream.request(self.command, self.path, body=body, headers=headers)
                     answer = upstream.getresponse()
-                    content = proxy._to_opaque(answer.read())
+                    query = parse_qs(urlsplit(self.path).query)
+                    keeps_etag = not opaque_part_etags and (
+                        self.command == "PUT" and "partNumber" in query and "uploadId" in query
+                    )
+                    content = answer.read() if keeps_etag else proxy._to_opaque(answer.read())
                     object_read = self.command == "GET" and "?" not in self.path
                     if proxy.corrupt_reads and object_read and content:
                         content = content[:-1] + bytes([content[-1] ^ 0xFF])
                     self.send_response(answer.status)
                     for name, value in answer.getheaders():
                         if name.lower() not in _HOP_BY_HOP:
-                            self.send_header(name, proxy._to_opaque(value.encode()).decode())
+                            kept = (
+                                value if keeps_etag else proxy._to_opaque(value.encode()).decode()
+                            )
+                            self.send_header(name, kept)
                     if announce_kms and (answer.getheader("ETag") or b"ETag" in content):
                         self.send_header("x-amz-server-side-encryption", "aws:kms")
                     # A HEAD answer has no body but the length of the one GET would send.
