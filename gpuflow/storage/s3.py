@@ -6,18 +6,19 @@ ETag of every answer compared, for stores that ignore ``If-Match``), so a replac
 object can never be stitched from two versions, and resume after a kill.
 
 Integrity never rests on an ETag being an MD5 of the data: it is not for SSE-KMS and
-SSE-C objects, and some stores compute it their own way. A download is verified
-against the object's full SHA-256 checksum where the store keeps one
-(``ChecksumMode=ENABLED``), else against the CRC-64/NVME that gpuflow's upload recorded
-in the object's metadata (taken from the source file, so it checks end to end, at a few
-per cent of an MD5's cost), else against an ETag that is an MD5 (of the object, or
-S3's MD5 of the parts' MD5s with the ranges aligned to the parts), else by its size
-alone. An upload is verified by the checksum the store returns, else by an MD5 ETag
-(the object's, or S3's MD5 of the parts' MD5s), else by the parts' own ETags each being
-the MD5 its part was sent with (what S3's multipart form vouches for, on stores that
-compute the object's ETag their own way: s3rver, OSS, COS), else by reading the object
-back and hashing it. Only a verified mismatch deletes what was uploaded; "cannot verify"
-never does.
+SSE-C objects, and some stores compute it their own way. A download is verified against
+the object's full SHA-256 checksum where the store keeps one (``ChecksumMode=ENABLED``),
+else against the CRC-64/NVME that gpuflow's upload recorded in the object's metadata
+(taken from the source file, so it checks end to end, at a few per cent of an MD5's
+cost), else against the CRC-64/ECMA-182 that OSS, COS and TOS keep of every object (as
+cheap, for objects other clients uploaded), else against an ETag that is an MD5 (of the
+object, or S3's MD5 of the parts' MD5s with the ranges aligned to the parts), else by
+its size alone. An upload is verified by the checksum the store returns, else by an MD5
+ETag (the object's, or S3's MD5 of the parts' MD5s), else by the parts' own ETags each
+being the MD5 its part was sent with (what S3's multipart form vouches for, on stores
+that compute the object's ETag their own way: s3rver, OSS, COS), else by reading the
+object back and hashing it. Only a verified mismatch deletes what was uploaded; "cannot
+verify" never does.
 Credentials are prefect-aws ``AwsCredentials`` (SecretStr): never logged, never in an
 error.
 """
@@ -31,9 +32,9 @@ import hashlib
 import http.client
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from awscrt.checksums import crc64nvme
 from botocore.config import Config
@@ -51,6 +52,7 @@ from gpuflow.core.errors import (
 from gpuflow.storage.base import ObjectStore
 from gpuflow.storage.transfer import (
     BackgroundDigest,
+    DigestName,
     Part,
     PartReader,
     TransferSettings,
@@ -82,6 +84,9 @@ _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 # big-endian bytes, S3's own form of that checksum): the header x-amz-meta-gpuflow-crc64nvme.
 CRC64NVME_METADATA = "gpuflow-crc64nvme"
 _MULTIPART = re.compile(r"^[0-9a-f]{32}-(\d+)$")
+# Where OSS, COS and TOS give every object's CRC-64/ECMA-182 (CRC-64/XZ: Go's crc64.ECMA),
+# in decimal, on HEAD and GET; objects stored before a store kept it have none.
+PROVIDER_CRC64_HEADERS = ("x-oss-hash-crc64ecma", "x-cos-hash-crc64ecma", "x-tos-hash-crc64ecma")
 # Server-side encryption whose objects get an ETag that is no MD5 of the data (AWS
 # documents this for SSE-KMS, DSSE-KMS and SSE-C); SSE-S3 (AES256) keeps MD5 ETags.
 _OPAQUE_ETAG_ENCRYPTION = {"aws:kms", "aws:kms:dsse"}
@@ -283,9 +288,8 @@ class S3ObjectStore(ObjectStore):
         )
         size, etag = int(head["ContentLength"]), _etag(head)
         settings = self.transfer
-        full_sha256 = _full_object_sha256(head, etag)
-        recorded_crc = "" if full_sha256 else _recorded_crc64nvme(head)
-        etag_is_md5 = not full_sha256 and not recorded_crc and _etag_may_be_md5(head)
+        whole_check = _whole_object_check(head, etag)
+        etag_is_md5 = whole_check is None and _etag_may_be_md5(head)
         multipart = _MULTIPART.match(etag) if etag_is_md5 else None
         digest_block: int | None = None
         if multipart and int(multipart.group(1)) > 1:
@@ -319,28 +323,22 @@ class S3ObjectStore(ObjectStore):
                 body.close()
 
         # The whole object's digest, where one is needed, is taken while it downloads.
-        whole_digest: Literal["sha256", "crc64nvme", "md5"] | None = (
-            "sha256"
-            if full_sha256
-            else "crc64nvme"
-            if recorded_crc
-            else "md5"
-            if plain_md5 and not in_stream_md5
-            else None
-        )
-
-        # What the whole object's digest is checked against, and how an error names it.
-        whole_expected, whole_named = (
-            (full_sha256, f"SHA-256 checksum {full_sha256}")
-            if full_sha256
-            else (recorded_crc, f"CRC-64/NVME {recorded_crc} recorded at upload")
+        whole_digest: DigestName | None = whole_check.digest if whole_check else None
+        if whole_digest is None and plain_md5 and not in_stream_md5:
+            whole_digest = "md5"
+        # Each part's, for the resume journal: the MD5s an S3-form ETag is checked by, the
+        # CRC-64 the whole object's combines from, else the cheapest.
+        part_digest: DigestName = (
+            "md5" if in_stream_md5 else "crc64xz" if whole_digest == "crc64xz" else "crc64nvme"
         )
 
         def verify(path: Path, digests: builtins.list[str], whole: str | None) -> None:
-            if whole_expected:
-                actual = _base64_of_hex(str(whole))
-                if actual != whole_expected:
-                    raise IntegrityError(uri, f"{whole_named} expected, the bytes give {actual}")
+            if whole_check:
+                actual = whole_check.render(str(whole))
+                if actual != whole_check.expected:
+                    raise IntegrityError(
+                        uri, f"{whole_check.named} expected, the bytes give {actual}"
+                    )
                 return
             if digest_block is not None:
                 actual = multipart_etag(digests)
@@ -362,7 +360,7 @@ class S3ObjectStore(ObjectStore):
             parts=parts,
             stream=stream,
             settings=settings,
-            digest="md5" if in_stream_md5 else "crc64nvme",
+            digest=part_digest,
             block_size=digest_block,
             whole_digest=whole_digest,
             verify=verify,
@@ -659,6 +657,33 @@ def _etag_may_be_md5(response: dict[str, Any]) -> bool:
     """False where the answer shows encryption whose ETags are no MD5 of the data."""
     encryption = str(response.get("ServerSideEncryption") or "").lower()
     return encryption not in _OPAQUE_ETAG_ENCRYPTION and not response.get("SSECustomerAlgorithm")
+
+
+class _WholeCheck(NamedTuple):
+    """A digest of the whole object the download is checked by, and how to name it."""
+
+    digest: DigestName
+    expected: str  # as the store or the upload gave it
+    named: str  # in an error
+    render: Callable[[str], str]  # a hex digest in the form of ``expected``
+
+
+def _whole_object_check(head: dict[str, Any], etag: str) -> _WholeCheck | None:
+    """The best check of the whole object's bytes its HEAD answer offers: the store's own
+    full-object SHA-256, the CRC-64/NVME gpuflow's upload recorded from the source file,
+    the CRC-64/ECMA-182 that OSS, COS and TOS keep of every object; None leaves the ETag."""
+    if sha256 := _full_object_sha256(head, etag):
+        return _WholeCheck("sha256", sha256, f"SHA-256 checksum {sha256}", _base64_of_hex)
+    if recorded := _recorded_crc64nvme(head):
+        named = f"CRC-64/NVME {recorded} recorded at upload"
+        return _WholeCheck("crc64nvme", recorded, named, _base64_of_hex)
+    headers = head.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    for header in PROVIDER_CRC64_HEADERS:
+        kept = str(headers.get(header) or "")
+        if kept.isdigit() and int(kept) < 1 << 64:
+            named = f"the store's CRC-64/ECMA-182 {kept} ({header})"
+            return _WholeCheck("crc64xz", kept, named, lambda hex_digest: str(int(hex_digest, 16)))
+    return None
 
 
 def _full_object_sha256(head: dict[str, Any], etag: str) -> str:

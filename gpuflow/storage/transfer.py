@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal, Protocol, TypeVar, cast
 
 from awscrt.checksums import crc64nvme
+from fastcrc import crc64
 from pydantic import BaseModel, ConfigDict, Field
 
 from gpuflow.core.errors import (
@@ -40,7 +41,7 @@ S3_MAX_PARTS = 10_000
 _JOURNAL_FORMAT = 1
 _DIGEST_STEP = 4 * MiB
 
-DigestName = Literal["md5", "sha256", "crc64nvme"]
+DigestName = Literal["md5", "sha256", "crc64nvme", "crc64xz"]
 T = TypeVar("T")
 
 
@@ -115,30 +116,35 @@ class Digest(Protocol):
     def hexdigest(self) -> str: ...
 
 
-class _Crc64Nvme:
-    """CRC-64/NVME behind hashlib's interface: the cheapest check for a resume journal.
+class _Crc64:
+    """A CRC-64 behind hashlib's interface, from a function ``(data, previous) -> crc``.
 
-    The AWS Common Runtime computes it with carry-less multiplication instructions, at
-    several GB/s and without the GIL: a few per cent of the cost of zlib's CRC-32.
+    CRC-64/NVME (the AWS Common Runtime's, with carry-less multiplication instructions)
+    is the cheapest check for a resume journal; CRC-64/XZ (fastcrc's) is the one OSS, COS
+    and TOS keep of every object, as "CRC-64/ECMA-182". Both run at several GB/s and
+    without the GIL: a few per cent of the cost of zlib's CRC-32.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, update: Callable[[bytes | memoryview, int], int]) -> None:
+        self._update = update
         self._value = 0
 
     def update(self, data: bytes | memoryview, /) -> None:
-        self._value = crc64nvme(data, self._value)
+        self._value = self._update(data, self._value)
 
     def hexdigest(self) -> str:
         return f"{self._value:016x}"
 
 
-# CRC-64/NVME's polynomial, bit-reversed (the CRC is reflected), and x^(2^k) modulo it.
-_CRC64NVME_POLY = 0x9A6C9329AC4BC9B5
+def _crc64xz(data: bytes | memoryview, previous: int) -> int:
+    return crc64.xz(data, previous)
+
+
 _CRC64_ONE = 1 << 63  # x^0 in the reflected order
 
 
-def _crc64_multiply(a: int, b: int) -> int:
-    """a(x) * b(x) modulo the polynomial, both in the reflected order (zlib's multmodp)."""
+def _crc64_multiply(a: int, b: int, poly: int) -> int:
+    """a(x) * b(x) modulo ``poly``, all in the reflected order (zlib's multmodp)."""
     mask, product = _CRC64_ONE, 0
     while True:
         if a & mask:
@@ -146,31 +152,46 @@ def _crc64_multiply(a: int, b: int) -> int:
             if not a & (mask - 1):
                 return product
         mask >>= 1
-        b = (b >> 1) ^ _CRC64NVME_POLY if b & 1 else b >> 1
+        b = (b >> 1) ^ poly if b & 1 else b >> 1
 
 
-_CRC64_X_TO_2_TO_K = [_CRC64_ONE >> 1]
-for _ in range(63):
-    _CRC64_X_TO_2_TO_K.append(_crc64_multiply(_CRC64_X_TO_2_TO_K[-1], _CRC64_X_TO_2_TO_K[-1]))
-
-
-def crc64nvme_combine(first: int, second: int, second_length: int) -> int:
-    """The CRC-64/NVME of A + B from A's, B's and B's length, as zlib's crc32_combine: the
+class _Crc64Combine:
+    """The CRC-64 of A + B from A's, B's and B's length, as zlib's crc32_combine: the
     whole object's CRC from its parts', which the workers took in parallel (microseconds,
-    no byte read again)."""
-    shift, bit = _CRC64_ONE, 3  # x^(8 * second_length), from its binary digits
-    length = second_length
-    while length:
-        if length & 1:
-            shift = _crc64_multiply(_CRC64_X_TO_2_TO_K[bit % 64], shift)
-        length >>= 1
-        bit += 1
-    return _crc64_multiply(shift, first) ^ second
+    no byte read again). For the reflected CRCs with all-ones start and end, as both here."""
+
+    def __init__(self, reflected_poly: int) -> None:
+        self._poly = reflected_poly
+        # x^(2^k) modulo the polynomial, for k = 0..63
+        self._powers = [_CRC64_ONE >> 1]
+        for _ in range(63):
+            self._powers.append(self._multiply(self._powers[-1], self._powers[-1]))
+
+    def _multiply(self, a: int, b: int) -> int:
+        return _crc64_multiply(a, b, self._poly)
+
+    def __call__(self, first: int, second: int, second_length: int) -> int:
+        shift, bit = _CRC64_ONE, 3  # x^(8 * second_length), from its binary digits
+        length = second_length
+        while length:
+            if length & 1:
+                shift = self._multiply(self._powers[bit % 64], shift)
+            length >>= 1
+            bit += 1
+        return self._multiply(shift, first) ^ second
+
+
+# The polynomials bit-reversed: CRC-64/NVME's, and ECMA-182's (CRC-64/XZ's).
+crc64nvme_combine = _Crc64Combine(0x9A6C9329AC4BC9B5)
+crc64xz_combine = _Crc64Combine(0xC96C5795D7870F42)
+_COMBINE = {"crc64nvme": crc64nvme_combine, "crc64xz": crc64xz_combine}
 
 
 def new_digest(name: DigestName) -> Digest:
     if name == "crc64nvme":
-        return _Crc64Nvme()
+        return _Crc64(crc64nvme)
+    if name == "crc64xz":
+        return _Crc64(_crc64xz)
     return hashlib.new(name, usedforsecurity=False) if name == "md5" else hashlib.sha256()
 
 
@@ -318,10 +339,10 @@ def download_ranges(
     ``verify`` accepted the file and the data reached the disk. One destination has
     one writer at a time (callers hold a lock or own the directory).
 
-    ``whole_digest`` asks for the digest of the whole object, for ``verify``. A CRC-64/NVME
-    over parts that each have one is combined from theirs. Any other is computed in order
-    while later parts still download, from the parts' buffers, so the file is not read a
-    second time (only parts resumed from an earlier run are read back).
+    ``whole_digest`` asks for the digest of the whole object, for ``verify``. A CRC-64 over
+    parts that each have one (``digest`` the same) is combined from theirs. Any other is
+    computed in order while later parts still download, from the parts' buffers, so the
+    file is not read a second time (only parts resumed from an earlier run are read back).
     """
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(destination)
@@ -374,10 +395,10 @@ def _download_into(
     whole: str | None = None
     fd = os.open(partial, os.O_RDWR)
     cancelled = threading.Event()
-    combined = whole_digest == "crc64nvme" and digest == "crc64nvme" and block_size is None
+    combine = _COMBINE.get(digest) if whole_digest == digest and block_size is None else None
     ordered = (
         _OrderedDigest(uri, whole_digest, parts, set(done), fd, settings, cancelled)
-        if whole_digest and not combined
+        if whole_digest and combine is None
         else None
     )
     try:
@@ -435,10 +456,10 @@ def _download_into(
             ordered.join()
         os.close(fd)
     digests = [block for part in parts for block in done[part.number]]
-    if combined:
+    if combine is not None:
         crc = 0  # of nothing
         for part, part_crc in zip(parts, digests, strict=True):
-            crc = crc64nvme_combine(crc, int(part_crc, 16), part.length)
+            crc = combine(crc, int(part_crc, 16), part.length)
         whole = f"{crc:016x}"
     if partial.stat().st_size != size:
         _discard(partial, journal)

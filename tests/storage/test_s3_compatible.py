@@ -412,6 +412,43 @@ def test_parts_whose_etags_are_their_md5s_verify_an_upload_the_store_tags_its_ow
         proxy.stop()
 
 
+@pytest.fixture
+def oss_proxy(s3rver_proxy: CountingProxy) -> Iterator[OpaqueEtagProxy]:
+    """OSS as its API reference describes it: object ETags of its own making, part ETags
+    that are part MD5s, and every object's CRC-64/ECMA-182 in x-oss-hash-crc64ecma."""
+    proxy = OpaqueEtagProxy(
+        s3rver_proxy.port,
+        announce_kms=False,
+        opaque_part_etags=False,
+        crc64ecma_header="x-oss-hash-crc64ecma",
+    )
+    yield proxy
+    proxy.stop()
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda size: f"{size}B")
+def test_another_clients_object_on_oss_is_checked_by_the_stores_crc64_ecma(
+    oss_proxy: OpaqueEtagProxy, tmp_path: Path, size: int
+) -> None:
+    # Its ETag says nothing (md5_etags false, as for_provider("oss") sets) and it carries no
+    # CRC recorded by gpuflow: the store's own CRC of what it keeps checks the bytes.
+    store = _store(oss_proxy.url, S3RVER_KEY).model_copy(update={"md5_etags": False})
+    bucket = _new_bucket(store)
+    source = random_file(tmp_path / "weights", size)
+    _upload_by_another_client(store, source, bucket, "weights")
+    uri = f"s3://{bucket}/weights"
+
+    store.download(uri, tmp_path / "copy")
+    assert sha256_of(tmp_path / "copy") == sha256_of(source)
+
+    oss_proxy.corrupt_reads = True
+    with pytest.raises(
+        IntegrityError, match=r"CRC-64/ECMA-182 \d+ \(x-oss-hash-crc64ecma\) expected"
+    ):
+        store.download(uri, tmp_path / "flipped")
+    assert not (tmp_path / "flipped").exists()
+
+
 def _crc64nvme_of(path: Path) -> str:
     return base64.b64encode(crc64nvme(path.read_bytes()).to_bytes(8, "big")).decode()
 

@@ -24,7 +24,10 @@ import urllib.request
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import cast
 from urllib.parse import parse_qs, urlsplit
+
+import anycrc
 
 from devtools.s3rver import installed_s3rver
 
@@ -277,6 +280,13 @@ class OpaqueEtagProxy:
     (``If-Match``, the part list of CompleteMultipartUpload) are mapped to the server's.
     With ``opaque_part_etags`` false, UploadPart answers keep the server's ETag, the part's
     MD5: OSS and COS document their part ETags so, with object ETags of their own making.
+    ``crc64ecma_header`` (``x-oss-hash-crc64ecma``, ``x-cos-hash-crc64ecma``) adds the
+    CRC-64/ECMA-182 those stores keep of every object (OSS API reference "PutObject",
+    "UploadPart", "CompleteMultipartUpload", "HeadObject"; COS "CRC64 check"): taken of
+    what the store kept, decimal, on the answers to PUT and UploadPart (of that body), to
+    CompleteMultipartUpload (the parts' combined, in the order listed), and to HEAD and
+    GET (of the whole object, ranged or not). Objects written past the proxy have none, as
+    objects stored before a store kept CRCs.
 
     With ``corrupt_writes`` set it also stands for a store that keeps other bytes than
     it was sent: the last byte of every PUT body flips, and the checksums the client
@@ -284,10 +294,17 @@ class OpaqueEtagProxy:
     ``corrupt_reads`` the last byte of every object GET answer flips on the way back."""
 
     def __init__(
-        self, upstream_port: int, announce_kms: bool = True, opaque_part_etags: bool = True
+        self,
+        upstream_port: int,
+        announce_kms: bool = True,
+        opaque_part_etags: bool = True,
+        crc64ecma_header: str | None = None,
     ) -> None:
         self._upstream_port = upstream_port
         self._real_of: dict[bytes, bytes] = {}
+        self._crc64 = anycrc.Model("CRC64-XZ")  # ECMA-182 as OSS computes it (Go's crc64.ECMA)
+        self._object_crcs: dict[str, tuple[int, int]] = {}  # path: (crc, length)
+        self._part_crcs: dict[tuple[str, str], tuple[int, int]] = {}  # (upload, number)
         self._lock = threading.Lock()
         self.corrupt_writes = False
         self.corrupt_reads = False
@@ -328,6 +345,11 @@ class OpaqueEtagProxy:
                         self.command == "PUT" and "partNumber" in query and "uploadId" in query
                     )
                     content = answer.read() if keeps_etag else proxy._to_opaque(answer.read())
+                    crc = (
+                        proxy._kept_crc(self.command, self.path, query, headers, body)
+                        if crc64ecma_header and 200 <= answer.status < 300
+                        else None
+                    )
                     object_read = self.command == "GET" and "?" not in self.path
                     if proxy.corrupt_reads and object_read and content:
                         content = content[:-1] + bytes([content[-1] ^ 0xFF])
@@ -340,6 +362,8 @@ class OpaqueEtagProxy:
                             self.send_header(name, kept)
                     if announce_kms and (answer.getheader("ETag") or b"ETag" in content):
                         self.send_header("x-amz-server-side-encryption", "aws:kms")
+                    if crc64ecma_header and crc is not None:
+                        self.send_header(crc64ecma_header, str(crc))
                     # A HEAD answer has no body but the length of the one GET would send.
                     announced = answer.getheader("Content-Length", "0")
                     self.send_header(
@@ -356,6 +380,46 @@ class OpaqueEtagProxy:
         self.port = int(self._server.server_address[1])
         self.url = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def _kept_crc(
+        self,
+        command: str,
+        path: str,
+        query: dict[str, list[str]],
+        headers: dict[str, str],
+        body: bytes,
+    ) -> int | None:
+        """The CRC-64/ECMA-182 the modeled store gives in its answer to this request."""
+        key = urlsplit(path).path
+        upload = query.get("uploadId", [""])[0]
+        with self._lock:
+            if (
+                command == "PUT"
+                and not query
+                and "x-amz-copy-source" not in map(str.lower, headers)
+            ):
+                self._object_crcs[key] = (int(self._crc64.calc(body)), len(body))
+                return self._object_crcs[key][0]
+            if command == "PUT" and upload and "partNumber" in query:
+                part = (int(self._crc64.calc(body)), len(body))
+                self._part_crcs[(upload, query["partNumber"][0])] = part
+                return part[0]
+            if command == "POST" and upload:
+                numbers = re.findall(rb"<PartNumber>(\d+)</PartNumber>", body)
+                parts = [self._part_crcs.get((upload, number.decode())) for number in numbers]
+                if not parts or None in parts:
+                    return None  # a part without a CRC: the store gives none (COS says so)
+                crc, length = 0, 0
+                for part_crc, part_length in cast(list[tuple[int, int]], parts):
+                    crc = int(self._crc64.combine(crc, part_crc, part_length))
+                    length += part_length
+                self._object_crcs[key] = (crc, length)
+                return crc
+            if command == "DELETE" and not query:
+                self._object_crcs.pop(key, None)
+            if command in ("GET", "HEAD") and not query and key in self._object_crcs:
+                return self._object_crcs[key][0]
+        return None
 
     def _to_opaque(self, data: bytes) -> bytes:
         def opaque(match: re.Match[bytes]) -> bytes:

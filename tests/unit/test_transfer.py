@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from awscrt.checksums import crc64nvme
+from fastcrc import crc64
 
 from gpuflow.core.errors import DiskFullError, IntegrityError, StoreError, UriError
 from gpuflow.storage.transfer import (
@@ -24,14 +25,17 @@ from gpuflow.storage.transfer import (
     Part,
     TransferSettings,
     crc64nvme_combine,
+    crc64xz_combine,
     download_ranges,
     file_digest,
     journal_path,
     multipart_etag,
+    new_digest,
     partial_path,
     plan_parts,
 )
 from gpuflow.storage.uri import safe_relative_path
+from tests.support.files import xz_container_crc64
 from tests.support.full_disk import full_filesystem
 
 SETTINGS = TransferSettings(max_concurrency=4, single_stream_below=5 * MiB, min_part_size=5 * MiB)
@@ -302,6 +306,26 @@ def test_the_crc64nvme_of_two_pieces_combines_into_that_of_the_whole(
 ) -> None:
     a, b = os.urandom(first), os.urandom(second)
     assert crc64nvme_combine(crc64nvme(a), crc64nvme(b), len(b)) == crc64nvme(a + b)
+
+
+@pytest.mark.parametrize("size", [1, 9, 65537])
+def test_the_crc64xz_digest_is_liblzmas_crc64_and_oss_check_value(size: int) -> None:
+    # OSS, COS and TOS name it CRC-64/ECMA-182: 11051210869376104954 for "123456789" (as
+    # their SDKs document); liblzma, an independent implementation, agrees on random data.
+    digest = new_digest("crc64xz")
+    digest.update(b"123456789")
+    assert int(digest.hexdigest(), 16) == 11051210869376104954
+    data = os.urandom(size)
+    digest = new_digest("crc64xz")
+    digest.update(data[: size // 2])
+    digest.update(memoryview(data)[size // 2 :])
+    assert int(digest.hexdigest(), 16) == xz_container_crc64(data)
+
+
+@pytest.mark.parametrize(("first", "second"), [(0, 5), (7, 0), (1000, 333), (MiB + 1, 3 * MiB)])
+def test_the_crc64xz_of_two_pieces_combines_into_that_of_the_whole(first: int, second: int) -> None:
+    a, b = os.urandom(first), os.urandom(second)
+    assert crc64xz_combine(crc64.xz(a), crc64.xz(b), len(b)) == crc64.xz(a + b)
 
 
 def test_a_whole_crc64nvme_comes_from_the_parts_in_order_not_any_order() -> None:
