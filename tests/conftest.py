@@ -19,6 +19,7 @@ from gpuflow.envs.catalog import ResolvedEnv
 from gpuflow.ops.bootstrap import bootstrap
 from gpuflow.ops.embedded import EmbeddedLayout, repository_jobs_root
 from gpuflow.ops.local_server import LocalServer, ensure_server, stop_server
+from tests.support.kept_caches import keep_caches
 
 # `deployed`: gpuflow bootstrapped, `prefect deploy --all`, a process worker (one per session).
 pytest_plugins = ["tests.support.deployed"]
@@ -131,27 +132,10 @@ def prefect_server(state_dir: Path) -> Iterator[LocalServer]:
         stop_server(state_dir)
 
 
-# The uv cache the session's NAS uses, kept between sessions: the wan-i2v job's env holds
-# torch with its CUDA libraries (about 3 GB to download), fetched once per machine, not
-# once per session. A real NAS keeps its cache the same way.
-_KEPT_UV_CACHE = Path(
-    os.environ.get("GPUFLOW_TEST_UV_CACHE", Path.home() / ".cache" / "gpuflow-tests" / "uv")
-)
-
-
-def _keep_uv_cache(nas_root: Path) -> None:
-    """Link the NAS's uv cache to the kept one when both share a filesystem (uv hardlinks
-    only within one); elsewhere the session fills a cache of its own."""
-    _KEPT_UV_CACHE.mkdir(parents=True, exist_ok=True)
-    nas_root.mkdir(parents=True, exist_ok=True)
-    if _KEPT_UV_CACHE.stat().st_dev == nas_root.stat().st_dev:
-        (nas_root / "uv-cache").symlink_to(_KEPT_UV_CACHE, target_is_directory=True)
-
-
 @pytest.fixture(scope="session")
 def layout(state_dir: Path) -> EmbeddedLayout:
     layout = EmbeddedLayout(state_dir)
-    _keep_uv_cache(layout.nas_root)
+    keep_caches(layout.nas_root)
     layout.seed_samples()
     return layout
 

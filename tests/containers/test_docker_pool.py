@@ -25,6 +25,7 @@ from tests.containers.conftest import FlowImage
 from tests.integration.test_deployments import request_fields, wait_for_final
 from tests.support.deployed import PREFECT, REPO, Deployed, cli_env
 from tests.support.docker_engine import ca_bundle, docker
+from tests.support.kept_caches import KEPT_NAS_DIRS
 from tests.support.media import probe
 
 # Two flow runs and, on a cold machine, the image build: vfs copies the whole image for
@@ -73,12 +74,12 @@ def docker_worker(
 
 def container_job_variables(layout: EmbeddedLayout, flow_image: FlowImage) -> dict[str, Any]:
     volumes = [f"{layout.store_root}:{layout.store_root}"]
-    # The NAS's uv cache may be a link to a cache kept between sessions (tests/conftest.py):
-    # the container needs its target at the same path too.
-    uv_cache = layout.nas_root / "uv-cache"
-    if uv_cache.is_symlink():
-        target = uv_cache.resolve()
-        volumes.append(f"{target}:{target}")
+    # The NAS's uv cache and bytecode store may be links to ones kept between sessions
+    # (tests/conftest.py): the container needs their targets at the same paths too.
+    for name in KEPT_NAS_DIRS:
+        if (layout.nas_root / name).is_symlink():
+            target = (layout.nas_root / name).resolve()
+            volumes.append(f"{target}:{target}")
     env: dict[str, str] = {}
     bundle = ca_bundle()
     if bundle is not None:
