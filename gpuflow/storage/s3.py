@@ -13,12 +13,13 @@ else against the CRC-64/NVME that gpuflow's upload recorded in the object's meta
 cost), else against the CRC-64/ECMA-182 that OSS, COS and TOS keep of every object (as
 cheap, for objects other clients uploaded), else against an ETag that is an MD5 (of the
 object, or S3's MD5 of the parts' MD5s with the ranges aligned to the parts), else by
-its size alone. An upload is verified by the checksum the store returns, else by an MD5
-ETag (the object's, or S3's MD5 of the parts' MD5s), else by the parts' own ETags each
-being the MD5 its part was sent with (what S3's multipart form vouches for, on stores
-that compute the object's ETag their own way: s3rver, OSS, COS), else by reading the
-object back and hashing it. Only a verified mismatch deletes what was uploaded; "cannot
-verify" never does.
+its size alone. An upload is verified by the checksum the store returns, else by the
+CRC-64/ECMA-182 that OSS, COS and TOS give of what they kept (each part's on receipt,
+then the object's), else by an MD5 ETag (the object's, or S3's MD5 of the parts' MD5s),
+else by the parts' own ETags each being the MD5 its part was sent with (what S3's
+multipart form vouches for, on stores that compute the object's ETag their own way:
+s3rver, OSS, COS), else by reading the object back and hashing it. Only a verified
+mismatch deletes what was uploaded; "cannot verify" never does.
 Credentials are prefect-aws ``AwsCredentials`` (SecretStr): never logged, never in an
 error.
 """
@@ -39,6 +40,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 from awscrt.checksums import crc64nvme
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from fastcrc import crc64
 from prefect_aws import AwsCredentials
 from pydantic import Field, PrivateAttr, field_validator
 
@@ -56,6 +58,7 @@ from gpuflow.storage.transfer import (
     Part,
     PartReader,
     TransferSettings,
+    crc64xz_combine,
     download_ranges,
     file_digest,
     multipart_etag,
@@ -396,6 +399,8 @@ class S3ObjectStore(ObjectStore):
                 expected_etag=md5.hexdigest(),
                 expected_checksum=checksum.get("ChecksumSHA256"),
                 source=md5.hexdigest(),
+                # Taken only where the store answers with its own CRC of what it kept.
+                expected_crc64xz=crc64.xz(data) if _provider_crc64(response) else None,
             )
             return ObjectInfo(uri, size, etag=_etag(response), bytes_moved=size)
         return self._upload_multipart(source, uri, parsed, parts)
@@ -436,12 +441,30 @@ class S3ObjectStore(ObjectStore):
                 **checksum,
             )
             # The store checks each part's Content-MD5 on receipt (BadDigest); its part
-            # ETags need not be MD5s, so the whole object is verified once complete.
-            return {"PartNumber": part.number, "ETag": response["ETag"], "md5": md5, **checksum}
+            # ETags need not be MD5s, so the whole object is verified once complete. A
+            # store that gives its CRC of the part kept (OSS, COS) is checked at once: a
+            # part kept wrong is sent again.
+            part_crc: int | None = None
+            if kept := _provider_crc64(response):
+                part_crc = crc64.xz(data)
+                if part_crc != kept.value:
+                    raise IntegrityError(
+                        uri,
+                        f"the store's {kept.named} of part {part.number} is not {part_crc}, "
+                        "that of the bytes sent",
+                    )
+            return {
+                "PartNumber": part.number,
+                "ETag": response["ETag"],
+                "md5": md5,
+                "crc64xz": part_crc,
+                **checksum,
+            }
 
         try:
             sent = upload_parts(uri, source, parts, send, self.transfer)
             part_md5s = [entry.pop("md5").hexdigest() for entry in sent]
+            part_crcs: builtins.list[int | None] = [entry.pop("crc64xz") for entry in sent]
             expected = multipart_etag(part_md5s)
             parts_confirmed = all(
                 _etag(entry) == md5 for entry, md5 in zip(sent, part_md5s, strict=True)
@@ -474,6 +497,7 @@ class S3ObjectStore(ObjectStore):
             expected_checksum=composite,
             source=source,
             confirmed_size=source.stat().st_size if parts_confirmed else None,
+            expected_crc64xz=_combined_crc64xz(parts, part_crcs),
         )
         size = source.stat().st_size
         return ObjectInfo(uri, size, etag=_etag(completed), bytes_moved=size)
@@ -487,12 +511,15 @@ class S3ObjectStore(ObjectStore):
         expected_checksum: str | None,
         source: str | Path,
         confirmed_size: int | None = None,
+        expected_crc64xz: int | None = None,
     ) -> None:
         """Accept the uploaded object, or delete it only when its bytes are shown wrong.
 
         ``source`` is the uploaded bytes' MD5, or the file to take it of should a read-back
         need it. ``confirmed_size`` is set where every part's ETag was the MD5 the part was
         sent with: the store then holds those parts, as S3's multipart ETag would say.
+        ``expected_crc64xz`` is the uploaded bytes' CRC-64/ECMA-182, for a store that
+        answers with its own of what it kept (OSS, COS, TOS).
         """
         returned_checksum = response.get("ChecksumSHA256")
         if expected_checksum and returned_checksum:
@@ -502,6 +529,16 @@ class S3ObjectStore(ObjectStore):
                     parsed,
                     f"the store's SHA-256 checksum {returned_checksum} of the object is not "
                     f"{expected_checksum}",
+                )
+            return
+        kept = _provider_crc64(response)
+        if kept is not None and expected_crc64xz is not None:
+            if kept.value != expected_crc64xz:
+                self._delete_wrong(
+                    uri,
+                    parsed,
+                    f"the store's {kept.named} of the object is not {expected_crc64xz}, "
+                    "that of the file",
                 )
             return
         etag = _etag(response)
@@ -677,13 +714,41 @@ def _whole_object_check(head: dict[str, Any], etag: str) -> _WholeCheck | None:
     if recorded := _recorded_crc64nvme(head):
         named = f"CRC-64/NVME {recorded} recorded at upload"
         return _WholeCheck("crc64nvme", recorded, named, _base64_of_hex)
-    headers = head.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    if kept := _provider_crc64(head):
+        named = f"the store's {kept.named}"
+        return _WholeCheck("crc64xz", str(kept.value), named, _decimal_of_hex)
+    return None
+
+
+class _ProviderCrc(NamedTuple):
+    value: int
+    named: str  # "CRC-64/ECMA-182 <value> (<header>)"
+
+
+def _provider_crc64(response: dict[str, Any]) -> _ProviderCrc | None:
+    """The CRC-64/ECMA-182 of the object or part an answer is about, where the store gives one."""
+    headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
     for header in PROVIDER_CRC64_HEADERS:
         kept = str(headers.get(header) or "")
         if kept.isdigit() and int(kept) < 1 << 64:
-            named = f"the store's CRC-64/ECMA-182 {kept} ({header})"
-            return _WholeCheck("crc64xz", kept, named, lambda hex_digest: str(int(hex_digest, 16)))
+            return _ProviderCrc(int(kept), f"CRC-64/ECMA-182 {kept} ({header})")
     return None
+
+
+def _combined_crc64xz(
+    parts: builtins.list[Part], part_crcs: builtins.list[int | None]
+) -> int | None:
+    """The whole object's CRC-64/ECMA-182 from its parts', where every part has one."""
+    crc = 0  # of nothing
+    for part, part_crc in zip(parts, part_crcs, strict=True):
+        if part_crc is None:
+            return None
+        crc = crc64xz_combine(crc, part_crc, part.length)
+    return crc
+
+
+def _decimal_of_hex(hex_digest: str) -> str:
+    return str(int(hex_digest, 16))
 
 
 def _full_object_sha256(head: dict[str, Any], etag: str) -> str:

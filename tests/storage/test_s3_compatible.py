@@ -449,6 +449,43 @@ def test_another_clients_object_on_oss_is_checked_by_the_stores_crc64_ecma(
     assert not (tmp_path / "flipped").exists()
 
 
+@pytest.mark.parametrize("size", SIZES, ids=lambda size: f"{size}B")
+@pytest.mark.parametrize("corrupt_writes", [False, True], ids=["kept", "kept-wrong"])
+def test_an_upload_to_oss_is_verified_by_the_stores_crc64_ecma_of_what_it_kept(
+    s3rver_proxy: CountingProxy, tmp_path: Path, size: int, corrupt_writes: bool
+) -> None:
+    # Every ETag of the store's own making, part ETags too (SSE-KMS on OSS): only a
+    # read-back would check the bytes, but the CRC the store answers with checks them on
+    # receipt. A part kept wrong is refused (sent again, then given up), nothing is left.
+    proxy = OpaqueEtagProxy(
+        s3rver_proxy.port, announce_kms=False, crc64ecma_header="x-oss-hash-crc64ecma"
+    )
+    try:
+        store = _store(proxy.url, S3RVER_KEY).model_copy(update={"md5_etags": False})
+        bucket = _new_bucket(store)
+        uri = f"s3://{bucket}/weights"
+        source = random_file(tmp_path / "weights", size)
+        s3rver_proxy.reset()
+        proxy.corrupt_writes = corrupt_writes
+
+        if corrupt_writes:
+            refused = (
+                r"the store's CRC-64/ECMA-182 \d+ \(x-oss-hash-crc64ecma\) of (part 1|the object)"
+            )
+            with pytest.raises(IntegrityError, match=refused):
+                store.upload(source, uri)
+            proxy.corrupt_writes = False
+            with pytest.raises(ObjectNotFoundError):
+                store.stat(uri)
+        else:
+            store.upload(source, uri)
+            assert s3rver_proxy.bytes_down < 256 * 1024, "only answers came back"
+            store.download(uri, tmp_path / "copy")
+            assert sha256_of(tmp_path / "copy") == sha256_of(source)
+    finally:
+        proxy.stop()
+
+
 def _crc64nvme_of(path: Path) -> str:
     return base64.b64encode(crc64nvme(path.read_bytes()).to_bytes(8, "big")).decode()
 
