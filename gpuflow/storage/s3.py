@@ -87,6 +87,7 @@ _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 # big-endian bytes, S3's own form of that checksum): the header x-amz-meta-gpuflow-crc64nvme.
 CRC64NVME_METADATA = "gpuflow-crc64nvme"
 _MULTIPART = re.compile(r"^[0-9a-f]{32}-(\d+)$")
+_DECIMAL = re.compile(r"[0-9]{1,20}")
 # Where OSS, COS and TOS give every object's CRC-64/ECMA-182 (CRC-64/XZ: Go's crc64.ECMA),
 # in decimal, on HEAD and GET; objects stored before a store kept it have none.
 PROVIDER_CRC64_HEADERS = ("x-oss-hash-crc64ecma", "x-cos-hash-crc64ecma", "x-tos-hash-crc64ecma")
@@ -398,7 +399,7 @@ class S3ObjectStore(ObjectStore):
                 response,
                 expected_etag=md5.hexdigest(),
                 expected_checksum=checksum.get("ChecksumSHA256"),
-                source=md5.hexdigest(),
+                source_md5=md5.hexdigest(),
                 # Taken only where the store answers with its own CRC of what it kept.
                 expected_crc64xz=crc64.xz(data) if _provider_crc64(response) else None,
             )
@@ -422,8 +423,9 @@ class S3ObjectStore(ObjectStore):
         )
         upload_id = created["UploadId"]
         # A store that keeps checksums names the algorithm back (AWS, MinIO, moto). One
-        # that does not is verified by the MD5s of the parts (S3's ETag form, or each
-        # part's own ETag), so for those the parts carry no SHA-256 that nothing checks.
+        # that does not is verified by the CRC-64 it answers with (OSS, COS), else by the
+        # MD5s of the parts (S3's ETag form, or each part's own ETag), else by a read-back,
+        # so for those the parts carry no SHA-256 that nothing checks.
         keeps_checksums = bool(self.part_checksum == "sha256" and created.get("ChecksumAlgorithm"))
 
         def send(part: Part, data: bytes) -> dict[str, Any]:
@@ -495,8 +497,8 @@ class S3ObjectStore(ObjectStore):
             completed,
             expected_etag=expected,
             expected_checksum=composite,
-            source=source,
-            confirmed_size=source.stat().st_size if parts_confirmed else None,
+            source_path=source,
+            confirmed_size=sum(part.length for part in parts) if parts_confirmed else None,
             expected_crc64xz=_combined_crc64xz(parts, part_crcs),
         )
         size = source.stat().st_size
@@ -509,15 +511,16 @@ class S3ObjectStore(ObjectStore):
         response: dict[str, Any],
         expected_etag: str,
         expected_checksum: str | None,
-        source: str | Path,
+        source_md5: str | None = None,
+        source_path: Path | None = None,
         confirmed_size: int | None = None,
         expected_crc64xz: int | None = None,
     ) -> None:
         """Accept the uploaded object, or delete it only when its bytes are shown wrong.
 
-        ``source`` is the uploaded bytes' MD5, or the file to take it of should a read-back
-        need it. ``confirmed_size`` is set where every part's ETag was the MD5 the part was
-        sent with: the store then holds those parts, as S3's multipart ETag would say.
+        A read-back is compared with ``source_md5``, else with the MD5 of ``source_path``
+        (taken only then). ``confirmed_size`` is the bytes sent, set where every part's
+        ETag was the MD5 the part was sent with: each part arrived intact.
         ``expected_crc64xz`` is the uploaded bytes' CRC-64/ECMA-182, for a store that
         answers with its own of what it kept (OSS, COS, TOS).
         """
@@ -542,24 +545,38 @@ class S3ObjectStore(ObjectStore):
                 )
             return
         etag = _etag(response)
-        if _etag_may_be_md5(response) and etag == expected_etag:
+        etag_may_be_md5 = _etag_may_be_md5(response)
+        if etag_may_be_md5 and etag == expected_etag:
             return
-        if confirmed_size is not None and self._stored_size(uri, parsed, etag) == confirmed_size:
+        # S3's own form that does not match says the store assembled other parts: that is
+        # for the bytes to settle, not the parts' ETags.
+        s3_form_mismatch = self.md5_etags and etag_may_be_md5 and bool(_MULTIPART.match(etag))
+        if (
+            confirmed_size is not None
+            and not s3_form_mismatch
+            and self._stored_size(uri, parsed, etag) == confirmed_size
+        ):
             # The object's ETag is of the store's own making (s3rver's plain MD5 of a
-            # multipart object, OSS, COS), its parts' are their MD5s: the guarantee of S3's
-            # own ETag form without hashing the whole file a second time. A wrong assembly
-            # would still be refused at the first download, by the recorded CRC-64/NVME.
+            # multipart object, OSS, COS) and each part's is the MD5 it was sent with: every
+            # part arrived intact and the object has their size. Unlike S3's form this does
+            # not show the parts were joined in the order listed; the plain MD5 that would
+            # costs a second MD5 over the whole file. A wrong assembly is still refused at
+            # the first download, by the recorded CRC-64/NVME.
             return
         # The ETags say nothing checkable (SSE-KMS, a store's own scheme): the bytes do,
         # the file's MD5 taken while the object is read back.
-        local_md5 = BackgroundDigest(source, "md5") if isinstance(source, Path) else None
+        local_md5 = (
+            BackgroundDigest(source_path, "md5")
+            if source_md5 is None and source_path is not None
+            else None
+        )
         try:
             stored = self._read_back_md5(uri, parsed, etag)
         except BaseException:
             if local_md5 is not None:
                 local_md5.stop()
             raise
-        local = local_md5.result() if local_md5 is not None else str(source)
+        local = local_md5.result() if local_md5 is not None else str(source_md5)
         if stored != local:
             self._delete_wrong(
                 uri, parsed, f"the object read back has MD5 {stored}, the file {local}"
@@ -730,7 +747,7 @@ def _provider_crc64(response: dict[str, Any]) -> _ProviderCrc | None:
     headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
     for header in PROVIDER_CRC64_HEADERS:
         kept = str(headers.get(header) or "")
-        if kept.isdigit() and int(kept) < 1 << 64:
+        if _DECIMAL.fullmatch(kept) and int(kept) < 1 << 64:
             return _ProviderCrc(int(kept), f"CRC-64/ECMA-182 {kept} ({header})")
     return None
 

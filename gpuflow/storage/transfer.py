@@ -221,8 +221,7 @@ def file_digest(
 
 class BackgroundDigest:
     """The digest of a whole file, taken by a thread of its own while the caller works
-    (an upload sends the same file meanwhile, so the file is not read a second time
-    after it)."""
+    (reads the uploaded object back meanwhile, so the two passes overlap)."""
 
     def __init__(self, path: Path, name: DigestName) -> None:
         self._stop = threading.Event()

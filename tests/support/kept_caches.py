@@ -20,9 +20,10 @@ KEPT_NAS_DIRS = ("uv-cache", "bytecode")
 
 
 def keep_caches(nas_root: Path) -> None:
-    """Link the NAS's uv cache and bytecode store to the kept ones when they share a
-    filesystem with it (hardlinks work only within one); elsewhere the session fills
-    caches of its own."""
+    """Link (symlink) the NAS's uv cache and bytecode store to the kept ones when they
+    share a filesystem with the NAS, since the envs hardlink their files from them and
+    hardlinks work only within one; elsewhere the session fills caches of its own. The
+    kept bytecode store is not pruned: it grows only when the uv cache gets new files."""
     nas_root.mkdir(parents=True, exist_ok=True)
     for name, kept in zip(KEPT_NAS_DIRS, (_KEPT_UV_CACHE, _KEPT_BYTECODE), strict=True):
         kept.mkdir(parents=True, exist_ok=True)

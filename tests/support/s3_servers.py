@@ -393,11 +393,10 @@ class OpaqueEtagProxy:
         key = urlsplit(path).path
         upload = query.get("uploadId", [""])[0]
         with self._lock:
-            if (
-                command == "PUT"
-                and not query
-                and "x-amz-copy-source" not in map(str.lower, headers)
-            ):
+            if command == "PUT" and not query:
+                if "x-amz-copy-source" in map(str.lower, headers):
+                    self._object_crcs.pop(key, None)  # a copy may have none (OSS says so)
+                    return None
                 self._object_crcs[key] = (int(self._crc64.calc(body)), len(body))
                 return self._object_crcs[key][0]
             if command == "PUT" and upload and "partNumber" in query:
