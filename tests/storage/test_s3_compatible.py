@@ -507,6 +507,31 @@ def test_an_upload_to_oss_is_verified_by_the_stores_crc64_ecma_of_what_it_kept(
         proxy.stop()
 
 
+def test_an_upload_the_store_gives_no_crc_for_every_part_is_read_back_not_taken_on_trust(
+    s3rver_proxy: CountingProxy, tmp_path: Path
+) -> None:
+    # COS: Complete gives the object's CRC only if every part has one. Without it, and with
+    # ETags of the store's own making, the bytes are read back; the parts that have a CRC
+    # were still checked on receipt.
+    proxy = OpaqueEtagProxy(
+        s3rver_proxy.port, announce_kms=False, crc64ecma_header="x-cos-hash-crc64ecma"
+    )
+    try:
+        store = _store(proxy.url, S3RVER_KEY).model_copy(update={"md5_etags": False})
+        bucket = _new_bucket(store)
+        source = random_file(tmp_path / "weights", 12 * MiB + 7)
+        proxy.parts_without_crc = {2}
+        s3rver_proxy.reset()
+
+        store.upload(source, f"s3://{bucket}/weights")
+
+        assert s3rver_proxy.bytes_down > 12 * MiB, "the object was read back"
+        store.download(f"s3://{bucket}/weights", tmp_path / "copy")
+        assert sha256_of(tmp_path / "copy") == sha256_of(source)
+    finally:
+        proxy.stop()
+
+
 def _crc64nvme_of(path: Path) -> str:
     return base64.b64encode(crc64nvme(path.read_bytes()).to_bytes(8, "big")).decode()
 
