@@ -75,31 +75,39 @@ def test_concurrent_waiters_are_served_in_order_and_never_over_capacity(
     holding = 0
     peak = 0
 
-    async def request(name: str, slots: int, priority: Priority) -> None:
+    async def request(
+        name: str, slots: int, priority: Priority, until: asyncio.Event | None
+    ) -> None:
         nonlocal holding, peak
         ticket = Ticket(("gpu",), slots, priority, holder=name)
         async with admitted(queue, ticket, capacity, ttl_s=10, poll_s=0.05):
             order.append(name)
             holding += slots
             peak = max(peak, holding)
-            await asyncio.sleep(0.5)
+            await (until.wait() if until is not None else asyncio.sleep(0.5))
             holding -= slots
 
-    async def arrive(name: str, slots: int, priority: Priority) -> asyncio.Task[None]:
+    async def arrive(
+        name: str, slots: int, priority: Priority, until: asyncio.Event | None = None
+    ) -> asyncio.Task[None]:
         """Start a request and return once it is queued, so arrivals have a known order."""
-        started = asyncio.create_task(request(name, slots, priority))
+        started = asyncio.create_task(request(name, slots, priority, until))
         await _until_queued(queue, name, started)
         return started
 
     async def main() -> None:
+        # The first holder leaves only once everyone is queued: on a loaded machine the
+        # arrivals can take longer than any fixed hold.
+        everyone_queued = asyncio.Event()
         requests = [
-            await arrive("first", 2, Priority.NORMAL),  # saturates the pool
+            await arrive("first", 2, Priority.NORMAL, everyone_queued),  # saturates the pool
             await arrive("batch-1", 2, Priority.BATCH),
             await arrive("batch-2", 1, Priority.BATCH),
             await arrive("big", 2, Priority.NORMAL),
             await arrive("small", 1, Priority.NORMAL),
             await arrive("urgent", 1, Priority.HIGH),
         ]
+        everyone_queued.set()
         await asyncio.gather(*requests)
 
     asyncio.run(main())
