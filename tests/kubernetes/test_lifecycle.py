@@ -430,6 +430,9 @@ async def test_an_expired_resource_version_rereads_the_job_and_watches_on(
     kube_api: KubeApiServer, target: KubernetesPyTorchJob, nas: Path
 ) -> None:
     async def compacting(api: KubeApiServer, job: dict[str, Any]) -> None:
+        # Only once the job is watched: a watch opened after the compaction starts past it
+        # (on a loaded machine the first watch can come after the script's first steps).
+        await api.job_watched.wait()
         api.drop_watches = 1
         api.set_condition(job, "Created")  # the watch breaks after delivering this
         api.compact()  # ... and its resourceVersion is gone by the time it comes back

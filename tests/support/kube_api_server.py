@@ -128,6 +128,7 @@ class KubeApiServer:
         self.history: list[tuple[int, str, dict[str, Any]]] = []
         self.compacted_below = 0
         self.watch_changed = asyncio.Event()
+        self.job_watched = asyncio.Event()  # set once a job watch is streaming
         # (resourceVersion, event type, pod snapshot) of every pod change, oldest first.
         self.pod_history: list[tuple[int, str, dict[str, Any]]] = []
         self.pods_changed = asyncio.Event()
@@ -466,6 +467,7 @@ class KubeApiServer:
             }
             await response.write(json.dumps(gone).encode() + b"\n")
             return response
+        self.job_watched.set()
         sent = since
         if from_current_state:
             for (ns, name), job in list(self.jobs.items()):
