@@ -393,23 +393,40 @@ def test_parts_whose_etags_are_their_md5s_verify_an_upload_the_store_tags_its_ow
         bucket = _new_bucket(store)
         uri = f"s3://{bucket}/weights"
         source = random_file(tmp_path / "weights", 12 * MiB + 7)
-        s3rver_proxy.reset()
-        proxy.corrupt_writes = corrupt_writes
-
+        _upload_kept_or_refused(
+            store, uri, source, s3rver_proxy, proxy, corrupt_writes, refused="read back has MD5"
+        )
         if corrupt_writes:
-            with pytest.raises(IntegrityError, match="read back has MD5"):
-                store.upload(source, uri)
-            assert s3rver_proxy.bytes_down > 12 * MiB
-            proxy.corrupt_writes = False
-            with pytest.raises(ObjectNotFoundError):
-                store.stat(uri)
-        else:
-            store.upload(source, uri)
-            assert s3rver_proxy.bytes_down < 256 * 1024, "only answers came back"
-            store.download(uri, tmp_path / "copy")
-            assert sha256_of(tmp_path / "copy") == sha256_of(source)
+            assert s3rver_proxy.bytes_down > 12 * MiB, "the refusal came from a read-back"
     finally:
         proxy.stop()
+
+
+def _upload_kept_or_refused(
+    store: S3ObjectStore,
+    uri: str,
+    source: Path,
+    counted: CountingProxy,
+    writer: OpaqueEtagProxy,
+    corrupt_writes: bool,
+    refused: str,
+) -> None:
+    """Upload ``source`` with ``writer`` keeping the bytes or (``corrupt_writes``) not: kept,
+    only answers come back through ``counted`` and the object downloads intact; kept
+    wrong, the upload fails matching ``refused`` and nothing is left."""
+    counted.reset()
+    writer.corrupt_writes = corrupt_writes
+    if corrupt_writes:
+        with pytest.raises(IntegrityError, match=refused):
+            store.upload(source, uri)
+        writer.corrupt_writes = False
+        with pytest.raises(ObjectNotFoundError):
+            store.stat(uri)
+    else:
+        store.upload(source, uri)
+        assert counted.bytes_down < 256 * 1024, "only answers came back"
+        store.download(uri, source.with_name("copy"))
+        assert sha256_of(source.with_name("copy")) == sha256_of(source)
 
 
 def test_an_s3_form_etag_unlike_the_parts_is_settled_by_the_bytes_not_the_part_etags(
@@ -486,23 +503,12 @@ def test_an_upload_to_oss_is_verified_by_the_stores_crc64_ecma_of_what_it_kept(
         bucket = _new_bucket(store)
         uri = f"s3://{bucket}/weights"
         source = random_file(tmp_path / "weights", size)
-        s3rver_proxy.reset()
-        proxy.corrupt_writes = corrupt_writes
-
-        if corrupt_writes:
-            refused = (
-                r"the store's CRC-64/ECMA-182 \d+ \(x-oss-hash-crc64ecma\) of (part \d+|the object)"
-            )
-            with pytest.raises(IntegrityError, match=refused):
-                store.upload(source, uri)
-            proxy.corrupt_writes = False
-            with pytest.raises(ObjectNotFoundError):
-                store.stat(uri)
-        else:
-            store.upload(source, uri)
-            assert s3rver_proxy.bytes_down < 256 * 1024, "only answers came back"
-            store.download(uri, tmp_path / "copy")
-            assert sha256_of(tmp_path / "copy") == sha256_of(source)
+        refused = (
+            r"the store's CRC-64/ECMA-182 \d+ \(x-oss-hash-crc64ecma\) of (part \d+|the object)"
+        )
+        _upload_kept_or_refused(
+            store, uri, source, s3rver_proxy, proxy, corrupt_writes, refused=refused
+        )
     finally:
         proxy.stop()
 
