@@ -756,12 +756,8 @@ def _combined_crc64xz(
     parts: builtins.list[Part], part_crcs: builtins.list[int | None]
 ) -> int | None:
     """The whole object's CRC-64/ECMA-182 from its parts', where every part has one."""
-    crc = 0  # of nothing
-    for part, part_crc in zip(parts, part_crcs, strict=True):
-        if part_crc is None:
-            return None
-        crc = crc64xz_combine(crc, part_crc, part.length)
-    return crc
+    known = [crc for crc in part_crcs if crc is not None]
+    return crc64xz_combine.of_parts(parts, known) if len(known) == len(parts) else None
 
 
 def _decimal_of_hex(hex_digest: str) -> str:

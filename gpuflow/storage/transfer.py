@@ -180,6 +180,13 @@ class _Crc64Combine:
             bit += 1
         return self._multiply(shift, first) ^ second
 
+    def of_parts(self, parts: Sequence[Part], part_crcs: Sequence[int]) -> int:
+        """The CRC of the whole object from its parts' CRCs, in part order."""
+        crc = 0  # of nothing
+        for part, part_crc in zip(parts, part_crcs, strict=True):
+            crc = self(crc, part_crc, part.length)
+        return crc
+
 
 # The polynomials bit-reversed: CRC-64/NVME's, and ECMA-182's (CRC-64/XZ's).
 crc64nvme_combine = _Crc64Combine(0x9A6C9329AC4BC9B5)
@@ -456,10 +463,7 @@ def _download_into(
         os.close(fd)
     digests = [block for part in parts for block in done[part.number]]
     if combine is not None:
-        crc = 0  # of nothing
-        for part, part_crc in zip(parts, digests, strict=True):
-            crc = combine(crc, int(part_crc, 16), part.length)
-        whole = f"{crc:016x}"
+        whole = f"{combine.of_parts(parts, [int(part_crc, 16) for part_crc in digests]):016x}"
     if partial.stat().st_size != size:
         _discard(partial, journal)
         raise IntegrityError(uri, f"expected {size} bytes, wrote {partial.stat().st_size}")
